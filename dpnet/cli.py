@@ -1,0 +1,298 @@
+"""Command-line front end shared by scripts/runDnn*.py: parse, build, train, report.
+
+User errors (bad flags, missing data, a checkpoint that does not fit) end with ONE
+line on stderr and exit code 2; a traceback means a bug in dpnet.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+EXAMPLE_DNN = """example:
+  %(prog)s --hidden 512 128 64 --activation relu --optimizer adam --lr 1e-3 \\
+      --lr-final 1e-5 --epochs 20 --batch-size 128 --save mnist.npz --json run.json
+  %(prog)s --limit-train 2000 --epochs 1          # a quick smoke run
+"""
+
+
+class UserError(Exception):
+    """A problem with what the user asked for; reported in one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # argparse prints the whole usage block; one line says it better.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _nonneg_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}")
+    return v
+
+
+def _float_in(lo, hi=None, lo_open=False, hi_open=False):
+    def parse(s):
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        ok = (v > lo if lo_open else v >= lo) and (
+            hi is None or (v < hi if hi_open else v <= hi)) and np.isfinite(v)
+        if not ok:
+            rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}" \
+                  f"{')' if hi_open or hi is None else ']'}"
+            raise argparse.ArgumentTypeError(f"expected a number in {rng}, got {s!r}")
+        return v
+    return parse
+
+
+def dnn_parser(prog, workers=False):
+    from .activations import ACTIVATIONS
+    from .losses import LOSSES
+    from .optimizers import OPTIMIZERS
+    p = _Parser(prog=prog, description="Train a fully connected network on MNIST.",
+                epilog=EXAMPLE_DNN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--hidden", type=_positive_int, nargs="*", default=[512, 128, 64], metavar="N",
+      help="hidden layer sizes (default: 512 128 64; none for softmax regression)")
+    a("--activation", nargs="+", default=["relu"], choices=sorted(ACTIVATIONS), metavar="NAME",
+      help="hidden activation, one for all or one per hidden layer: "
+           f"{', '.join(sorted(ACTIVATIONS))} (default: relu)")
+    a("--output-activation", default="softmax", choices=sorted(ACTIVATIONS), metavar="NAME",
+      help="output activation (default: softmax)")
+    a("--loss", default="categorical_crossentropy", choices=sorted(LOSSES), metavar="NAME",
+      help=f"{', '.join(sorted(LOSSES))} (default: categorical_crossentropy)")
+    a("--init", default="xavier_uniform", metavar="NAME",
+      help="weight initializer: xavier_uniform, xavier_normal, he_normal, he_uniform, "
+           "lecun_normal, lecun_uniform, zeros (default: xavier_uniform)")
+    a("--optimizer", default="adam", choices=list(OPTIMIZERS), help="(default: adam)")
+    a("--lr", type=_float_in(0, lo_open=True), default=1e-3, help="learning rate (default: 1e-3)")
+    a("--lr-final", type=_float_in(0, lo_open=True), default=1e-5,
+      help="anneal the learning rate geometrically from --lr to this value over the "
+           "run (default: 1e-5; give the same value as --lr for a constant rate)")
+    a("--momentum", type=_float_in(0, 1, hi_open=True), default=0.9,
+      help="for momentum/nesterov (default: 0.9)")
+    a("--l2", type=_float_in(0), default=0.0, help="L2 penalty on weights (default: 0)")
+    a("--clip", type=_float_in(0, lo_open=True), default=None,
+      help="clip the gradient to this global L2 norm")
+    a("--dropout", type=_float_in(0, 1, hi_open=True), default=0.0,
+      help="inverted dropout rate after each hidden layer (default: 0)")
+    a("--batch-size", type=_positive_int, default=128, help="(default: 128)")
+    a("--epochs", type=_nonneg_int, default=20,
+      help="train until this many epochs are done (counting those of --load's "
+           "checkpoint; default: 20)")
+    a("--patience", type=_nonneg_int, default=None,
+      help="stop early after this many epochs without a better validation loss")
+    a("--seed", type=_nonneg_int, default=0, help="seed for init, shuffling, dropout (default: 0)")
+    a("--standardize", action="store_true",
+      help="zero mean, unit variance per pixel (training statistics) instead of [0, 1]")
+    a("--validation", type=_nonneg_int, default=10_000,
+      help="hold out the last N training images for validation (default: 10000)")
+    a("--limit-train", type=_positive_int, default=None, metavar="N",
+      help="use only the first N training images (smoke runs)")
+    a("--data", default=None, metavar="DIR",
+      help="MNIST directory with the four IDX files (default: $DPNET_DATA or data/mnist)")
+    a("--dtype", default="float32", choices=["float32", "float64"], help="(default: float32)")
+    a("--save", default=None, metavar="PATH", help="write a checkpoint after each epoch")
+    a("--load", default=None, metavar="PATH",
+      help="start from this checkpoint (same architecture); resumes its epoch count")
+    a("--json", default=None, metavar="PATH", help="write the run summary as JSON")
+    a("--plot", default=None, metavar="PATH", help="save learning curves as a PNG (matplotlib)")
+    a("--quiet", action="store_true", help="no per-epoch lines or progress bar")
+    if workers:
+        a("--workers", type=_nonneg_int, default=None,
+          help="worker processes (default: physical cores; 0 = in process)")
+        a("--blas-threads", type=_positive_int, default=1,
+          help="BLAS threads per worker (default: 1)")
+        a("--on-failure", choices=["respawn", "abort"], default="respawn",
+          help="what to do when a worker dies (default: respawn)")
+    return p
+
+
+def build_model(args, steps_per_epoch):
+    from . import Dense, Dropout, Sequential
+    from .optimizers import get_optimizer
+    from .schedules import Anneal
+    acts = args.activation
+    if len(acts) not in (1, len(args.hidden)):
+        raise UserError(f"--activation takes 1 or {len(args.hidden)} names (one per hidden "
+                        f"layer), got {len(acts)}")
+    if len(acts) == 1:
+        acts = acts * len(args.hidden)
+    sizes = [784] + list(args.hidden)
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(Dense(n_in, n_out, activation=acts[i], init=args.init))
+        if args.dropout:
+            layers.append(Dropout(args.dropout))
+    layers.append(Dense(sizes[-1], 10, activation=args.output_activation, init=args.init))
+    lr = args.lr
+    if args.lr_final != args.lr:
+        lr = Anneal(args.lr, args.lr_final, total_steps=max(1, args.epochs * steps_per_epoch))
+    kw = {"lr": lr}
+    if args.optimizer in ("momentum", "nesterov"):
+        kw["momentum"] = args.momentum
+    return Sequential(layers, loss=args.loss, optimizer=get_optimizer(args.optimizer, **kw),
+                      l2=args.l2, clip_norm=args.clip, dtype=np.dtype(args.dtype),
+                      seed=args.seed)
+
+
+def per_class_accuracy(model, x, y, n_classes=10):
+    pred = model.predict(x)
+    return [float((pred[y == k] == k).mean()) if (y == k).any() else float("nan")
+            for k in range(n_classes)]
+
+
+def report(model, hist, results, per_class, wall, out=print):
+    out("")
+    out(f"test accuracy: {results['test']['accuracy'] * 100:.2f}%  "
+        f"(loss {results['test']['loss']:.4f})")
+    out("per-digit accuracy: " + "  ".join(f"{k}: {a * 100:.1f}%" for k, a in enumerate(per_class)))
+    sps = hist.samples / hist.wall_time if hist.wall_time > 0 else 0.0
+    out(f"execution time: {wall:.1f} s ({hist.wall_time:.1f} s training, {sps:,.0f} samples/s)")
+    from .layers import Dense
+    dense = [l for l in model.layers if isinstance(l, Dense)]
+    out("nodes per layer: " + " -> ".join(str(n) for n in [dense[0].n_in] +
+                                          [l.n_out for l in dense]))
+    out("weight shapes: " + ", ".join(f"W{i + 1} {l.n_in}x{l.n_out} + b{i + 1} {l.n_out}"
+                                     for i, l in enumerate(dense)))
+    out(f"total weights: {model.n_params:,}")
+
+
+def plot_history(hist, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install 'dpnet[plot]'") from None
+    h = hist.history
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, ax in (("loss", ax1), ("accuracy", ax2)):
+        ax.plot(hist.epochs, h[key], "o-", label="train")
+        if f"val_{key}" in h:
+            ax.plot(hist.epochs, h[f"val_{key}"], "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_dnn(argv=None, prog=None, workers_flag=False, default_workers=0):
+    parser = dnn_parser(prog or os.path.basename(sys.argv[0]), workers=workers_flag)
+    args = parser.parse_args(argv)
+    try:
+        return _run_dnn(args, parser.prog, default_workers)
+    except UserError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as e:
+        # DataError, CheckpointError and argument checks are ValueErrors with a message
+        # naming what is wrong; OSError covers unwritable --save/--json paths.
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run_dnn(args, prog, default_workers):
+    from .checkpoint import load_weights_into
+    from .data import load_mnist
+    from .train import EarlyStopping, fit
+
+    t_start = time.perf_counter()
+    for flag in ("save", "json", "plot"):
+        path = getattr(args, flag)
+        if path is not None:
+            d = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(d):
+                raise UserError(f"--{flag} {path!r}: directory {d!r} does not exist")
+    data = load_mnist(args.data, standardize=args.standardize, validation=args.validation,
+                      limit_train=args.limit_train, dtype=np.dtype(args.dtype))
+    steps_per_epoch = -(-len(data.x_train) // args.batch_size)
+    model = build_model(args, steps_per_epoch)
+    initial_step = 0
+    if args.load:
+        meta = load_weights_into(model, args.load)
+        initial_step = int(meta.get("training", {}).get("step", 0))
+    say = (lambda *a, **k: None) if args.quiet else print
+    say(f"{prog}: {model.n_params:,} parameters, {len(data.x_train):,} training / "
+        f"{len(data.x_val):,} validation / {len(data.x_test):,} test images")
+    workers = getattr(args, "workers", None)
+    if workers is None:
+        workers = default_workers
+    engine_kw = {}
+    if workers:
+        engine_kw = {"blas_threads": args.blas_threads, "on_failure": args.on_failure}
+    from .engines import make_engine
+    engine = make_engine(workers, **engine_kw)
+    callbacks = [EarlyStopping(patience=args.patience)] if args.patience is not None else []
+    val = (data.x_val, data.y_val) if len(data.x_val) else None
+    if callbacks and val is None:
+        raise UserError("--patience needs a validation set (--validation > 0)")
+    try:
+        hist = fit(model, data.x_train, data.y_train, epochs=args.epochs,
+                   batch_size=args.batch_size, validation_data=val, callbacks=callbacks,
+                   seed=args.seed, verbose=not args.quiet, engine=engine,
+                   checkpoint=args.save, initial_step=initial_step)
+    finally:
+        engine.close()
+    results = {"train": model.evaluate(data.x_train, data.y_train),
+               "test": model.evaluate(data.x_test, data.y_test)}
+    if val is not None:
+        results["val"] = model.evaluate(*val)
+    per_class = per_class_accuracy(model, data.x_test, data.y_test)
+    wall = time.perf_counter() - t_start
+    if not args.quiet:
+        report(model, hist, results, per_class, wall)
+    if args.save and (hist.step == 0 or not hist.epochs):
+        from .train import save_training_checkpoint
+        save_training_checkpoint(args.save, model, hist.step, args.seed, args.batch_size, hist)
+    if args.plot:
+        if hist.epochs:
+            plot_history(hist, args.plot)
+        else:
+            say("no complete epoch: no plot written")
+    if args.json:
+        summary = {
+            "train": results["train"], "val": results.get("val"), "test": results["test"],
+            "per_class_test_accuracy": per_class,
+            "epochs": hist.epochs[-1] if hist.epochs else initial_step // steps_per_epoch,
+            "steps": hist.step, "interrupted": hist.interrupted,
+            "stopped_early": hist.stopped_early, "history": hist.history,
+            "wall_seconds": wall, "train_seconds": hist.wall_time,
+            "samples_per_second": hist.samples / hist.wall_time if hist.wall_time else 0.0,
+            "n_params": int(model.n_params),
+            "layers": [784] + list(args.hidden) + [10],
+            "engine": {"workers": workers, **(getattr(hist, "engine_stats", {}) or {})},
+            "args": vars(args),
+            "platform": {"python": platform.python_version(), "numpy": np.__version__,
+                         "machine": platform.machine()},
+        }
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=2, default=float)
+        os.replace(tmp, args.json)
+    return 130 if hist.interrupted else 0

@@ -1,0 +1,239 @@
+"""Sequential: a stack of Dense (and Dropout) layers over one flat parameter vector."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import check_dtype, to_numpy, xp_of
+from ..layers import Dense, Dropout, Layer, layer_from_config
+from ..losses import get_loss
+from ..optimizers import get_optimizer
+from ..params import ParamLayout
+
+
+class Sequential:
+    """A feed-forward network.
+
+    ``Sequential([Dense(784, 512, activation="relu"), Dense(512, 10, activation="softmax")],
+    loss="categorical_crossentropy", optimizer="adam")``
+
+    ``l2`` adds (l2/2)·‖W‖² over the weights (never the biases) to the objective, i.e.
+    ``l2·W`` to their gradients; ``clip_norm`` rescales the gradient to at most that
+    global L2 norm. Both are applied once per update, by ``apply_gradients`` on the
+    averaged gradient, so they are the same whatever computed the gradient.
+    """
+
+    def __init__(self, layers, loss="categorical_crossentropy", optimizer="adam",
+                 l2=0.0, clip_norm=None, dtype=np.float32, seed=0, xp=np):
+        layers = list(layers)
+        if not layers or not any(isinstance(l, Dense) for l in layers):
+            raise ValueError("Sequential needs at least one Dense layer")
+        for l in layers:
+            if not isinstance(l, Layer):
+                raise TypeError(f"Sequential takes Dense/Dropout layers, got {l!r}")
+        dense = [l for l in layers if isinstance(l, Dense)]
+        for a, b in zip(dense, dense[1:]):
+            if a.n_out != b.n_in:
+                raise ValueError(f"layer sizes do not chain: {a!r} is followed by {b!r}")
+        if not isinstance(layers[-1], Dense):
+            raise ValueError(f"the last layer must be Dense, got {layers[-1]!r}")
+        self.layers = layers
+        self.loss = get_loss(loss)
+        out_act = layers[-1].activation.name
+        fused = self.loss.fused_activation
+        if fused is not None and out_act != fused:
+            raise ValueError(f"loss {self.loss.name!r} needs output activation {fused!r}, "
+                             f"got {out_act!r}")
+        self._fused = fused is not None
+        self.optimizer = get_optimizer(optimizer)
+        if not isinstance(l2, (int, float)) or not l2 >= 0:
+            raise ValueError(f"l2 must be >= 0, got {l2!r}")
+        if clip_norm is not None and not (isinstance(clip_norm, (int, float)) and clip_norm > 0):
+            raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
+        self.l2, self.clip_norm = float(l2), clip_norm
+        self.dtype = check_dtype(dtype)
+        self.seed = int(seed)
+
+        entries = []
+        for i, l in enumerate(layers):
+            entries += [(f"{i}.{name}", shape) for name, shape in l.param_shapes()]
+        self.layout = ParamLayout(entries)
+        self.params, self.grads = self.layout.allocate(self.dtype, xp)
+        pv, gv = self.layout.views(self.params), self.layout.views(self.grads)
+        for i, l in enumerate(layers):
+            names = [n for n, _ in l.param_shapes()]
+            l.bind({n: pv[f"{i}.{n}"] for n in names}, {n: gv[f"{i}.{n}"] for n in names})
+        self._weight_slices = [self.layout.slice_of(f"{i}.W")
+                               for i, l in enumerate(layers) if isinstance(l, Dense)]
+        self.init_params(self.seed)
+        self.dropout_rng = np.random.default_rng(self.seed)
+        self.last_correct = 0
+
+    # -- set-up --------------------------------------------------------------------
+    def init_params(self, seed):
+        """(Re)initialize all weights from ``seed`` alone (layer by layer, in order)."""
+        rng = np.random.default_rng(seed)
+        for l in self.layers:
+            l.init_params(rng)
+
+    @property
+    def n_params(self):
+        return self.layout.size
+
+    @property
+    def n_inputs(self):
+        return next(l for l in self.layers if isinstance(l, Dense)).n_in
+
+    @property
+    def n_outputs(self):
+        return self.layers[-1].n_out
+
+    def _as_input(self, x):
+        xp = xp_of(self.params)
+        x = xp.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.n_inputs:
+            raise ValueError(f"input must have shape (n, {self.n_inputs}), got {x.shape}")
+        return x.astype(self.dtype, copy=False)
+
+    # -- forward / backward ----------------------------------------------------------
+    def _forward(self, x, training):
+        """Returns the last layer's pre-activation (fused loss) or output."""
+        last = len(self.layers) - 1
+        for i, l in enumerate(self.layers):
+            if isinstance(l, Dropout):
+                x = l.forward(x, rng=self.dropout_rng, training=training)
+            else:
+                x = l.forward(x, activate=not (i == last and self._fused))
+        return x
+
+    def _backward(self, dout):
+        last = len(self.layers) - 1
+        d = dout
+        for i in range(last, -1, -1):
+            l = self.layers[i]
+            if isinstance(l, Dropout):
+                d = l.backward(d)
+            else:
+                first_dense = not any(isinstance(m, Dense) for m in self.layers[:i])
+                d = l.backward(d, activate=not (i == last and self._fused),
+                               need_dx=not first_dense)
+
+    def loss_and_grad(self, x, y):
+        """Mean loss over the batch; fills ``self.grads`` with the mean gradient.
+
+        Returns (loss, n). ``self.last_correct`` holds the batch's correct count."""
+        x = self._as_input(x)
+        y = xp_of(self.params).asarray(y)
+        out = self._forward(x, training=True)
+        self.last_correct = self._correct(out, y)
+        loss, dout = self.loss.value_and_grad(out, y)
+        self._backward(dout)
+        return loss, int(x.shape[0])
+
+    def loss_and_correct(self, x, y):
+        """(mean loss, n, correct count) without touching the gradients."""
+        x = self._as_input(x)
+        y = xp_of(self.params).asarray(y)
+        out = self._forward(x, training=False)
+        correct = self._correct(out, y)
+        return self.loss.value(out.copy(), y), int(x.shape[0]), correct
+
+    def _correct(self, out, y):
+        xp = xp_of(out)
+        if out.shape[1] == 1:      # one sigmoid unit: threshold (logit 0 == probability 0.5)
+            thr = 0 if self._fused else 0.5
+            pred = (out[:, 0] > thr)
+            truth = (y.reshape(-1) > 0.5)
+        else:
+            pred = out.argmax(axis=1)
+            truth = y if y.ndim == 1 else y.argmax(axis=1)
+        return int(xp.count_nonzero(pred == truth))
+
+    # -- the update ------------------------------------------------------------------
+    def apply_gradients(self, grads=None):
+        """L2, clipping, then one optimizer step, on the flat vectors."""
+        g = self.grads if grads is None else grads
+        if self.l2:
+            for sl in self._weight_slices:
+                g[sl] += self.l2 * self.params[sl]
+        if self.clip_norm is not None:
+            norm = float(xp_of(g).sqrt(g @ g))
+            if norm > self.clip_norm:
+                g *= self.clip_norm / norm
+        self.optimizer.step(self.params, g)
+
+    def train_on_batch(self, x, y):
+        loss, n = self.loss_and_grad(x, y)
+        self.apply_gradients()
+        return loss
+
+    def l2_penalty(self):
+        if not self.l2:
+            return 0.0
+        return 0.5 * self.l2 * sum(float(self.params[sl] @ self.params[sl])
+                                   for sl in self._weight_slices)
+
+    # -- inference -------------------------------------------------------------------
+    def predict_proba(self, x, batch_size=1024):
+        """Output activations (class probabilities for a softmax output), as NumPy."""
+        x = self._as_input(x)
+        outs = []
+        for s in range(0, x.shape[0], batch_size):
+            out = self._forward(x[s:s + batch_size], training=False)
+            if self._fused:   # the last layer stopped at logits: apply its activation
+                out = self.layers[-1].activation.forward(out)
+            outs.append(to_numpy(out).copy())
+        return np.concatenate(outs) if outs else np.zeros((0, self.n_outputs), self.dtype)
+
+    def predict(self, x, batch_size=1024):
+        """Class labels (argmax; 0/1 for a single sigmoid output)."""
+        p = self.predict_proba(x, batch_size)
+        if p.shape[1] == 1:
+            return (p[:, 0] > 0.5).astype(np.int64)
+        return p.argmax(axis=1)
+
+    def evaluate(self, x, y, batch_size=1024):
+        """{"loss", "accuracy", "n"} over (x, y), in batches."""
+        n_tot, loss_sum, correct = 0, 0.0, 0
+        for s in range(0, len(x), batch_size):
+            loss, n, c = self.loss_and_correct(x[s:s + batch_size], y[s:s + batch_size])
+            loss_sum += loss * n
+            n_tot += n
+            correct += c
+        if n_tot == 0:
+            raise ValueError("cannot evaluate on an empty dataset")
+        return {"loss": loss_sum / n_tot, "accuracy": correct / n_tot, "n": n_tot}
+
+    # -- training / persistence ------------------------------------------------------
+    def fit(self, x, y, epochs=1, batch_size=32, **kwargs):
+        """Train; see ``dpnet.train.fit`` for the options. Returns the History."""
+        from ..train import fit
+        return fit(self, x, y, epochs=epochs, batch_size=batch_size, **kwargs)
+
+    def config(self):
+        return {"type": "Sequential", "layers": [l.config() for l in self.layers],
+                "loss": self.loss.name, "l2": self.l2, "clip_norm": self.clip_norm,
+                "dtype": self.dtype.name, "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, cfg, optimizer="adam"):
+        layers = [layer_from_config(c) for c in cfg["layers"]]
+        return cls(layers, loss=cfg["loss"], optimizer=optimizer, l2=cfg.get("l2", 0.0),
+                   clip_norm=cfg.get("clip_norm"), dtype=cfg["dtype"],
+                   seed=cfg.get("seed", 0))
+
+    def save(self, path, **extra):
+        from ..checkpoint import save_model
+        save_model(path, self, **extra)
+
+    def summary(self):
+        rows = [f"{'layer':<32}{'shape':>16}{'params':>10}"]
+        for i, l in enumerate(self.layers):
+            shapes = l.param_shapes()
+            n = sum(int(np.prod(s)) for _, s in shapes)
+            shape = " + ".join("x".join(map(str, s)) for _, s in shapes) or "-"
+            rows.append(f"{repr(l):<32}{shape:>16}{n:>10}")
+        rows.append(f"total parameters: {self.n_params}")
+        return "\n".join(rows)
+
+    def __repr__(self):
+        return f"Sequential({self.layers!r}, loss={self.loss.name!r}, optimizer={self.optimizer!r})"

@@ -1,0 +1,36 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST_DIR = ROOT / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def mnist_small():
+    """The first 10,000 training images, the standard validation split and test set."""
+    from dpnet.data import load_mnist
+    return load_mnist(MNIST_DIR, limit_train=10_000)
+
+
+def numeric_grad(f, x, eps=1e-6):
+    """Centred finite differences of scalar f() with respect to every entry of x
+    (modified in place and restored)."""
+    g = np.zeros_like(x, dtype=np.float64)
+    flat, gflat = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f()
+        flat[i] = old - eps
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def rel_error(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))

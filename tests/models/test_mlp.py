@@ -1,0 +1,164 @@
+import numpy as np
+import pytest
+
+import dpnet
+from dpnet import Dense, Dropout, Sequential
+from conftest import numeric_grad, rel_error
+
+
+def three_layer(dtype=np.float64, loss="categorical_crossentropy", out="softmax", acts=None,
+                seed=3, **kw):
+    acts = acts or ["tanh", "relu"]
+    return Sequential([Dense(6, 5, activation=acts[0]), Dense(5, 4, activation=acts[1]),
+                       Dense(4, 3, activation=out)], loss=loss, dtype=dtype, seed=seed, **kw)
+
+
+def data(B=7, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(B, 6)), rng.integers(0, 3, size=B)
+
+
+@pytest.mark.parametrize("loss,out,acts", [
+    ("categorical_crossentropy", "softmax", ["tanh", "relu"]),
+    ("categorical_crossentropy", "softmax", ["sigmoid", "lecun_tanh"]),
+    ("mse", "softmax", ["leaky_relu", "tanh"]),
+    ("mse", "linear", ["relu", "sigmoid"]),
+    ("binary_crossentropy", "sigmoid", ["lecun_tanh", "tanh"]),
+])
+def test_network_gradient_matches_finite_differences(loss, out, acts):
+    m = three_layer(loss=loss, out=out, acts=acts)
+    x, y = data()
+    if loss == "binary_crossentropy":
+        y = (np.random.default_rng(5).random((7, 3)) > 0.5).astype(float)
+    loss0, n = m.loss_and_grad(x, y)
+    assert n == 7
+    analytic = m.grads.copy()
+
+    def f():
+        return m.loss_and_correct(x, y)[0]
+
+    num = numeric_grad(f, m.params)
+    assert rel_error(analytic, num) < 1e-6
+    assert loss0 == pytest.approx(f())
+
+
+def test_dropout_gradient_with_a_fixed_mask():
+    m = Sequential([Dense(6, 8, activation="tanh"), Dropout(0.5), Dense(8, 3, activation="softmax")],
+                   dtype=np.float64, seed=1)
+    x, y = data()
+
+    def f():
+        m.dropout_rng = np.random.default_rng(42)   # the same mask every evaluation
+        return m.loss_and_grad(x, y)[0]
+
+    f()
+    analytic = m.grads.copy()
+    num = numeric_grad(f, m.params)
+    assert rel_error(analytic, num) < 1e-6
+    drop = m.layers[1]
+    assert 0 < (drop.mask == 0).mean() < 1                     # some units dropped
+    assert np.allclose(drop.mask[drop.mask > 0], 2.0)           # survivors scaled 1/(1-p)
+
+
+def test_params_are_one_flat_vector_with_views_in_the_documented_layout():
+    m = three_layer()
+    assert m.params.ndim == 1 and m.params.flags.c_contiguous
+    assert m.n_params == 6 * 5 + 5 + 5 * 4 + 4 + 4 * 3 + 3
+    W1, b1 = m.layers[0].W, m.layers[0].b
+    assert np.shares_memory(W1, m.params) and np.shares_memory(m.layers[2].dW, m.grads)
+    m.params[:] = np.arange(m.n_params)
+    assert W1[0, 1] == 1 and W1[1, 0] == 5          # (n_in, n_out), C order
+    assert b1[0] == 30 and m.layers[1].W[0, 0] == 35
+
+
+def test_mean_gradient_contract_shards_average_to_the_full_batch():
+    m = three_layer()
+    x, y = data(B=10)
+    full_loss, _ = m.loss_and_grad(x, y)
+    full = m.grads.copy()
+    acc, loss_sum, n_sum = np.zeros_like(full), 0.0, 0
+    for a, b in [(0, 3), (3, 4), (4, 10)]:          # uneven shards
+        loss, n = m.loss_and_grad(x[a:b], y[a:b])
+        acc += n * m.grads
+        loss_sum += n * loss
+        n_sum += n
+    assert np.allclose(acc / n_sum, full, rtol=1e-12, atol=1e-15)
+    assert loss_sum / n_sum == pytest.approx(full_loss, rel=1e-12)
+
+
+def test_float32_stays_float32_on_the_hot_path():
+    m = Sequential([Dense(784, 32, activation="relu"), Dense(32, 10, activation="softmax")])
+    x = np.random.default_rng(0).random((16, 784), dtype=np.float32)
+    m.loss_and_grad(x, np.arange(16) % 10)
+    assert m.params.dtype == m.grads.dtype == np.float32
+    assert m.layers[0].a.dtype == np.float32
+    assert m.predict_proba(x).dtype == np.float32
+
+
+def test_l2_and_clipping_act_on_the_update():
+    x, y = data()
+    base = three_layer(optimizer=dpnet.optimizers.SGD(lr=0.1))
+    l2 = three_layer(optimizer=dpnet.optimizers.SGD(lr=0.1), l2=0.5)
+    for m in (base, l2):
+        m.loss_and_grad(x, y)
+    p0 = base.params.copy()
+    g = base.grads.copy()
+    base.apply_gradients()
+    l2.apply_gradients()
+    expect = g.copy()
+    for sl in base._weight_slices:                 # l2 * W on weights, nothing on biases
+        expect[sl] += 0.5 * p0[sl]
+    assert np.allclose(l2.params, p0 - 0.1 * expect)
+    # the gradient of the L2 penalty is what apply_gradients adds
+    num = numeric_grad(l2.l2_penalty, l2.params)
+    mask = np.zeros_like(num)
+    for sl in l2._weight_slices:
+        mask[sl] = 1
+    assert rel_error(num, 0.5 * l2.params * mask) < 1e-6
+
+    clip = three_layer(optimizer=dpnet.optimizers.SGD(lr=1.0), clip_norm=1e-3)
+    clip.loss_and_grad(x, y)
+    before = clip.params.copy()
+    clip.apply_gradients()
+    assert np.linalg.norm(clip.params - before) == pytest.approx(1e-3, rel=1e-6)
+
+
+def test_predict_evaluate_and_labels_as_one_hot():
+    m = three_layer()
+    x, y = data(B=20)
+    p = m.predict_proba(x)
+    assert p.shape == (20, 3) and np.allclose(p.sum(axis=1), 1)
+    assert (m.predict(x) == p.argmax(axis=1)).all()
+    r1 = m.evaluate(x, y, batch_size=7)
+    r2 = m.evaluate(x, dpnet.one_hot(y, 3), batch_size=20)
+    assert r1["loss"] == pytest.approx(r2["loss"]) and r1["accuracy"] == r2["accuracy"]
+    assert r1["accuracy"] == pytest.approx((m.predict(x) == y).mean())
+
+
+def test_seed_determines_init_and_initializers_differ():
+    a, b, c = three_layer(seed=1), three_layer(seed=1), three_layer(seed=2)
+    assert np.array_equal(a.params, b.params) and not np.array_equal(a.params, c.params)
+    big = Sequential([Dense(400, 300, activation="relu", init="he_normal"),
+                      Dense(300, 10, activation="softmax", init="zeros")])
+    W = big.layers[0].W
+    assert W.std() == pytest.approx(np.sqrt(2 / 400), rel=0.02)
+    assert not big.layers[1].W.any() and not big.layers[0].b.any()
+    xav = Sequential([Dense(400, 300, activation="relu"), Dense(300, 2, activation="softmax")]).layers[0].W
+    assert np.abs(xav).max() <= np.sqrt(6 / 700) and xav.std() == pytest.approx(
+        np.sqrt(2 / 700), rel=0.02)
+
+
+def test_constructor_errors_name_the_problem():
+    with pytest.raises(ValueError, match="do not chain"):
+        Sequential([Dense(4, 5), Dense(6, 2, activation="softmax")])
+    with pytest.raises(ValueError, match="needs output activation 'softmax'"):
+        Sequential([Dense(4, 2, activation="sigmoid")], loss="categorical_crossentropy")
+    with pytest.raises(ValueError, match="n_out must be a positive integer, got -1"):
+        Dense(3, -1)
+    with pytest.raises(ValueError, match="dropout rate"):
+        Dropout(1.0)
+    with pytest.raises(ValueError, match="dtype must be float32 or float64"):
+        Sequential([Dense(2, 2, activation="softmax")], dtype=np.int32)
+    m = three_layer()
+    with pytest.raises(ValueError, match=r"input must have shape \(n, 6\), got \(3, 5\)"):
+        m.predict(np.zeros((3, 5)))
