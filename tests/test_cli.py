@@ -1,0 +1,76 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+SCRIPT = str(ROOT / "scripts" / "runDnnDebug.py")
+
+
+def run(*args, timeout=240):
+    env = dict(os.environ, PYTHONWARNINGS="error::RuntimeWarning")
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+@pytest.mark.timeout(300)
+def test_smoke_run_writes_json_checkpoint_and_plot(tmp_path):
+    out, ck, png = tmp_path / "run.json", tmp_path / "m.npz", tmp_path / "curves.png"
+    r = run("--limit-train", "2000", "--epochs", "2", "--hidden", "64", "32", "--lr-final", "1e-3",
+            "--activation", "relu", "lecun_tanh", "--json", str(out), "--save", str(ck),
+            "--plot", str(png))
+    assert r.returncode == 0, r.stderr
+    s = json.loads(out.read_text())
+    assert s["epochs"] == 2 and s["n_params"] == 784 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10
+    assert s["test"]["accuracy"] > 0.6 and s["train"]["n"] == 2000
+    assert len(s["per_class_test_accuracy"]) == 10 and s["samples_per_second"] > 0
+    assert s["args"]["hidden"] == [64, 32] and s["wall_seconds"] > 0
+    for line in ("epoch   1/2", "test accuracy:", "per-digit accuracy:", "execution time:",
+                 "nodes per layer: 784 -> 64 -> 32 -> 10", "weight shapes: W1 784x64",
+                 "total weights: 52,650"):
+        assert line in r.stdout, line
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+    # resume: the checkpoint knows it did 2 epochs, so --epochs 3 runs only epoch 3
+    r2 = run("--limit-train", "2000", "--epochs", "3", "--hidden", "64", "32", "--lr-final", "1e-3",
+             "--activation", "relu", "lecun_tanh", "--load", str(ck), "--json", str(out))
+    assert r2.returncode == 0, r2.stderr
+    assert "epoch   3/3" in r2.stdout and "epoch   2/3" not in r2.stdout
+    assert json.loads(out.read_text())["epochs"] == 3
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--hidden", "-3"], "--hidden: expected a positive integer, got '-3'"),
+    (["--activation", "swish"], "invalid choice: 'swish'"),
+    (["--batch-size", "0"], "--batch-size: expected a positive integer"),
+    (["--lr", "-1"], "--lr: expected a number in (0, inf), got '-1'"),
+    (["--dropout", "1"], "--dropout: expected a number in [0, 1), got '1'"),
+    (["--data", "/no/such/dir"], "MNIST directory /no/such/dir does not exist"),
+    (["--activation", "relu", "tanh"], "--activation takes 1 or 3 names"),
+    (["--load", "/no/such.npz"], "checkpoint '/no/such.npz' does not exist"),
+    (["--save", "/no/such/dir/m.npz"], "--save '/no/such/dir/m.npz': directory"),
+    (["--loss", "binary_crossentropy"], "needs output activation 'sigmoid'"),
+])
+def test_bad_input_exits_2_with_one_line(args, msg):
+    r = run(*args, "--limit-train", "100", "--epochs", "1", timeout=60)
+    assert r.returncode == 2
+    assert r.stdout == "" or "error" not in r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and msg in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_architecture_mismatch_on_load_is_one_line(tmp_path):
+    ck = tmp_path / "m.npz"
+    assert run("--limit-train", "200", "--epochs", "1", "--hidden", "16", "--save", str(ck),
+               "--quiet").returncode == 0
+    r = run("--limit-train", "200", "--epochs", "2", "--hidden", "17", "--load", str(ck))
+    assert r.returncode == 2 and "does not match the model" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_help_shows_an_example():
+    r = run("--help", timeout=60)
+    assert r.returncode == 0 and "example:" in r.stdout and "--hidden" in r.stdout
