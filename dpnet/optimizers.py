@@ -40,7 +40,7 @@ def _check(name, v, lo=0.0, hi=math.inf, lo_open=False, hi_open=False):
     ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
     if not ok:
         lo_b = "(" if lo_open else "["
-        hi_b = ")" if hi_open else "]"
+        hi_b = ")" if hi_open or hi == math.inf else "]"
         raise ValueError(f"{name} must be in {lo_b}{lo}, {hi}{hi_b}, got {v!r}")
     return float(v)
 
@@ -54,6 +54,9 @@ class Optimizer:
             _check("lr", lr, lo=0.0, lo_open=True)
         self.schedule = as_schedule(lr)
         self.t = 0
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                    or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         self.threads = threads
         self.state = {}
 
@@ -70,10 +73,17 @@ class Optimizer:
         if params.shape != grads.shape:
             raise ValueError(f"params {params.shape} and grads {grads.shape} differ in shape")
         xp = xp_of(params)
-        if not self.state or next(iter(self.state.values())).shape != params.shape:
+        if not self.state:
+            if self.t and self.state_names:
+                raise ValueError(f"optimizer {self.name!r} is at step {self.t} but has no state")
             self.state = {k: xp.zeros_like(params) for k in self.state_names}
-            self._tmp = xp.empty_like(params)
-        elif not hasattr(self, "_tmp") or self._tmp.shape != params.shape:
+        for k, v in self.state.items():
+            if v.shape != params.shape or v.dtype != params.dtype:
+                # silently restarting the moments would bias every later step
+                raise ValueError(f"optimizer state {k!r} is {v.shape} {v.dtype}, params are "
+                                 f"{params.shape} {params.dtype}")
+        if getattr(self, "_tmp", None) is None or self._tmp.shape != params.shape \
+                or self._tmp.dtype != params.dtype:
             self._tmp = xp.empty_like(params)
         lr = self.schedule(self.t)
         self.t += 1
@@ -106,7 +116,7 @@ class Optimizer:
     def state_dict(self):
         """JSON-able scalars plus host copies of the state vectors."""
         return {"config": self.config(), "t": self.t,
-                "arrays": {k: to_numpy(v) for k, v in self.state.items()}}
+                "arrays": {k: np.array(to_numpy(v), copy=True) for k, v in self.state.items()}}
 
     def load_state_dict(self, sd, like=None):
         """Restore ``t`` and the state vectors; ``like`` (the params) picks the backend."""

@@ -53,7 +53,7 @@ class StepDecay(Schedule):
     def __init__(self, lr, drop, every):
         self.lr = _positive("lr", lr)
         self.drop = _positive("drop", drop)
-        if not isinstance(every, int) or every <= 0:
+        if not isinstance(every, int) or isinstance(every, bool) or every <= 0:
             raise ValueError(f"every must be a positive integer, got {every!r}")
         self.every = every
 
@@ -71,7 +71,7 @@ class Anneal(Schedule):
     def __init__(self, lr, lr_final, total_steps, kind="geometric"):
         self.lr = _positive("lr", lr)
         self.lr_final = _positive("lr_final", lr_final)
-        if not isinstance(total_steps, int) or total_steps <= 0:
+        if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps <= 0:
             raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
         if kind not in ("geometric", "linear"):
             raise ValueError(f"kind must be 'geometric' or 'linear', got {kind!r}")
