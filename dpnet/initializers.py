@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backend import xp_of
+
 
 def _fans(shape):
     if len(shape) == 1:
@@ -13,11 +15,12 @@ def _fans(shape):
 
 
 def _uniform(rng, out, limit):
-    out[...] = rng.uniform(-limit, limit, size=out.shape)
+    # drawn on the host in float64 so the init is the same on any backend or dtype
+    out[...] = xp_of(out).asarray(rng.uniform(-limit, limit, size=out.shape))
 
 
 def _normal(rng, out, std):
-    out[...] = rng.normal(0.0, std, size=out.shape)
+    out[...] = xp_of(out).asarray(rng.normal(0.0, std, size=out.shape))
 
 
 def xavier_uniform(rng, out):
