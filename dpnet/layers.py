@@ -10,6 +10,7 @@ from __future__ import annotations
 from .activations import get_activation
 from .backend import xp_of
 from .initializers import get_initializer
+from .rng import uniform_rows
 
 
 class _Buffers:
@@ -106,15 +107,19 @@ class Dropout(Layer):
         self.rate = float(rate)
         self.mask = None
 
-    def forward(self, x, rng=None, training=False):     # x: (B, n)
+    def forward(self, x, key=None, row0=0, training=False):     # x: (B, n)
+        """``key`` (an int from dpnet.rng.mix_key) and ``row0`` (the global row of x[0]
+        in the whole batch) fix the mask: row j's mask depends only on (key, row0 + j)."""
         if not training or self.rate == 0:
             self.mask = None
             return x
-        if rng is None:
-            raise ValueError("Dropout needs a random generator at training time")
+        if key is None:
+            raise ValueError("Dropout needs a random key at training time")
         xp = xp_of(x)
-        keep = rng.random(x.shape, dtype=x.dtype) >= self.rate
-        self.mask = xp.asarray(keep).astype(x.dtype) * (1.0 / (1.0 - self.rate))
+        u = uniform_rows(key, row0, x.shape, x.dtype, xp)
+        keep = u >= self.rate
+        self.mask = keep.astype(x.dtype)
+        self.mask *= 1.0 / (1.0 - self.rate)
         return x * self.mask                            # (B, n), new array: x is
                                                         # still needed by the layer below
 

@@ -4,12 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def step_rng(seed, step, rank=0):
-    """The generator for a step's randomness (dropout), a pure function of
-    (seed, step, rank) so a re-run or resumed step draws the same numbers."""
-    return np.random.default_rng([int(seed), 0xD9, int(step), int(rank)])
-
-
 class LocalEngine:
     name = "local"
 
@@ -30,7 +24,7 @@ class LocalEngine:
         if self._xbuf is None or self._xbuf.shape != shape:
             self._xbuf = np.empty(shape, dtype=x.dtype)
         np.take(x, idx, axis=0, out=self._xbuf)   # gather into a reused buffer
-        self.model.dropout_rng = step_rng(self.seed, step)
+        self.model.seed_step(self.seed, step)
         loss, n = self.model.loss_and_grad(self._xbuf, y[idx])
         return loss, n, self.model.last_correct
 

@@ -8,6 +8,7 @@ from ..layers import Dense, Dropout, Layer, layer_from_config
 from ..losses import get_loss
 from ..optimizers import get_optimizer
 from ..params import ParamLayout
+from ..rng import mix_key
 
 
 class Sequential:
@@ -58,17 +59,40 @@ class Sequential:
             entries += [(f"{i}.{name}", shape) for name, shape in l.param_shapes()]
         self.layout = ParamLayout(entries)
         self.params, self.grads = self.layout.allocate(self.dtype, xp)
-        pv, gv = self.layout.views(self.params), self.layout.views(self.grads)
-        for i, l in enumerate(layers):
-            names = [n for n, _ in l.param_shapes()]
-            l.bind({n: pv[f"{i}.{n}"] for n in names}, {n: gv[f"{i}.{n}"] for n in names})
+        self._bind()
         self._weight_slices = [self.layout.slice_of(f"{i}.W")
                                for i, l in enumerate(layers) if isinstance(l, Dense)]
         self.init_params(self.seed)
-        self.dropout_rng = np.random.default_rng(self.seed)
+        self.seed_step(self.seed, 0)
         self.last_correct = 0
 
     # -- set-up --------------------------------------------------------------------
+    def _bind(self):
+        pv, gv = self.layout.views(self.params), self.layout.views(self.grads)
+        for i, l in enumerate(self.layers):
+            names = [n for n, _ in l.param_shapes()]
+            l.bind({n: pv[f"{i}.{n}"] for n in names}, {n: gv[f"{i}.{n}"] for n in names})
+
+    def seed_step(self, seed, step, row0=0):
+        """Fix the randomness (dropout masks) of the next loss_and_grad: a pure function
+        of (seed, step, layer, global row), where ``row0`` is the row of this shard's
+        first sample in the whole batch -- so any sharding gives the same masks."""
+        self._step_key = (int(seed), int(step))
+        self._row0 = int(row0)
+
+    def rebind(self, params=None, grads=None):
+        """Make the model use the given flat arrays (e.g. views of shared memory) as its
+        parameters and/or gradients. Their contents are taken as they are."""
+        for name, arr in (("params", params), ("grads", grads)):
+            if arr is not None and (arr.shape != (self.layout.size,) or arr.dtype != self.dtype):
+                raise ValueError(f"{name} must be a ({self.layout.size},) {self.dtype} array, "
+                                 f"got {arr.shape} {arr.dtype}")
+        if params is not None:
+            self.params = params
+        if grads is not None:
+            self.grads = grads
+        self._bind()
+
     def init_params(self, seed):
         """(Re)initialize all weights from ``seed`` alone (layer by layer, in order)."""
         rng = np.random.default_rng(seed)
@@ -100,7 +124,8 @@ class Sequential:
         last = len(self.layers) - 1
         for i, l in enumerate(self.layers):
             if isinstance(l, Dropout):
-                x = l.forward(x, rng=self.dropout_rng, training=training)
+                key = mix_key(*self._step_key, i) if training else None
+                x = l.forward(x, key=key, row0=self._row0, training=training)
             else:
                 x = l.forward(x, activate=not (i == last and self._fused))
         return x

@@ -48,7 +48,7 @@ def test_dropout_gradient_with_a_fixed_mask():
     x, y = data()
 
     def f():
-        m.dropout_rng = np.random.default_rng(42)   # the same mask every evaluation
+        m.seed_step(42, 7)                         # the same mask every evaluation
         return m.loss_and_grad(x, y)[0]
 
     f()
@@ -58,6 +58,22 @@ def test_dropout_gradient_with_a_fixed_mask():
     drop = m.layers[1]
     assert 0 < (drop.mask == 0).mean() < 1                     # some units dropped
     assert np.allclose(drop.mask[drop.mask > 0], 2.0)           # survivors scaled 1/(1-p)
+
+
+def test_dropout_masks_do_not_depend_on_sharding():
+    m = Sequential([Dense(6, 50, activation="relu"), Dropout(0.3), Dense(50, 3, activation="softmax")],
+                   dtype=np.float64, seed=1)
+    x, y = data(B=9)
+    m.seed_step(0, 5)
+    m.loss_and_grad(x, y)
+    full = m.layers[1].mask.copy()
+    assert 0.2 < (full == 0).mean() < 0.4
+    m.seed_step(0, 5, row0=4)
+    m.loss_and_grad(x[4:], y[4:])
+    assert np.array_equal(m.layers[1].mask, full[4:])
+    m.seed_step(0, 6)
+    m.loss_and_grad(x, y)
+    assert not np.array_equal(m.layers[1].mask, full)           # a new step, new masks
 
 
 def test_params_are_one_flat_vector_with_views_in_the_documented_layout():

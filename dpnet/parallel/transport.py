@@ -1,0 +1,273 @@
+"""ZeroMQ plumbing: a ROUTER for the coordinator, a DEALER per worker, timed receives.
+
+Every process makes its own ``zmq.Context`` (contexts do not survive ``spawn``, and a
+shared one would couple the processes' lifetimes). Sockets linger 0 ms: at the end of a
+run, or after a crash, undelivered messages are worthless and must not block exit.
+
+Liveness (see ``Ticker`` and ``CoordinatorWatch``):
+- the coordinator treats ANY message from a worker as a sign of life, and learns of a
+  dead worker from its pid (``monitor.WorkerMonitor``) -- not from silence, because a
+  worker busy in a long ``loss_and_grad`` is silent and healthy;
+- an idle worker sends a HEARTBEAT every ``HEARTBEAT_S`` (for remote workers, whose pid
+  the coordinator cannot see);
+- a worker watches its coordinator by parent pid (local) and, optionally, by silence
+  (remote: the coordinator must then send heartbeats too).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import time
+
+import zmq
+
+from . import protocol
+from .protocol import ProtocolError
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 0.5
+SEND_TIMEOUT_S = 5.0          # a send that blocks this long means the peer is gone or stuck
+_MAX_MSG = protocol.MAX_ARRAY_BYTES + protocol.MAX_HEADER_BYTES
+
+
+def identity(rank):
+    """The DEALER identity of worker ``rank``; the coordinator addresses it by this."""
+    return b"w%d" % rank
+
+
+class Message(tuple):
+    """``(identity, kind, header, arrays)``; identity is None on a worker's socket."""
+    __slots__ = ()
+
+    def __new__(cls, ident, kind, header, arrays):
+        return super().__new__(cls, (ident, kind, header, arrays))
+
+    identity = property(lambda self: self[0])
+    kind = property(lambda self: self[1])
+    header = property(lambda self: self[2])
+    arrays = property(lambda self: self[3])
+
+
+class BadMessage(ProtocolError):
+    """A refused message, with the identity of the peer that sent it (None if unknown)."""
+
+    def __init__(self, message, peer=None):
+        super().__init__(message if peer is None else f"from {peer!r}: {message}")
+        self.peer = peer
+
+
+def _configure(sock):
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, _MAX_MSG)   # zmq drops the peer instead of allocating
+    sock.setsockopt(zmq.SNDTIMEO, int(SEND_TIMEOUT_S * 1000))
+
+
+def send(sock, kind, header, *arrays, to=None, copy=False):
+    """Encode and send one message. ``to``: the peer identity (ROUTER sockets only).
+
+    With ``copy=False`` large arrays go without copying: do not modify them until the
+    peer has answered (dpnet's lockstep protocol guarantees that for gradients).
+    Raises ``ProtocolError`` for an unencodable message, ``zmq.Again`` when the peer
+    does not take it within ``SEND_TIMEOUT_S`` and ``zmq.ZMQError`` (EHOSTUNREACH) when
+    a ROUTER's peer is not connected.
+    """
+    frames = protocol.encode(kind, header, *arrays)
+    if sock.type == zmq.ROUTER:
+        if to is None:
+            raise ValueError("a ROUTER socket needs the peer identity: send(..., to=identity(rank))")
+        frames.insert(0, to)
+    elif to is not None:
+        raise ValueError(f"only a ROUTER socket addresses peers, got to={to!r}")
+    sock.send_multipart(frames, copy=copy)
+
+
+def recv(sock, timeout_s):
+    """The next message within ``timeout_s`` seconds, or None.
+
+    A malformed message is consumed and raises ``BadMessage`` (a ``ProtocolError``)
+    naming the sender where known; call again to go on receiving.
+    """
+    if not isinstance(timeout_s, (int, float)):
+        raise ValueError(f"timeout_s must be a number of seconds (every receive has one), got {timeout_s!r}")
+    deadline = time.monotonic() + max(0.0, timeout_s)
+    while True:
+        remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        if sock.poll(remaining_ms, zmq.POLLIN):
+            break
+        if time.monotonic() >= deadline:
+            return None
+    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+    peer = None
+    if sock.type == zmq.ROUTER:
+        peer = frames.pop(0).bytes
+    try:
+        kind, header, arrays = protocol.decode([f.buffer for f in frames])
+    except ProtocolError as e:
+        raise BadMessage(str(e), peer) from None
+    return Message(peer, kind, header, arrays)
+
+
+def recv_valid(sock, timeout_s, on_bad=None):
+    """Like ``recv``, but logs and drops malformed messages until a good one or the deadline.
+
+    ``on_bad(error)`` is called for each refused message (default: log a warning).
+    """
+    deadline = time.monotonic() + max(0.0, timeout_s)
+    while True:
+        try:
+            return recv(sock, deadline - time.monotonic())
+        except ProtocolError as e:
+            (on_bad or (lambda err: log.warning("dropped a bad message: %s", err)))(e)
+
+
+class Router:
+    """The coordinator's socket: bound, addresses workers by identity."""
+
+    def __init__(self, transport="ipc", host="127.0.0.1"):
+        self._dir = None
+        self.context = zmq.Context()
+        self.socket = None
+        try:
+            self.socket = self.context.socket(zmq.ROUTER)
+            _configure(self.socket)
+            # Sending to a worker that is not connected must fail, not vanish silently.
+            self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            # A respawned worker reuses its rank's identity: let it take the old one over.
+            self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            if transport == "ipc":
+                # A private (0700) directory: no other local user can connect.
+                self._dir = tempfile.mkdtemp(prefix="dpnet_")
+                self.endpoint = f"ipc://{self._dir}/{secrets.token_hex(4)}.sock"
+                self.socket.bind(self.endpoint)
+            elif transport == "tcp":
+                port = self.socket.bind_to_random_port(f"tcp://{host}")
+                self.endpoint = f"tcp://{host}:{port}"
+            else:
+                raise ValueError(f"transport must be 'ipc' or 'tcp', got {transport!r}")
+        except BaseException:
+            self.close()
+            raise
+
+    def send(self, rank_or_identity, kind, header, *arrays, copy=False):
+        to = rank_or_identity
+        if isinstance(to, int):
+            to = identity(to)
+        send(self.socket, kind, header, *arrays, to=to, copy=copy)
+
+    def recv(self, timeout_s):
+        return recv(self.socket, timeout_s)
+
+    def recv_valid(self, timeout_s, on_bad=None):
+        return recv_valid(self.socket, timeout_s, on_bad)
+
+    def close(self):
+        """Close the socket and context, remove the ipc directory. Idempotent."""
+        if self.socket is not None:
+            self.socket.close(linger=0)
+            self.socket = None
+        if self.context is not None:
+            self.context.term()
+            self.context = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Dealer:
+    """A worker's socket, connected to the coordinator's endpoint as ``identity(rank)``."""
+
+    def __init__(self, endpoint, rank):
+        self.rank = rank
+        self.context = zmq.Context()
+        self.socket = None
+        try:
+            self.socket = self.context.socket(zmq.DEALER)
+            _configure(self.socket)
+            self.socket.setsockopt(zmq.IDENTITY, identity(rank))
+            self.socket.connect(endpoint)
+        except BaseException:
+            self.close()
+            raise
+
+    def send(self, kind, header, *arrays, copy=False):
+        send(self.socket, kind, header, *arrays, copy=copy)
+
+    def recv(self, timeout_s):
+        return recv(self.socket, timeout_s)
+
+    def recv_valid(self, timeout_s, on_bad=None):
+        return recv_valid(self.socket, timeout_s, on_bad)
+
+    def close(self):
+        if self.socket is not None:
+            self.socket.close(linger=0)
+            self.socket = None
+        if self.context is not None:
+            self.context.term()
+            self.context = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Ticker:
+    """True from ``due()`` once every ``interval_s`` (monotonic), e.g. to send heartbeats."""
+
+    def __init__(self, interval_s=HEARTBEAT_S):
+        if not interval_s > 0:
+            raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
+        self.interval_s = interval_s
+        self._next = time.monotonic() + interval_s
+
+    def due(self):
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.interval_s
+        return True
+
+    def remaining(self):
+        """Seconds until the next tick: a good receive timeout for an idle loop."""
+        return max(0.0, self._next - time.monotonic())
+
+
+class CoordinatorWatch:
+    """A worker's view of whether its coordinator is still there.
+
+    ``parent_pid``: the coordinator's pid for local workers (``os.getppid()`` at start);
+    if the parent dies the worker is re-parented and the pid changes. ``silence_s``:
+    for remote workers, the longest quiet spell tolerated (None: ignore silence).
+    Call ``saw_message()`` on every receive and check ``lost()`` outside the receive
+    branch, so a worker that hears nothing still notices.
+    """
+
+    def __init__(self, parent_pid=None, silence_s=None):
+        self.parent_pid = parent_pid
+        self.silence_s = silence_s
+        self._last = time.monotonic()
+
+    def saw_message(self):
+        self._last = time.monotonic()
+
+    def lost(self):
+        """None while the coordinator seems alive, else a reason."""
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            return f"coordinator (pid {self.parent_pid}) is gone"
+        if self.silence_s is not None:
+            quiet = time.monotonic() - self._last
+            if quiet > self.silence_s:
+                return f"no message from the coordinator for {quiet:.1f} s"
+        return None
