@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import time
 
@@ -205,8 +206,17 @@ def plot_history(hist, path):
 def run_dnn(argv=None, prog=None, workers_flag=False, default_workers=0):
     parser = dnn_parser(prog or os.path.basename(sys.argv[0]), workers=workers_flag)
     args = parser.parse_args(argv)
+    from .engines.errors import WorkerError
+    # SIGTERM outside the training loop (which stops gracefully on it) must still run
+    # the clean-up path: workers stopped, shared memory unlinked.
+    old_term = signal.signal(signal.SIGTERM, _raise_exit)
     try:
         return _run_dnn(args, parser.prog, default_workers)
+    except WorkerError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        if e.traceback:
+            print(f"worker traceback:\n{e.traceback.rstrip()}", file=sys.stderr)
+        return 1
     except UserError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
@@ -215,6 +225,12 @@ def run_dnn(argv=None, prog=None, workers_flag=False, default_workers=0):
         # naming what is wrong; OSError covers unwritable --save/--json paths.
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def _raise_exit(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def _run_dnn(args, prog, default_workers):
@@ -246,17 +262,29 @@ def _run_dnn(args, prog, default_workers):
     engine_kw = {}
     if workers:
         engine_kw = {"blas_threads": args.blas_threads, "on_failure": args.on_failure}
+        say(f"{prog}: {workers} worker process{'es' if workers > 1 else ''}, "
+            f"{args.blas_threads} BLAS thread{'s' if args.blas_threads > 1 else ''} each")
     from .engines import make_engine
     engine = make_engine(workers, **engine_kw)
     callbacks = [EarlyStopping(patience=args.patience)] if args.patience is not None else []
     val = (data.x_val, data.y_val) if len(data.x_val) else None
     if callbacks and val is None:
         raise UserError("--patience needs a validation set (--validation > 0)")
+    from .engines.errors import WorkerError
+    from .train import History, save_training_checkpoint
+    hist = History()
     try:
-        hist = fit(model, data.x_train, data.y_train, epochs=args.epochs,
-                   batch_size=args.batch_size, validation_data=val, callbacks=callbacks,
-                   seed=args.seed, verbose=not args.quiet, engine=engine,
-                   checkpoint=args.save, initial_step=initial_step)
+        fit(model, data.x_train, data.y_train, epochs=args.epochs,
+            batch_size=args.batch_size, validation_data=val, callbacks=callbacks,
+            seed=args.seed, verbose=not args.quiet, engine=engine,
+            checkpoint=args.save, initial_step=initial_step, history=hist)
+    except WorkerError:
+        if args.save:     # the weights are those of the last completed step: keep them
+            save_training_checkpoint(args.save, model, hist.step, args.seed,
+                                     args.batch_size, hist)
+            print(f"{prog}: saved the last weights (step {hist.step}) to {args.save}",
+                  file=sys.stderr)
+        raise
     finally:
         engine.close()
     results = {"train": model.evaluate(data.x_train, data.y_train),
@@ -268,7 +296,6 @@ def _run_dnn(args, prog, default_workers):
     if not args.quiet:
         report(model, hist, results, per_class, wall)
     if args.save and (hist.step == 0 or not hist.epochs):
-        from .train import save_training_checkpoint
         save_training_checkpoint(args.save, model, hist.step, args.seed, args.batch_size, hist)
     if args.plot:
         if hist.epochs:

@@ -28,6 +28,8 @@ class History:
         self.stopped_early = False    # stopped by a callback
         self.wall_time = 0.0
         self.samples = 0
+        self.step = 0                 # updates applied so far (set by fit)
+        self.engine_stats = {}
 
     def append(self, epoch, metrics):
         self.epochs.append(epoch)

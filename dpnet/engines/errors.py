@@ -1,0 +1,11 @@
+"""Errors a data-parallel engine raises to the training loop."""
+
+
+class WorkerError(RuntimeError):
+    """A worker failed: it raised (``traceback`` holds its traceback), died, or stopped
+    answering, and the failure policy says stop."""
+
+    def __init__(self, message, rank=None, traceback=None):
+        super().__init__(message)
+        self.rank = rank
+        self.traceback = traceback

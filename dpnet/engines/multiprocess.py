@@ -1,0 +1,336 @@
+"""The coordinator for N CPU worker processes (see DESIGN.md, "One step, as data flows").
+
+Per step: write the batch's indices to shared memory, send each worker a STEP naming
+its contiguous shard, collect the GRAD headers (the gradients are already in the
+workers' shared slots), sum ``n_i * g_i / sum(n_i)`` in rank order, and let the model's
+optimizer apply it. After the update the new weights are copied into the shared
+weight block, stamped with the step number.
+
+Failures: a dead worker is seen from its pid within one poll interval (50 ms); a
+live one that does not answer within ``step_timeout`` is killed and treated as
+dead. Policy "respawn" starts a replacement under the same rank and re-sends only
+that rank's shard -- the weights have not moved, so the step's result is exactly
+that of an uninterrupted run. Policy "abort" raises ``WorkerError``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import zmq
+
+from ..data.batching import shard_bounds
+from ..parallel import protocol as P
+from ..parallel.monitor import WorkerMonitor, self_stats
+from ..parallel.shm import SharedArray
+from ..parallel.transport import Router
+from .errors import WorkerError
+
+log = logging.getLogger(__name__)
+POLL_S = 0.05
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def default_workers():
+    import psutil
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def _exit_reason(code):
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class _Proc:
+    """One worker process and what the coordinator knows of it."""
+
+    def __init__(self, rank, popen):
+        self.rank, self.popen, self.pid = rank, popen, popen.pid
+        self.ready = False
+
+
+class MultiprocessEngine:
+    name = "multiprocess"
+
+    def __init__(self, workers=None, blas_threads=1, on_failure="respawn", max_respawns=3,
+                 step_timeout=300.0, start_timeout=60.0, eval_batch_size=2048):
+        workers = default_workers() if workers is None else workers
+        if not isinstance(workers, int) or workers <= 0:
+            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        if not isinstance(blas_threads, int) or blas_threads <= 0:
+            raise ValueError(f"blas_threads must be a positive integer, got {blas_threads!r}")
+        if on_failure not in ("respawn", "abort"):
+            raise ValueError(f"on_failure must be 'respawn' or 'abort', got {on_failure!r}")
+        self.n_workers, self.blas_threads = workers, blas_threads
+        self.on_failure, self.max_respawns = on_failure, max_respawns
+        self.step_timeout, self.start_timeout = step_timeout, start_timeout
+        self.eval_batch_size = eval_batch_size
+        self.procs, self.shm = {}, {}
+        self.router = None
+        self.monitor = WorkerMonitor()
+        self.respawns = 0
+        self._failures_in_a_row = 0
+        self._final_stats = None
+        self.model = None
+
+    # -- life cycle ------------------------------------------------------------------
+    def start(self, model, datasets, seed=0):
+        """Put the data and weights in shared memory and start the workers."""
+        if self.model is not None:
+            raise RuntimeError("this engine is already started")
+        self.model, self.seed = model, int(seed)
+        self.monitor.add(os.getpid())      # primes CPU% so the summary covers the run
+        try:
+            self.sizes = {}
+            for split, (x, y) in datasets.items():
+                if x is None:
+                    continue
+                self.shm[f"{split}.x"] = SharedArray.from_array(np.ascontiguousarray(x),
+                                                                tag=f"{split[:10]}x")
+                self.shm[f"{split}.y"] = SharedArray.from_array(np.ascontiguousarray(y),
+                                                                tag=f"{split[:10]}y")
+                self.sizes[split] = len(x)
+            self.shm["weights"] = SharedArray.from_array(model.params, tag="weights")
+            self.shm["grads"] = SharedArray.create((self.n_workers, model.n_params),
+                                                   model.dtype, tag="grads")
+            self.shm["index"] = SharedArray.create((max(self.sizes.get("train", 1), 1),),
+                                                   np.int64, tag="index")
+            self.shm["version"] = SharedArray.create((1,), np.int64, tag="version")
+            self.version = 0
+            self._tmp = np.empty_like(model.grads)
+            self.router = Router("ipc")
+            from workers.tasks import signature_of
+            self._signature = signature_of(model)
+            for rank in range(self.n_workers):
+                self._spawn(rank)
+            self._await_ready(list(range(self.n_workers)))
+        except BaseException:
+            self.close()
+            raise
+
+    def _worker_config(self, rank):
+        return {"rank": rank, "task": "mlp", "endpoint": self.router.endpoint,
+                "coordinator_pid": os.getpid(), "seed": self.seed,
+                "model": self.model.config(), "eval_batch_size": self.eval_batch_size,
+                "shm": {k: s.describe() for k, s in self.shm.items()}}
+
+    def _spawn(self, rank):
+        env = dict(os.environ)
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(self.blas_threads)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "workers.cpu_worker", json.dumps(self._worker_config(rank))],
+            env=env, stdin=subprocess.DEVNULL, cwd=_ROOT)
+        self.procs[rank] = _Proc(rank, popen)
+        self.monitor.add(popen.pid)
+
+    def _await_ready(self, ranks):
+        """Wait for HELLO from ``ranks``, checking each worker's model signature."""
+        waiting = set(ranks)
+        deadline = time.monotonic() + self.start_timeout
+        while waiting:
+            msg = self.router.recv_valid(POLL_S)
+            if msg is not None:
+                rank = self._rank_of(msg)
+                if msg.kind == P.HELLO and rank in waiting:
+                    P.check_signature(self._signature, msg.header["signature"])
+                    self.router.send(rank, P.WELCOME, {"rank": rank,
+                                                       "weights_version": self.version})
+                    self.procs[rank].ready = True
+                    waiting.discard(rank)
+                elif msg.kind == P.ERROR:
+                    self._raise_worker_error(msg)
+            for rank in list(waiting):
+                code = self.procs[rank].popen.poll()
+                if code is not None:
+                    raise WorkerError(f"worker {rank} (pid {self.procs[rank].pid}) failed to "
+                                      f"start: {_exit_reason(code)}", rank=rank)
+            if time.monotonic() > deadline:
+                raise WorkerError(f"workers {sorted(waiting)} did not start within "
+                                  f"{self.start_timeout:.0f} s", rank=min(waiting))
+
+    def close(self):
+        """Stop the workers and remove every shared-memory segment. Idempotent."""
+        if self.procs and self._final_stats is None:
+            self._final_stats = self._collect_stats()
+        for rank, proc in list(self.procs.items()):
+            if proc.popen.poll() is None and self.router is not None:
+                try:
+                    self.router.send(rank, P.STOP, {"reason": "done"})
+                except Exception:
+                    pass
+        deadline = time.monotonic() + 2.0
+        for proc in self.procs.values():
+            try:
+                proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+        self.procs = {}
+        if self.router is not None:
+            self.router.close()
+            self.router = None
+        for s in self.shm.values():
+            s.unlink()
+            s.close()
+        self.shm = {}
+        self.model = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- one step --------------------------------------------------------------------
+    def gradient(self, step, idx):
+        """Mean gradient over training samples ``idx`` into model.grads."""
+        n = len(idx)
+        self.shm["index"].array[:n] = idx
+        shards = {r: b for r, b in enumerate(shard_bounds(n, self.n_workers)) if b[1] > b[0]}
+
+        def message(rank):
+            start, stop = shards[rank]
+            return P.STEP, {"step": step, "rank": rank, "start": start, "stop": stop,
+                            "weights_version": self.version}
+
+        replies = self._round(step, P.GRAD, list(shards), message)
+        total = sum(replies[r]["n"] for r in shards)
+        g, slots = self.model.grads, self.shm["grads"].array
+        for i, rank in enumerate(sorted(replies)):           # rank order, never arrival order
+            w = replies[rank]["n"] / total
+            if i == 0:
+                np.multiply(slots[rank], w, out=g)
+            else:
+                np.multiply(slots[rank], w, out=self._tmp)
+                g += self._tmp
+        loss = sum(replies[r]["n"] * replies[r]["loss"] for r in sorted(replies)) / total
+        return loss, total, sum(replies[r]["correct"] for r in replies)
+
+    def weights_changed(self, step):
+        """Publish the updated weights: one copy into the shared block, then the stamp."""
+        self.shm["weights"].array[...] = self.model.params
+        self.version = int(step)
+        self.shm["version"].array[0] = self.version
+
+    def evaluate(self, name):
+        """(mean loss, n, correct) over a whole dataset, sharded over the workers."""
+        n = self.sizes[name]
+        shards = {r: b for r, b in enumerate(shard_bounds(n, self.n_workers)) if b[1] > b[0]}
+
+        def message(rank):
+            start, stop = shards[rank]
+            return P.EVAL, {"step": self.version, "rank": rank, "start": start, "stop": stop,
+                            "weights_version": self.version, "split": name}
+
+        replies = self._round(self.version, P.EVAL_RESULT, list(shards), message)
+        total = sum(r["n"] for r in replies.values())
+        loss = sum(replies[r]["n"] * replies[r]["loss"] for r in sorted(replies)) / max(total, 1)
+        return loss, total, sum(r["correct"] for r in replies.values())
+
+    def _round(self, step, reply_kind, ranks, message):
+        """Send ``message(rank)`` to each rank and collect their replies (headers),
+        surviving worker deaths by the failure policy."""
+        for rank in ranks:
+            self._send(rank, *message(rank))
+        replies = {}
+        sent_at = {rank: time.monotonic() for rank in ranks}
+        while len(replies) < len(ranks):
+            msg = self.router.recv_valid(POLL_S)
+            if msg is not None:
+                rank = self._rank_of(msg)
+                if msg.kind == P.ERROR:
+                    self._raise_worker_error(msg)
+                elif (msg.kind == reply_kind and msg.header["step"] == step
+                      and rank in sent_at and rank not in replies):
+                    replies[rank] = msg.header
+                elif msg.kind == P.HELLO and rank in self.procs and not self.procs[rank].ready:
+                    # a replacement introducing itself: handshake, then give it its shard
+                    P.check_signature(self._signature, msg.header["signature"])
+                    self.router.send(rank, P.WELCOME, {"rank": rank,
+                                                       "weights_version": self.version})
+                    self.procs[rank].ready = True
+                    if rank in sent_at and rank not in replies:
+                        self._send(rank, *message(rank))
+                        sent_at[rank] = time.monotonic()
+                # anything else (heartbeats, BYE, stale replies of an older step): dropped
+            now = time.monotonic()
+            for rank in ranks:
+                if rank in replies:
+                    continue
+                proc = self.procs[rank]
+                code = proc.popen.poll()
+                if code is not None:
+                    self._failed(rank, _exit_reason(code))
+                    sent_at[rank] = time.monotonic() + self.start_timeout   # time to start
+                elif proc.ready and now - sent_at[rank] > self.step_timeout:
+                    proc.popen.kill()
+                    proc.popen.wait()
+                    self._failed(rank, f"did not answer within {self.step_timeout:.0f} s")
+                    sent_at[rank] = time.monotonic() + self.start_timeout
+                elif not proc.ready and now - sent_at[rank] > self.step_timeout:
+                    raise WorkerError(f"replacement worker {rank} did not start", rank=rank)
+        self._failures_in_a_row = 0
+        return replies
+
+    def _send(self, rank, kind, header):
+        """Send, tolerating a peer that just died: the liveness check will see it."""
+        try:
+            self.router.send(rank, kind, header)
+        except zmq.ZMQError as e:
+            log.info("send to worker %d failed: %s", rank, e)
+
+    def _failed(self, rank, reason):
+        proc = self.procs[rank]
+        what = f"worker {rank} (pid {proc.pid}) {reason}"
+        self.monitor.remove(proc.pid)
+        if self.on_failure == "abort":
+            raise WorkerError(what, rank=rank)
+        self._failures_in_a_row += 1
+        if self._failures_in_a_row > self.max_respawns:
+            raise WorkerError(f"{what}; giving up after {self.max_respawns} respawns in a row",
+                              rank=rank)
+        log.warning("%s; starting a replacement", what)
+        print(f"dpnet: {what}; starting a replacement", file=sys.stderr)
+        self.respawns += 1
+        self._spawn(rank)
+
+    def _rank_of(self, msg):
+        ident = msg.identity or b""
+        try:
+            return int(ident[1:]) if ident[:1] == b"w" else -1
+        except ValueError:
+            return -1
+
+    def _raise_worker_error(self, msg):
+        h = msg.header
+        raise WorkerError(f"worker {h['rank']} raised {h['message']}", rank=h["rank"],
+                          traceback=h["traceback"])
+
+    # -- reporting -------------------------------------------------------------------
+    def _collect_stats(self):
+        per = self.monitor.stats(full=True)
+        workers = []
+        for rank, proc in sorted(self.procs.items()):
+            s = per.get(proc.pid, {})
+            workers.append({"rank": rank, "pid": proc.pid, **s})
+        return {"workers": self.n_workers, "blas_threads": self.blas_threads,
+                "respawns": self.respawns, "per_worker": workers,
+                "coordinator": per.get(os.getpid()) or self_stats(full=True)}
+
+    def stats(self):
+        return self._final_stats if self._final_stats is not None else (
+            self._collect_stats() if self.procs else {})

@@ -1,0 +1,56 @@
+"""scripts/runDnn.py end to end: real worker processes, real signals."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dpnet.parallel.monitor import child_processes
+from conftest import ROOT
+
+SCRIPT = str(ROOT / "scripts" / "runDnn.py")
+pytestmark = pytest.mark.timeout(180)
+
+
+def shm_segments():
+    return sorted(f for f in os.listdir("/dev/shm") if f.startswith("dpnet_"))
+
+
+def test_two_workers_end_to_end(tmp_path):
+    out = tmp_path / "out.json"
+    r = subprocess.run([sys.executable, SCRIPT, "--workers", "2", "--limit-train", "2000",
+                        "--epochs", "1", "--json", str(out)], capture_output=True, text=True,
+                       timeout=150, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(out.read_text())
+    assert s["engine"]["workers"] == 2 and len(s["engine"]["per_worker"]) == 2
+    assert all(w["uss"] > 0 for w in s["engine"]["per_worker"])
+    assert s["train"]["n"] == 2000 and s["test"]["n"] == 10_000
+    assert "2 worker processes" in r.stdout and "test accuracy:" in r.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_cleanly_saves_and_leaves_nothing(tmp_path, sig):
+    before = shm_segments()
+    ck = tmp_path / "ck.npz"
+    p = subprocess.Popen([sys.executable, SCRIPT, "--workers", "2", "--limit-train", "20000",
+                          "--epochs", "50", "--save", str(ck), "--hidden", "256"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    for line in p.stdout:                       # wait until training is under way
+        if line.startswith("epoch   1/50"):
+            break
+    worker_pids = [c.pid for c in child_processes() if c.ppid() == p.pid]
+    p.send_signal(sig)
+    t0 = time.monotonic()
+    out, err = p.communicate(timeout=30)
+    assert time.monotonic() - t0 < 5, "did not exit within 5 s"
+    assert p.returncode == 130, err
+    assert f"stopped by {signal.Signals(sig).name}" in out
+    assert ck.exists()
+    import psutil
+    assert not [q for q in worker_pids if psutil.pid_exists(q)
+                and psutil.Process(q).status() != psutil.STATUS_ZOMBIE]
+    assert shm_segments() == before

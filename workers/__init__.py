@@ -1,0 +1,1 @@
+"""Process entry points: thin loops around ``model.loss_and_grad``."""
