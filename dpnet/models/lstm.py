@@ -1,0 +1,468 @@
+"""CharLSTM: a one-layer LSTM character model over one flat parameter vector.
+
+Layout (DESIGN.md): ``Wx`` (V, 4H), ``Wh`` (H, 4H), ``b`` (4H,), ``Wy`` (H, V),
+``by`` (V,); gate columns in the order i, f, g, o. Per step, with one-hot input x_t:
+
+    z_t = Wx[x_t] + b + h_{t-1} @ Wh                     (B, 4H)
+    i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g)
+    c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t);  logits_t = h_t @ Wy + by
+
+Where the time goes (V=65, H=256, B=32, T=64, one OpenBLAS thread: ~60% in GEMMs,
+the rest elementwise work and memory traffic), and what is done about it:
+- the four gate matmuls are one (B, H) @ (H, 4H) GEMM per step; the input projection
+  of all T steps is one row gather from the table ``(Wx + b)`` (one-hot input), done
+  before the loop; the output layer is one (T*B, H) @ (H, V) GEMM after it, and
+  ``dWh`` one (H, T*B) @ (T*B, 4H) GEMM after the backward loop;
+- sigmoid(x) = 0.5 + 0.5*tanh(x/2): the 1/2 is folded into scaled copies of the
+  weights (exact, a power of two), so one tanh over the fused (B, 4H) row activates
+  all four gates (half the cost of exp-based sigmoids);
+- the backward GEMM reads a contiguous copy of Wh.T (1.5x faster than the strided
+  transpose), copied in row bands (3x faster than one strided copy);
+- the scatter-add into dWx is a (V, T*B) @ (T*B, 4H) one-hot GEMM for small
+  vocabularies (5x faster than np.add.at) and ``add.at`` otherwise; db is then the
+  column sum of dWx, not another pass over the (T*B, 4H) gradient;
+- every per-step array lives in buffers kept per (B, T); activations are in place.
+Arrays are time-major inside (T, B, ...), so each step touches contiguous blocks.
+All maths goes through ``xp = xp_of(self.params)``: the same code runs on CuPy.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import check_dtype, to_numpy, xp_of
+from ..initializers import get_initializer
+from ..optimizers import get_optimizer
+from ..params import ParamLayout
+
+# Above this vocabulary size a one-hot GEMM costs more than a true scatter-add.
+_ONEHOT_SCATTER_MAX_V = 256
+
+
+def _positive_int(name, v):
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _scatter_add_rows(out, idx, rows, onehot=None):
+    """out[...] = sum of rows[k] into out[idx[k]] (repeated ids accumulate); out: (V, D)."""
+    xp = xp_of(out)
+    if onehot is not None:                           # (N, V) buffer: one GEMM
+        onehot[...] = 0
+        onehot[xp.arange(idx.shape[0]), idx] = 1
+        xp.matmul(onehot.T, rows, out=out)           # (V, D)
+    else:
+        out[...] = 0
+        xp.add.at(out, idx, rows)                    # numpy; cupy >= 12 has ufunc.at
+
+
+def _take_rows(table, idx, out):
+    """out[...] = table[idx] along axis 0. The ids are already checked, and numpy's
+    default mode="raise" would gather into a temporary first."""
+    if xp_of(table) is np:
+        np.take(table, idx, axis=0, out=out, mode="clip")
+    else:
+        xp_of(table).take(table, idx, axis=0, out=out)
+
+
+def _transpose_into(out, a):
+    """out[...] = a.T, copied in 32-row bands: each band's transpose stays in cache,
+    where one strided copy of the whole transpose runs ~3x slower."""
+    if xp_of(a) is not np:
+        out[...] = a.T
+        return
+    for j in range(0, a.shape[0], 32):
+        out[:, j:j + 32] = a[j:j + 32].T
+
+
+class _Work:
+    """Buffers for one (B, T): reused across calls so the hot path allocates nothing big."""
+
+    def __init__(self, xp, B, T, V, H, dtype):
+        e = lambda *s: xp.empty(s, dtype=dtype)      # noqa: E731
+        self.B, self.T = B, T
+        self.table = e(V, 4 * H)      # (Wx + b) * scale: the input projection of each char
+        self.Wh_s = e(H, 4 * H)       # Wh * scale
+        self.WhT = e(4 * H, H)        # contiguous Wh.T for the backward GEMM
+        self.A = e(T, B, 4 * H)       # pre-activations, then activations i, f, g, o
+        self.C = e(T + 1, B, H)       # cell states, C[0] = c0
+        self.Hs = e(T + 1, B, H)      # hidden states, Hs[0] = h0
+        self.TC = e(T, B, H)          # tanh(c_t)
+        self.Z = e(T * B, V)          # logits, then probabilities, then dlogits
+        self.dG = e(T, B, 4 * H)      # gradient w.r.t. the pre-activations
+        self.dH = e(T, B, H)          # gradient w.r.t. h_t (output + recurrent paths)
+        self.dc = e(B, H)
+        self.tmp = e(B, H)
+        self.tmp4 = e(B, 4 * H)
+        self.onehot = e(T * B, V) if V <= _ONEHOT_SCATTER_MAX_V else None
+        self.gate_mul = xp.asarray(np.repeat(np.array([0.5, 0.5, 1.0, 0.5], dtype), H))
+        self.gate_add = xp.asarray(np.repeat(np.array([0.5, 0.5, 0.0, 0.5], dtype), H))
+        self.idx = None               # (T, B) time-major inputs of the last forward
+
+
+class CharLSTM:
+    """One-layer LSTM over characters (one-hot input of size ``vocab_size``).
+
+    ``loss_and_grad(inputs, targets, state)`` follows the engine contract: it fills
+    ``self.grads`` with the MEAN gradient over the B*T predicted characters and returns
+    ``(mean_loss, n_chars, new_state)``; ``state`` is None (zeros) or (h, c), each (B, H),
+    and is treated as a constant (truncated BPTT across chunks).
+    """
+
+    def __init__(self, vocab_size, hidden_size, dtype=np.float32, seed=0, forget_bias=1.0,
+                 init="xavier_uniform", optimizer="adam", clip_norm=None, clip_value=None,
+                 xp=np):
+        self.vocab_size = _positive_int("vocab_size", vocab_size)
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.dtype = check_dtype(dtype)
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        self.seed = int(seed)
+        if not isinstance(forget_bias, (int, float)) or isinstance(forget_bias, bool) \
+                or not math.isfinite(forget_bias):
+            raise ValueError(f"forget_bias must be a finite number, got {forget_bias!r}")
+        self.forget_bias = float(forget_bias)
+        self.init_name = init if isinstance(init, str) else getattr(init, "__name__", "custom")
+        self._init = get_initializer(init)
+        for name, v in (("clip_norm", clip_norm), ("clip_value", clip_value)):
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                      and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be > 0 or None, got {v!r}")
+        self.clip_norm = None if clip_norm is None else float(clip_norm)
+        self.clip_value = None if clip_value is None else float(clip_value)
+        self.optimizer = get_optimizer(optimizer)
+
+        V, H = self.vocab_size, self.hidden_size
+        self.layout = ParamLayout([("Wx", (V, 4 * H)), ("Wh", (H, 4 * H)), ("b", (4 * H,)),
+                                   ("Wy", (H, V)), ("by", (V,))])
+        params, grads = self.layout.allocate(self.dtype, xp)
+        self.bind(params, grads)
+        self.init_params(self.seed)
+
+    # -- parameters -------------------------------------------------------------------
+    def bind(self, params, grads=None):
+        """Use ``params`` (and ``grads``) as the flat vectors, e.g. views of shared
+        memory or device arrays; the named views are rebuilt, nothing is copied."""
+        for label, a in (("params", params), ("grads", grads)):
+            if a is None:
+                continue
+            if a.ndim != 1 or a.shape[0] != self.layout.size or a.dtype != self.dtype:
+                raise ValueError(f"{label} must be a ({self.layout.size},) {self.dtype} vector, "
+                                 f"got {a.shape} {a.dtype}")
+        if grads is None:
+            grads = xp_of(params).zeros_like(params)
+        if xp_of(params) is not xp_of(grads):
+            raise ValueError("params and grads must live on the same backend")
+        self.params, self.grads = params, grads
+        for name, v in self.layout.views(params).items():
+            setattr(self, name, v)
+        for name, v in self.layout.views(grads).items():
+            setattr(self, "d" + name, v)
+        self._work = {}
+
+    def init_params(self, seed):
+        """(Re)initialize from ``seed`` alone: the matrices by the initializer (drawn in
+        float64 on the host, so float32 and float64 models of one seed agree), biases 0
+        except the forget gate's, ``forget_bias`` (remember by default, Gers et al. 2000)."""
+        rng = np.random.default_rng(seed)
+        H = self.hidden_size
+        host = np.zeros(self.layout.size, dtype=np.float64)
+        views = self.layout.views(host)
+        for name in ("Wx", "Wh", "Wy"):
+            self._init(rng, views[name])
+        views["b"][H:2 * H] = self.forget_bias
+        self.params[...] = xp_of(self.params).asarray(host.astype(self.dtype))
+
+    @property
+    def n_params(self):
+        return self.layout.size
+
+    def init_state(self, batch_size):
+        """Zero (h, c) for ``batch_size`` streams."""
+        xp = xp_of(self.params)
+        shape = (_positive_int("batch_size", batch_size), self.hidden_size)
+        return xp.zeros(shape, self.dtype), xp.zeros(shape, self.dtype)
+
+    # -- input checks -----------------------------------------------------------------
+    def _ids(self, a, name):
+        xp = xp_of(self.params)
+        a = xp.asarray(a)
+        if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
+            raise ValueError(f"{name} must be a non-empty (B, T) array, got shape {a.shape}")
+        if a.dtype.kind not in "iu":
+            raise ValueError(f"{name} must hold integer ids, got dtype {a.dtype}")
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi >= self.vocab_size:
+            raise ValueError(f"{name} holds id {lo if lo < 0 else hi}, outside the "
+                             f"vocabulary [0, {self.vocab_size})")
+        return a
+
+    def _state(self, state, B):
+        if state is None:
+            return None
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise ValueError("state must be None or an (h, c) pair")
+        xp = xp_of(self.params)
+        h, c = (xp.asarray(s, dtype=self.dtype) for s in state)
+        for label, s in (("h", h), ("c", c)):
+            if s.shape != (B, self.hidden_size):
+                raise ValueError(f"state {label} must have shape {(B, self.hidden_size)}, "
+                                 f"got {s.shape}")
+        return h, c
+
+    def _workspace(self, B, T):
+        w = self._work.get((B, T))
+        if w is None:
+            if len(self._work) >= 3:                 # e.g. train, validation, sampling
+                self._work.clear()
+            w = self._work[(B, T)] = _Work(xp_of(self.params), B, T, self.vocab_size,
+                                           self.hidden_size, self.dtype)
+        return w
+
+    # -- forward ----------------------------------------------------------------------
+    def _prepare(self, w):
+        """Scaled weight copies for this call's parameters (see the module docstring)."""
+        xp, H = xp_of(self.params), self.hidden_size
+        xp.add(self.Wx, self.b, out=w.table)         # one-hot x @ Wx + b == (Wx + b)[x]
+        xp.copyto(w.Wh_s, self.Wh)
+        for blk in (w.table, w.Wh_s):                # halve the i, f, o columns
+            blk[:, :2 * H] *= 0.5
+            blk[:, 3 * H:] *= 0.5
+
+    def _steps(self, w, idx, state):
+        """Run the recurrence over w's T steps from ``state`` (None = zeros)."""
+        xp, H, T = xp_of(self.params), self.hidden_size, w.T
+        A, C, Hs, TC = w.A, w.C, w.Hs, w.TC
+        _take_rows(w.table, idx, A)                  # (T, B, 4H) input projection + bias
+        if state is None:
+            Hs[0] = 0
+            C[0] = 0
+        else:
+            Hs[0], C[0] = state
+        for t in range(T):
+            a = A[t]                                 # (B, 4H)
+            if t or state is not None:               # h0 = 0 contributes nothing
+                xp.matmul(Hs[t], w.Wh_s, out=w.tmp4)
+                a += w.tmp4
+            xp.tanh(a, out=a)
+            xp.multiply(a, w.gate_mul, out=a)        # sigmoid(x) = 0.5 + 0.5 tanh(x/2) on
+            a += w.gate_add                          # i, f, o; identity on g (one pass each)
+            i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+            xp.multiply(f, C[t], out=C[t + 1])       # (B, H)
+            xp.multiply(i, g, out=w.tmp)
+            C[t + 1] += w.tmp
+            xp.tanh(C[t + 1], out=TC[t])
+            xp.multiply(o, TC[t], out=Hs[t + 1])
+
+    def _forward(self, inputs, state):
+        """Gather, recurrence and output layer; logits land in w.Z (T*B, V)."""
+        xp = xp_of(self.params)
+        B, T = inputs.shape
+        state = self._state(state, B)
+        w = self._workspace(B, T)
+        self._prepare(w)
+        w.idx = inputs.T                             # (T, B) time-major
+        self._steps(w, w.idx, state)
+        xp.matmul(w.Hs[1:].reshape(T * B, self.hidden_size), self.Wy, out=w.Z)
+        w.Z += self.by                               # (T*B, V)
+        return w
+
+    def _loss(self, w, targets, grad):
+        """Mean cross-entropy of w.Z against targets; with ``grad``, w.Z becomes
+        d(mean loss)/d(logits)."""
+        xp = xp_of(self.params)
+        Z, N = w.Z, w.Z.shape[0]
+        ys = targets.T.reshape(N)                    # time-major, like the rows of Z
+        rows = xp.arange(N)
+        Z -= Z.max(axis=1, keepdims=True)            # shift by the max: exp never overflows
+        picked = Z[rows, ys]                         # (N,) shifted logit of the target
+        xp.exp(Z, out=Z)
+        sums = Z.sum(axis=1)                         # (N,)
+        loss = float((xp.log(sums) - picked).sum(dtype=xp.float64)) / N
+        if grad:
+            Z /= sums[:, None]                       # softmax
+            Z[rows, ys] -= 1
+            Z *= 1.0 / N                             # mean over predicted characters
+        return loss
+
+    # -- backward ---------------------------------------------------------------------
+    def _backward(self, w, need_state_grad=False):
+        """BPTT through w's T steps; fills self.grads. Returns (dh0, dc0) or None."""
+        xp, H, T, B = xp_of(self.params), self.hidden_size, w.T, w.B
+        N = T * B
+        dZ = w.Z                                     # (N, V) dlogits
+        xp.matmul(w.Hs[1:].reshape(N, H).T, dZ, out=self.dWy)        # (H, V)
+        xp.sum(dZ, axis=0, out=self.dby)
+        xp.matmul(dZ, self.Wy.T, out=w.dH.reshape(N, H))             # (N, H)
+        _transpose_into(w.WhT, self.Wh)
+        A, C, TC, dG, dH, dc, tmp = w.A, w.C, w.TC, w.dG, w.dH, w.dc, w.tmp
+        dc[...] = 0                                  # no gradient arrives from beyond T
+        state_grad = None
+        for t in range(T - 1, -1, -1):
+            a, d, dh, tc = A[t], dG[t], dH[t], TC[t]
+            i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+            di, df, dg, do = d[:, :H], d[:, H:2 * H], d[:, 2 * H:3 * H], d[:, 3 * H:]
+            xp.multiply(dh, tc, out=do)              # dL/do
+            xp.multiply(tc, tc, out=tmp)
+            xp.subtract(1.0, tmp, out=tmp)           # tanh'(c_t)
+            tmp *= dh
+            tmp *= o
+            dc += tmp                                # dL/dc_t (from h_t and from c_{t+1})
+            xp.multiply(dc, g, out=di)
+            xp.multiply(dc, i, out=dg)
+            xp.multiply(dc, C[t], out=df)
+            dc *= f                                  # dL/dc_{t-1} through the forget gate
+            D = w.tmp4                               # activation derivatives, from outputs
+            xp.multiply(a, a, out=D)
+            for sl in (slice(0, 2 * H), slice(3 * H, 4 * H)):
+                xp.subtract(a[:, sl], D[:, sl], out=D[:, sl])        # s (1 - s)
+            xp.subtract(1.0, D[:, 2 * H:3 * H], out=D[:, 2 * H:3 * H])  # 1 - g^2
+            d *= D                                   # (B, 4H) dL/dz_t
+            if t:
+                xp.matmul(d, w.WhT, out=tmp)         # recurrent path into h_{t-1}
+                dH[t - 1] += tmp
+            elif need_state_grad:
+                state_grad = (xp.matmul(d, w.WhT), dc.copy())
+        G = dG.reshape(N, 4 * H)
+        xp.matmul(w.Hs[:T].reshape(N, H).T, G, out=self.dWh)          # (H, 4H)
+        _scatter_add_rows(self.dWx, w.idx.reshape(N), G, w.onehot)   # (V, 4H)
+        # Every row of G lands in exactly one row of dWx, so summing dWx's V rows gives
+        # db without another pass over the (N, 4H) array.
+        xp.sum(self.dWx, axis=0, out=self.db)
+        return state_grad
+
+    # -- the contract -----------------------------------------------------------------
+    def loss_and_grad(self, inputs, targets, state=None, return_state_grad=False):
+        """Mean loss over the B*T predicted characters; fills ``self.grads`` with the
+        mean gradient. Returns (loss, n_chars, (h_T, c_T)), the state as fresh copies;
+        with ``return_state_grad`` also (dL/dh0, dL/dc0) as a fourth item."""
+        inputs, targets = self._ids(inputs, "inputs"), self._ids(targets, "targets")
+        if inputs.shape != targets.shape:
+            raise ValueError(f"inputs {inputs.shape} and targets {targets.shape} differ in shape")
+        w = self._forward(inputs, state)
+        loss = self._loss(w, targets, grad=True)
+        state_grad = self._backward(w, need_state_grad=return_state_grad)
+        out = (loss, int(targets.size), (w.Hs[w.T].copy(), w.C[w.T].copy()))
+        return out + (state_grad,) if return_state_grad else out
+
+    def predict_loss(self, inputs, targets, state=None):
+        """(mean loss, n_chars, new_state) without touching the gradients."""
+        inputs, targets = self._ids(inputs, "inputs"), self._ids(targets, "targets")
+        if inputs.shape != targets.shape:
+            raise ValueError(f"inputs {inputs.shape} and targets {targets.shape} differ in shape")
+        w = self._forward(inputs, state)
+        loss = self._loss(w, targets, grad=False)
+        return loss, int(targets.size), (w.Hs[w.T].copy(), w.C[w.T].copy())
+
+    def forward(self, inputs, state=None):
+        """(logits (B, T, V), new_state) for integer inputs (B, T)."""
+        inputs = self._ids(inputs, "inputs")
+        B, T = inputs.shape
+        w = self._forward(inputs, state)
+        logits = w.Z.reshape(T, B, self.vocab_size).transpose(1, 0, 2).copy()
+        return logits, (w.Hs[T].copy(), w.C[T].copy())
+
+    def evaluate(self, batches, state=None):
+        """Mean loss over consecutive (inputs, targets) batches, carrying the state:
+        {"loss" (nats/char), "bits_per_char", "n"}."""
+        total, n_tot = 0.0, 0
+        for x, y in batches:
+            loss, n, state = self.predict_loss(x, y, state)
+            total += loss * n
+            n_tot += n
+        if n_tot == 0:
+            raise ValueError("cannot evaluate on no batches")
+        return {"loss": total / n_tot, "bits_per_char": total / n_tot / math.log(2), "n": n_tot}
+
+    # -- the update -------------------------------------------------------------------
+    def apply_gradients(self, grads=None):
+        """Clip (element-wise, then global norm) and take one optimizer step."""
+        g = self.grads if grads is None else grads
+        xp = xp_of(g)
+        if self.clip_value is not None:
+            xp.clip(g, -self.clip_value, self.clip_value, out=g)
+        if self.clip_norm is not None:
+            norm = float(xp.sqrt(g @ g))
+            if norm > self.clip_norm:
+                g *= self.clip_norm / norm
+        self.optimizer.step(self.params, g)
+
+    def train_on_batch(self, inputs, targets, state=None):
+        """One step; returns (loss, new_state)."""
+        loss, _, state = self.loss_and_grad(inputs, targets, state)
+        self.apply_gradients()
+        return loss, state
+
+    # -- sampling ---------------------------------------------------------------------
+    def sample(self, prime_ids, length, temperature=1.0, seed=0, state=None,
+               return_state=False):
+        """``length`` ids drawn one at a time after feeding ``prime_ids`` (at least one).
+
+        Each draw is from softmax(logits / temperature): temperature < 1 sharpens
+        towards the argmax, > 1 flattens. Deterministic for a ``seed``. With
+        ``return_state`` also the (h, c) reached just before the last id (prime or drawn)
+        was fed, so ``sample([ids[-1]], ..., state=that)`` continues the same text."""
+        prime = np.asarray(prime_ids).reshape(-1)
+        if prime.size == 0:
+            raise ValueError("sample needs at least one prime id")
+        if prime.dtype.kind not in "iu":
+            raise ValueError(f"prime ids must be integers, got dtype {prime.dtype}")
+        if prime.min() < 0 or prime.max() >= self.vocab_size:
+            raise ValueError(f"prime ids must be in [0, {self.vocab_size}), got range "
+                             f"[{prime.min()}, {prime.max()}]")
+        if not isinstance(length, (int, np.integer)) or isinstance(length, bool) or length < 0:
+            raise ValueError(f"length must be an integer >= 0, got {length!r}")
+        if not isinstance(temperature, (int, float, np.floating)) \
+                or isinstance(temperature, bool) or not math.isfinite(temperature) \
+                or temperature <= 0:
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        rng = np.random.default_rng(seed)
+        xp = xp_of(self.params)
+        w = self._workspace(1, 1)
+        self._prepare(w)
+        st = self._state(state, 1)
+        out = []
+        ids = list(int(i) for i in prime)
+        for k in range(len(ids) + length - 1):
+            cur = ids[k] if k < len(ids) else out[-1]
+            self._steps(w, xp.asarray([[cur]]), st)
+            st = (w.Hs[1], w.C[1])                   # read back into Hs[0], C[0] next step
+            if k + 1 < len(ids):
+                continue
+            logits = to_numpy(w.Hs[1] @ self.Wy + self.by)[0].astype(np.float64)
+            # Shift before dividing: a tiny temperature then sends the others to -inf
+            # (probability 0), never to inf - inf.
+            p = np.exp((logits - logits.max()) / float(temperature))
+            cdf = np.cumsum(p)
+            # Inverse-CDF draw: one uniform per character, robust to p not summing to 1.
+            j = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+            out.append(min(j, self.vocab_size - 1))
+        if return_state:
+            h, c = st if st is not None else self.init_state(1)
+            return out, (h.copy(), c.copy())
+        return out
+
+    # -- description ------------------------------------------------------------------
+    def config(self):
+        """JSON-able constructor arguments (the parameters travel separately)."""
+        return {"type": "CharLSTM", "vocab_size": self.vocab_size,
+                "hidden_size": self.hidden_size, "dtype": self.dtype.name,
+                "forget_bias": self.forget_bias, "init": self.init_name, "seed": self.seed,
+                "clip_norm": self.clip_norm, "clip_value": self.clip_value}
+
+    def describe(self):
+        return dict(self.config(), n_params=self.n_params,
+                    layout=[[n, list(s)] for n, s in self.layout.describe()])
+
+    @classmethod
+    def from_config(cls, cfg, optimizer="adam", xp=np):
+        return cls(cfg["vocab_size"], cfg["hidden_size"], dtype=cfg.get("dtype", "float32"),
+                   seed=cfg.get("seed", 0), forget_bias=cfg.get("forget_bias", 1.0),
+                   init=cfg.get("init", "xavier_uniform"), optimizer=optimizer,
+                   clip_norm=cfg.get("clip_norm"), clip_value=cfg.get("clip_value"), xp=xp)
+
+    def __repr__(self):
+        return (f"CharLSTM(vocab_size={self.vocab_size}, hidden_size={self.hidden_size}, "
+                f"dtype={self.dtype.name}, {self.n_params} parameters)")
