@@ -38,7 +38,8 @@ class Worker:
         from dpnet.parallel.shm import SharedArray
         from dpnet.parallel.transport import CoordinatorWatch, Dealer, Ticker
 
-        from .tasks import make_task
+        from dpnet.engines.tasks import signature_of, task_by_name
+        from dpnet.models import model_from_config
 
         self.cfg = cfg
         self.rank = int(cfg["rank"])
@@ -46,13 +47,20 @@ class Worker:
         self.watch = CoordinatorWatch(parent_pid=int(cfg["coordinator_pid"]))
         self.ticker = Ticker()
         self.shm = {k: SharedArray.attach_described(d) for k, d in cfg["shm"].items()}
-        self.task = make_task(cfg, {k: s.array for k, s in self.shm.items()}, self.rank)
+        self.arrays = {k: s.array for k, s in self.shm.items()}
+        # The model's weights ARE the shared weight block; its gradient IS this rank's slot.
+        model = model_from_config(cfg["model"])
+        model.rebind(params=self.arrays["weights"], grads=self.arrays["grads"][self.rank])
+        self.signature = signature_of(model)
+        self.task = task_by_name(cfg["task"])(model, self.arrays, int(cfg["seed"]),
+                                              cfg.get("task_options"),
+                                              int(cfg.get("eval_batch_size", 2048)))
         self.sock = Dealer(cfg["endpoint"], self.rank)
 
     def run(self):
         P = self.protocol
         self.sock.send(P.HELLO, {"rank": self.rank, "pid": os.getpid(),
-                                 "signature": self.task.signature()})
+                                 "signature": self.signature})
         reason = "stopped"
         try:
             while True:
@@ -88,6 +96,10 @@ class Worker:
         P, h = self.protocol, msg.header
         t0 = time.perf_counter()
         try:
+            have = int(self.arrays["version"][0])
+            if have != h["weights_version"]:
+                raise RuntimeError(f"weights in shared memory are version {have}, "
+                                   f"the coordinator asked for {h['weights_version']}")
             if msg.kind == P.STEP:
                 loss, n, correct = self.task.step(h)
                 reply = (P.GRAD, {"step": h["step"], "rank": self.rank, "n": n,

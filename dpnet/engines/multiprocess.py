@@ -31,6 +31,7 @@ from ..parallel.monitor import WorkerMonitor, self_stats
 from ..parallel.shm import SharedArray
 from ..parallel.transport import Router
 from .errors import WorkerError
+from .tasks import signature_of, task_for
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05
@@ -51,6 +52,11 @@ def _exit_reason(code):
         except ValueError:
             return f"killed by signal {-code}"
     return f"exited with code {code}"
+
+
+def _tag(name):
+    """A shared-memory name tag from an array name ("train.x" -> "trainx")."""
+    return "".join(c for c in name if c.isalnum())[:16] or "arr"
 
 
 class _Proc:
@@ -93,25 +99,19 @@ class MultiprocessEngine:
         self.model, self.seed = model, int(seed)
         self.monitor.add(os.getpid())      # primes CPU% so the summary covers the run
         try:
-            self.sizes = {}
-            for split, (x, y) in datasets.items():
-                if x is None:
-                    continue
-                self.shm[f"{split}.x"] = SharedArray.from_array(np.ascontiguousarray(x),
-                                                                tag=f"{split[:10]}x")
-                self.shm[f"{split}.y"] = SharedArray.from_array(np.ascontiguousarray(y),
-                                                                tag=f"{split[:10]}y")
-                self.sizes[split] = len(x)
+            self.task_cls = task_for(model)
+            arrays, self.task_options = self.task_cls.shared_arrays(
+                model, {k: v for k, v in datasets.items() if v is not None})
+            for name, arr in arrays.items():
+                self.shm[name] = SharedArray.from_array(arr, tag=_tag(name))
             self.shm["weights"] = SharedArray.from_array(model.params, tag="weights")
             self.shm["grads"] = SharedArray.create((self.n_workers, model.n_params),
                                                    model.dtype, tag="grads")
-            self.shm["index"] = SharedArray.create((max(self.sizes.get("train", 1), 1),),
-                                                   np.int64, tag="index")
             self.shm["version"] = SharedArray.create((1,), np.int64, tag="version")
+            self.arrays = {k: s.array for k, s in self.shm.items()}
             self.version = 0
             self._tmp = np.empty_like(model.grads)
             self.router = Router("ipc")
-            from workers.tasks import signature_of
             self._signature = signature_of(model)
             for rank in range(self.n_workers):
                 self._spawn(rank)
@@ -121,7 +121,8 @@ class MultiprocessEngine:
             raise
 
     def _worker_config(self, rank):
-        return {"rank": rank, "task": "mlp", "endpoint": self.router.endpoint,
+        return {"rank": rank, "task": self.task_cls.name, "task_options": self.task_options,
+                "endpoint": self.router.endpoint,
                 "coordinator_pid": os.getpid(), "seed": self.seed,
                 "model": self.model.config(), "eval_batch_size": self.eval_batch_size,
                 "shm": {k: s.describe() for k, s in self.shm.items()}}
@@ -186,7 +187,7 @@ class MultiprocessEngine:
         for s in self.shm.values():
             s.unlink()
             s.close()
-        self.shm = {}
+        self.shm, self.arrays = {}, {}
         self.model = None
 
     def __enter__(self):
@@ -196,20 +197,19 @@ class MultiprocessEngine:
         self.close()
 
     # -- one step --------------------------------------------------------------------
-    def gradient(self, step, idx):
-        """Mean gradient over training samples ``idx`` into model.grads."""
-        n = len(idx)
-        self.shm["index"].array[:n] = idx
-        shards = {r: b for r, b in enumerate(shard_bounds(n, self.n_workers)) if b[1] > b[0]}
+    def gradient(self, step, batch):
+        """Mean gradient of one step into model.grads: (loss, n, correct)."""
+        units, extra = self.task_cls.plan_step(self.arrays, step, batch)
+        shards = {r: b for r, b in enumerate(shard_bounds(units, self.n_workers)) if b[1] > b[0]}
 
         def message(rank):
             start, stop = shards[rank]
             return P.STEP, {"step": step, "rank": rank, "start": start, "stop": stop,
-                            "weights_version": self.version}
+                            "weights_version": self.version, **extra}
 
         replies = self._round(step, P.GRAD, list(shards), message)
         total = sum(replies[r]["n"] for r in shards)
-        g, slots = self.model.grads, self.shm["grads"].array
+        g, slots = self.model.grads, self.arrays["grads"]
         for i, rank in enumerate(sorted(replies)):           # rank order, never arrival order
             w = replies[rank]["n"] / total
             if i == 0:
@@ -222,19 +222,19 @@ class MultiprocessEngine:
 
     def weights_changed(self, step):
         """Publish the updated weights: one copy into the shared block, then the stamp."""
-        self.shm["weights"].array[...] = self.model.params
+        self.arrays["weights"][...] = self.model.params
         self.version = int(step)
-        self.shm["version"].array[0] = self.version
+        self.arrays["version"][0] = self.version
 
     def evaluate(self, name):
         """(mean loss, n, correct) over a whole dataset, sharded over the workers."""
-        n = self.sizes[name]
-        shards = {r: b for r, b in enumerate(shard_bounds(n, self.n_workers)) if b[1] > b[0]}
+        units, extra = self.task_cls.plan_eval(self.arrays, name)
+        shards = {r: b for r, b in enumerate(shard_bounds(units, self.n_workers)) if b[1] > b[0]}
 
         def message(rank):
             start, stop = shards[rank]
             return P.EVAL, {"step": self.version, "rank": rank, "start": start, "stop": stop,
-                            "weights_version": self.version, "split": name}
+                            "weights_version": self.version, "split": name, **extra}
 
         replies = self._round(self.version, P.EVAL_RESULT, list(shards), message)
         total = sum(r["n"] for r in replies.values())

@@ -162,6 +162,11 @@ class CharLSTM:
             setattr(self, "d" + name, v)
         self._work = {}
 
+    def rebind(self, params=None, grads=None):
+        """The engines' name for ``bind`` (as Sequential.rebind): keep what is not given."""
+        self.bind(self.params if params is None else params,
+                  self.grads if grads is None else grads)
+
     def init_params(self, seed):
         """(Re)initialize from ``seed`` alone: the matrices by the initializer (drawn in
         float64 on the host, so float32 and float64 models of one seed agree), biases 0

@@ -1,0 +1,161 @@
+"""What one shard of a step is, per model kind -- written once, run by every engine.
+
+A task has two sides:
+- the coordinator side (class methods): which arrays to share (``shared_arrays``), how
+  a step or an evaluation divides into units to shard (``plan_step``, ``plan_eval``);
+- the worker side (an instance over a model whose params/grads are already bound):
+  ``step(header)`` and ``evaluate(header)`` for a shard ``[start, stop)`` of those units.
+The in-process engine runs the worker side itself on one shard covering everything;
+the multiprocess engine hands shards to worker processes. Same code, same numbers.
+Tasks know nothing of sockets or shared memory: they see dicts of arrays.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+
+def signature_of(model):
+    """What a worker's model must agree on with the coordinator's (handshake)."""
+    from ..parallel.protocol import model_signature
+    return model_signature(json.dumps(model.config(), sort_keys=True), model.n_params,
+                           model.dtype)
+
+
+def task_for(model):
+    kind = model.config().get("type")
+    if kind == "Sequential":
+        return MlpTask
+    if kind == "CharLSTM":
+        return LstmTask
+    raise ValueError(f"no engine task for model type {kind!r}")
+
+
+def task_by_name(name):
+    tasks = {MlpTask.name: MlpTask, LstmTask.name: LstmTask}
+    if name not in tasks:
+        raise ValueError(f"unknown engine task {name!r}")
+    return tasks[name]
+
+
+class MlpTask:
+    """Minibatches of (x, y) samples. Units: positions in the step's index list.
+    Arrays: ``<split>.x``, ``<split>.y`` per dataset; ``index`` (the step's sample
+    indices, written by the coordinator)."""
+    name = "mlp"
+
+    # -- coordinator side ----------------------------------------------------------
+    @staticmethod
+    def shared_arrays(model, datasets):
+        arrays = {}
+        for split, (x, y) in datasets.items():
+            arrays[f"{split}.x"] = np.ascontiguousarray(x, dtype=model.dtype)
+            arrays[f"{split}.y"] = np.ascontiguousarray(y)
+        arrays["index"] = np.zeros(max(len(datasets["train"][0]), 1), np.int64)
+        return arrays, {}
+
+    @staticmethod
+    def plan_step(arrays, step, batch):
+        """``batch``: the sample indices of this step. Returns (units, extra header)."""
+        arrays["index"][:len(batch)] = batch
+        return len(batch), {}
+
+    @staticmethod
+    def plan_eval(arrays, split):
+        return len(arrays[f"{split}.x"]), {}
+
+    # -- worker side ---------------------------------------------------------------
+    def __init__(self, model, arrays, seed, options=None, eval_batch_size=2048):
+        self.model, self.arrays, self.seed = model, arrays, int(seed)
+        self.eval_batch = int(eval_batch_size)
+        self._xbuf = None
+
+    def step(self, h):
+        start, stop = h["start"], h["stop"]
+        idx = self.arrays["index"][start:stop]
+        x, y = self.arrays["train.x"], self.arrays["train.y"]
+        shape = (stop - start, x.shape[1])
+        if self._xbuf is None or self._xbuf.shape != shape:
+            self._xbuf = np.empty(shape, dtype=x.dtype)
+        np.take(x, idx, axis=0, out=self._xbuf)        # gather into a reused buffer
+        # row0 = start: these rows get the dropout masks they have in the whole batch
+        self.model.seed_step(self.seed, h["step"], row0=start)
+        loss, n = self.model.loss_and_grad(self._xbuf, y[idx])
+        return loss, n, self.model.last_correct
+
+    def evaluate(self, h):
+        x, y = self.arrays[f"{h['split']}.x"], self.arrays[f"{h['split']}.y"]
+        loss_sum, n_tot, correct = 0.0, 0, 0
+        for s in range(h["start"], h["stop"], self.eval_batch):
+            e = min(s + self.eval_batch, h["stop"])
+            loss, n, c = self.model.loss_and_correct(x[s:e], y[s:e])
+            loss_sum += loss * n
+            n_tot += n
+            correct += c
+        return (loss_sum / n_tot if n_tot else 0.0), n_tot, correct
+
+
+class LstmTask:
+    """Truncated BPTT over B parallel character streams. Units: streams (rows).
+    Arrays: ``<split>.streams`` (B, L) ids per dataset, and ``train.state``
+    (2, 2, B, H): (h, c) of every stream, double-buffered -- chunk k reads buffer k % 2
+    and writes buffer (k + 1) % 2, so re-running chunk k after a worker died mid-way
+    starts from exactly the state it started from the first time."""
+    name = "lstm"
+
+    @staticmethod
+    def shared_arrays(model, datasets):
+        arrays, seq_len = {}, None
+        for split, batcher in datasets.items():
+            arrays[f"{split}.streams"] = np.ascontiguousarray(batcher.streams)
+            if split == "train":
+                seq_len = batcher.seq_len
+            elif batcher.seq_len != datasets["train"].seq_len:
+                raise ValueError(f"{split} batches are {batcher.seq_len} steps long, "
+                                 f"training batches {datasets['train'].seq_len}")
+        B = arrays["train.streams"].shape[0]
+        arrays["train.state"] = np.zeros((2, 2, B, model.hidden_size), model.dtype)
+        return arrays, {"seq_len": seq_len}
+
+    @staticmethod
+    def plan_step(arrays, step, chunk):
+        """``chunk``: the batch number k within the epoch (0 starts from zero state)."""
+        if chunk == 0:
+            arrays["train.state"][0] = 0
+        return arrays["train.streams"].shape[0], {"chunk": int(chunk)}
+
+    @staticmethod
+    def plan_eval(arrays, split):
+        return arrays[f"{split}.streams"].shape[0], {}
+
+    def __init__(self, model, arrays, seed, options=None, eval_batch_size=None):
+        self.model, self.arrays = model, arrays
+        self.T = int((options or {})["seq_len"])
+
+    def _chunk(self, streams, k, rows):
+        a = k * self.T
+        return streams[rows, a:a + self.T], streams[rows, a + 1:a + 1 + self.T]
+
+    def step(self, h):
+        rows, k = slice(h["start"], h["stop"]), int(h["chunk"])
+        x, y = self._chunk(self.arrays["train.streams"], k, rows)
+        state = self.arrays["train.state"]
+        src, dst = state[k % 2], state[(k + 1) % 2]
+        loss, n, (h_new, c_new) = self.model.loss_and_grad(x, y, (src[0, rows], src[1, rows]))
+        dst[0, rows] = h_new
+        dst[1, rows] = c_new
+        return loss, n, 0
+
+    def evaluate(self, h):
+        """Rows [start, stop) of a split through all its chunks, state from zero."""
+        streams = self.arrays[f"{h['split']}.streams"]
+        rows = slice(h["start"], h["stop"])
+        n_chunks = (streams.shape[1] - 1) // self.T
+        state, total, n_tot = None, 0.0, 0
+        for k in range(n_chunks):
+            x, y = self._chunk(streams, k, rows)
+            loss, n, state = self.model.predict_loss(x, y, state)
+            total += loss * n
+            n_tot += n
+        return (total / n_tot if n_tot else 0.0), n_tot, 0

@@ -1,0 +1,75 @@
+"""The LSTM through the engines: same weights for 0, 1 and 2 workers, and a respawn
+in the middle of an epoch changes nothing (the stream state is double-buffered)."""
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from dpnet.data.text import StreamBatcher, Vocabulary
+from dpnet.engines import LocalEngine
+from dpnet.engines.multiprocess import MultiprocessEngine
+from dpnet.models.lstm import CharLSTM
+
+pytestmark = pytest.mark.timeout(120)
+TEXT = ("the quick brown fox jumps over the lazy dog. " * 40 +
+        "pack my box with five dozen liquor jugs! " * 30)
+
+
+def batches():
+    vocab = Vocabulary(TEXT)
+    ids = vocab.encode(TEXT)
+    cut = int(len(ids) * 0.9)
+    return vocab, StreamBatcher(ids[:cut], 5, 16), StreamBatcher(ids[cut:], 3, 16)
+
+
+def run(engine, epochs=2, kill_at=None):
+    vocab, train, val = batches()
+    m = CharLSTM(len(vocab), 24, seed=3, optimizer="adagrad")
+    engine.start(m, {"train": train, "val": val}, seed=0)
+    losses, step = [], 0
+    try:
+        for epoch in range(epochs):
+            for k in range(len(train)):
+                if kill_at == step:
+                    os.kill(engine.procs[1].pid, signal.SIGKILL)
+                loss, n, _ = engine.gradient(step, k)
+                assert n == 5 * 16
+                m.apply_gradients()
+                step += 1
+                engine.weights_changed(step)
+                losses.append(loss)
+        val_loss = engine.evaluate("val")
+    finally:
+        engine.close()
+    return m, losses, val_loss
+
+
+def test_worker_count_does_not_change_the_weights():
+    ref, ref_losses, ref_val = run(LocalEngine())
+    for workers in (1, 2):
+        m, losses, val = run(MultiprocessEngine(workers=workers))
+        assert np.allclose(m.params, ref.params, rtol=1e-5, atol=1e-6), workers
+        assert np.allclose(losses, ref_losses, rtol=1e-5)
+        assert val[1] == ref_val[1] and val[0] == pytest.approx(ref_val[0], rel=1e-5)
+    assert ref_losses[-1] < ref_losses[0]
+
+
+def test_local_engine_matches_a_hand_written_tbptt_loop():
+    vocab, train, _ = batches()
+    m = CharLSTM(len(vocab), 24, seed=3, optimizer="adagrad")
+    for _ in range(2):
+        state = None                                  # reset at each epoch
+        for x, y in train:
+            _, _, state = m.loss_and_grad(x, y, state)
+            m.apply_gradients()
+    ref, _, _ = run(LocalEngine())
+    assert np.array_equal(m.params, ref.params)
+
+
+def test_respawn_mid_epoch_gives_the_uninterrupted_result():
+    clean, _, _ = run(MultiprocessEngine(workers=2), epochs=1)
+    eng = MultiprocessEngine(workers=2)
+    m, _, _ = run(eng, epochs=1, kill_at=4)
+    assert eng.respawns == 1
+    assert np.array_equal(m.params, clean.params)
