@@ -127,7 +127,10 @@ def dnn_parser(prog, workers=False):
         a("--blas-threads", type=_positive_int, default=1,
           help="BLAS threads per worker (default: 1)")
         a("--on-failure", choices=["respawn", "abort"], default="respawn",
-          help="what to do when a worker dies (default: respawn)")
+          help="what to do when a worker dies or stops answering (default: respawn)")
+        a("--worker-timeout", type=_float_in(0, lo_open=True), default=300.0, metavar="S",
+          help="a worker that has not answered a step after S seconds is replaced "
+               "(dead or suspended workers are noticed at once; default: 300)")
     return p
 
 
@@ -261,7 +264,8 @@ def _run_dnn(args, prog, default_workers):
         workers = default_workers
     engine_kw = {}
     if workers:
-        engine_kw = {"blas_threads": args.blas_threads, "on_failure": args.on_failure}
+        engine_kw = {"blas_threads": args.blas_threads, "on_failure": args.on_failure,
+                     "step_timeout": args.worker_timeout}
         say(f"{prog}: {workers} worker process{'es' if workers > 1 else ''}, "
             f"{args.blas_threads} BLAS thread{'s' if args.blas_threads > 1 else ''} each")
     from .engines import make_engine

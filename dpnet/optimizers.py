@@ -7,10 +7,11 @@ The update is memory-bound: Adam reads and writes four vectors of the model's si
 NumPy expressions like ``p -= lr * m / (sqrt(v) + eps)`` allocate a temporary for
 every operator; on a 476k-parameter MLP that doubles the update time. So each rule
 is written as in-place operations (``out=``) over blocks of ~64K elements (a block
-and its temporaries stay in cache), and the blocks are shared among a few threads:
-NumPy releases the GIL inside ufuncs, and while the coordinator updates, the
-workers are idle. The maths is written once for NumPy and CuPy (``xp`` from the data;
-on a GPU the whole vector is one block).
+and its temporaries stay in cache). ``threads > 1`` shares the blocks among a thread
+pool (NumPy releases the GIL inside ufuncs); on the 2-core development machine that
+was SLOWER than one thread (one core already streams ~24 GB/s through the update), so
+the default is one thread. The maths is written once for NumPy and CuPy (``xp`` from
+the data; on a GPU the whole vector is one block).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ _POOL = None
 def _pool():
     global _POOL
     if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
+        _POOL = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1),
                                    thread_name_prefix="dpnet-opt")
     return _POOL
 
@@ -97,8 +98,7 @@ class Optimizer:
             self._update(lr, params[sl], grads[sl], self._tmp[sl],
                          **{k: v[sl] for k, v in self.state.items()})
 
-        threads = self.threads if self.threads is not None else (os.cpu_count() or 1)
-        if threads <= 1:
+        if (self.threads or 1) <= 1:
             for sl in blocks:
                 run(sl)
         else:

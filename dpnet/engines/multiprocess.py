@@ -7,8 +7,8 @@ optimizer apply it. After the update the new weights are copied into the shared
 weight block, stamped with the step number.
 
 Failures: a dead worker is seen from its pid within one poll interval (50 ms); a
-live one that does not answer within ``step_timeout`` is killed and treated as
-dead. Policy "respawn" starts a replacement under the same rank and re-sends only
+suspended one (SIGSTOP) after ``stall_timeout`` seconds; a live one that does not
+answer within ``step_timeout`` is killed and treated as dead. Policy "respawn" starts a replacement under the same rank and re-sends only
 that rank's shard -- the weights have not moved, so the step's result is exactly
 that of an uninterrupted run. Policy "abort" raises ``WorkerError``.
 """
@@ -65,13 +65,15 @@ class _Proc:
     def __init__(self, rank, popen):
         self.rank, self.popen, self.pid = rank, popen, popen.pid
         self.ready = False
+        self.checked_at, self.stopped_since = 0.0, None
 
 
 class MultiprocessEngine:
     name = "multiprocess"
 
     def __init__(self, workers=None, blas_threads=1, on_failure="respawn", max_respawns=3,
-                 step_timeout=300.0, start_timeout=60.0, eval_batch_size=2048):
+                 step_timeout=300.0, stall_timeout=2.0, start_timeout=60.0,
+                 eval_batch_size=2048):
         workers = default_workers() if workers is None else workers
         if not isinstance(workers, int) or workers <= 0:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
@@ -81,7 +83,12 @@ class MultiprocessEngine:
             raise ValueError(f"on_failure must be 'respawn' or 'abort', got {on_failure!r}")
         self.n_workers, self.blas_threads = workers, blas_threads
         self.on_failure, self.max_respawns = on_failure, max_respawns
+        for name, v in (("step_timeout", step_timeout), ("stall_timeout", stall_timeout),
+                        ("start_timeout", start_timeout)):
+            if not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")
         self.step_timeout, self.start_timeout = step_timeout, start_timeout
+        self.stall_timeout = stall_timeout
         self.eval_batch_size = eval_batch_size
         self.procs, self.shm = {}, {}
         self.router = None
@@ -105,6 +112,9 @@ class MultiprocessEngine:
             for name, arr in arrays.items():
                 self.shm[name] = SharedArray.from_array(arr, tag=_tag(name))
             self.shm["weights"] = SharedArray.from_array(model.params, tag="weights")
+            # The coordinator's model updates the shared block in place: publishing new
+            # weights costs nothing (workers only read it between steps, while idle).
+            model.rebind(params=self.shm["weights"].array)
             self.shm["grads"] = SharedArray.create((self.n_workers, model.n_params),
                                                    model.dtype, tag="grads")
             self.shm["version"] = SharedArray.create((1,), np.int64, tag="version")
@@ -181,6 +191,9 @@ class MultiprocessEngine:
                 proc.popen.kill()
                 proc.popen.wait()
         self.procs = {}
+        if self.model is not None and "weights" in self.shm:
+            # give the model private memory again before the segment goes away
+            self.model.rebind(params=np.array(self.shm["weights"].array))
         if self.router is not None:
             self.router.close()
             self.router = None
@@ -207,22 +220,34 @@ class MultiprocessEngine:
             return P.STEP, {"step": step, "rank": rank, "start": start, "stop": stop,
                             "weights_version": self.version, **extra}
 
-        replies = self._round(step, P.GRAD, list(shards), message)
-        total = sum(replies[r]["n"] for r in shards)
+        # Sum n_i * g_i / n in rank order, never arrival order (so the result does not
+        # depend on timing), but as soon as the next rank in order has answered: the
+        # coordinator folds in rank 0 while rank 1 is still computing. Every unit (a
+        # sample, or a stream of T characters) weighs the same, so n_i / n is the
+        # shard's share of the units, known before any reply arrives.
+        order = sorted(shards)
+        done = []
         g, slots = self.model.grads, self.arrays["grads"]
-        for i, rank in enumerate(sorted(replies)):           # rank order, never arrival order
-            w = replies[rank]["n"] / total
-            if i == 0:
-                np.multiply(slots[rank], w, out=g)
-            else:
-                np.multiply(slots[rank], w, out=self._tmp)
-                g += self._tmp
-        loss = sum(replies[r]["n"] * replies[r]["loss"] for r in sorted(replies)) / total
-        return loss, total, sum(replies[r]["correct"] for r in replies)
+
+        def fold(replies):
+            while len(done) < len(order) and order[len(done)] in replies:
+                rank = order[len(done)]
+                w = (shards[rank][1] - shards[rank][0]) / units
+                if not done:
+                    np.multiply(slots[rank], w, out=g)
+                else:
+                    np.multiply(slots[rank], w, out=self._tmp)
+                    np.add(g, self._tmp, out=g)
+                done.append(rank)
+
+        replies = self._round(step, P.GRAD, order, message, on_reply=fold)
+        fold(replies)
+        n = sum(replies[r]["n"] for r in order)
+        loss = sum(replies[r]["n"] * replies[r]["loss"] for r in order) / n
+        return loss, n, sum(replies[r]["correct"] for r in order)
 
     def weights_changed(self, step):
-        """Publish the updated weights: one copy into the shared block, then the stamp."""
-        self.arrays["weights"][...] = self.model.params
+        """The model updated the shared weights in place: stamp their version."""
         self.version = int(step)
         self.arrays["version"][0] = self.version
 
@@ -241,9 +266,10 @@ class MultiprocessEngine:
         loss = sum(replies[r]["n"] * replies[r]["loss"] for r in sorted(replies)) / max(total, 1)
         return loss, total, sum(r["correct"] for r in replies.values())
 
-    def _round(self, step, reply_kind, ranks, message):
+    def _round(self, step, reply_kind, ranks, message, on_reply=None):
         """Send ``message(rank)`` to each rank and collect their replies (headers),
-        surviving worker deaths by the failure policy."""
+        surviving worker deaths by the failure policy. ``on_reply(replies)`` runs after
+        each accepted reply."""
         for rank in ranks:
             self._send(rank, *message(rank))
         replies = {}
@@ -257,6 +283,8 @@ class MultiprocessEngine:
                 elif (msg.kind == reply_kind and msg.header["step"] == step
                       and rank in sent_at and rank not in replies):
                     replies[rank] = msg.header
+                    if on_reply is not None:
+                        on_reply(replies)
                 elif msg.kind == P.HELLO and rank in self.procs and not self.procs[rank].ready:
                     # a replacement introducing itself: handshake, then give it its shard
                     P.check_signature(self._signature, msg.header["signature"])
@@ -276,15 +304,31 @@ class MultiprocessEngine:
                 if code is not None:
                     self._failed(rank, _exit_reason(code))
                     sent_at[rank] = time.monotonic() + self.start_timeout   # time to start
-                elif proc.ready and now - sent_at[rank] > self.step_timeout:
+                elif proc.ready and (now - sent_at[rank] > self.step_timeout
+                                     or self._stalled(proc, now)):
                     proc.popen.kill()
                     proc.popen.wait()
-                    self._failed(rank, f"did not answer within {self.step_timeout:.0f} s")
+                    why = ("was suspended" if proc.stopped_since is not None else
+                           f"did not answer within {self.step_timeout:.0f} s")
+                    self._failed(rank, why)
                     sent_at[rank] = time.monotonic() + self.start_timeout
                 elif not proc.ready and now - sent_at[rank] > self.step_timeout:
                     raise WorkerError(f"replacement worker {rank} did not start", rank=rank)
         self._failures_in_a_row = 0
         return replies
+
+    def _stalled(self, proc, now):
+        """A worker suspended (SIGSTOP) for longer than stall_timeout. Checked only every
+        ~0.25 s per worker: reading /proc is cheap, but not free."""
+        if now - proc.checked_at < 0.25:
+            return False
+        proc.checked_at = now
+        if not self.monitor.is_stopped(proc.pid):
+            proc.stopped_since = None
+            return False
+        if proc.stopped_since is None:
+            proc.stopped_since = now
+        return now - proc.stopped_since > self.stall_timeout
 
     def _send(self, rank, kind, header):
         """Send, tolerating a peer that just died: the liveness check will see it."""

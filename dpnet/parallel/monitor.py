@@ -70,6 +70,15 @@ class WorkerMonitor:
             return False
         return _alive(proc)
 
+    def is_stopped(self, pid):
+        """True if ``pid`` is suspended (SIGSTOP, a debugger, ^Z): alive but not answering."""
+        proc = self._procs.get(int(pid))
+        try:
+            return proc is not None and proc.status() in (psutil.STATUS_STOPPED,
+                                                           psutil.STATUS_TRACING_STOP)
+        except (*_GONE, psutil.AccessDenied):
+            return False
+
     def dead(self):
         """The monitored pids that are no longer running (zombies included)."""
         return [pid for pid in self._procs if not self.is_alive(pid)]

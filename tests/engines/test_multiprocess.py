@@ -156,6 +156,27 @@ def test_repeated_failures_end_in_abort(data):
     assert eng.respawns == 2
 
 
+class StoppingEngine(MultiprocessEngine):
+    """Fault injection: SIGSTOP worker 0 before step 3 -- alive, but not answering."""
+
+    def gradient(self, step, idx):
+        if step == 3:
+            os.kill(self.procs[0].pid, signal.SIGSTOP)
+        return super().gradient(step, idx)
+
+
+def test_a_suspended_worker_is_replaced_within_seconds(data):
+    with MultiprocessEngine(workers=2) as eng:
+        clean, _ = train(eng, data)
+    eng = StoppingEngine(workers=2, stall_timeout=0.5)
+    t0 = time.monotonic()
+    with eng:
+        m, _ = train(eng, data)
+        assert eng.respawns == 1
+    assert time.monotonic() - t0 < 10
+    assert np.array_equal(m.params, clean.params)
+
+
 class BadIndexEngine(MultiprocessEngine):
     """Writes an out-of-range sample index: a real exception inside worker 0."""
 

@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Benchmark: data-parallel training on CPU worker processes against one process.
+
+In one run (variants interleaved, medians reported -- this kind of machine is noisy):
+  1. samples/s of 784-512-128-64-10 + Adam at batch 128 and 1000 for the in-process
+     engine (NumPy's BLAS with all its threads) and for 1..2x cores workers with
+     --blas-threads 1 each;
+  2. the protocol's overhead per step: a step of a tiny model (nothing to compute)
+     through the workers, minus the same step in process;
+  3. memory (USS / PSS, psutil) of the coordinator and of each worker.
+
+    python scripts/bench_parallel.py [--samples 12800] [--repeats 3]
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from dpnet import Dense, Sequential  # noqa: E402
+from dpnet.data import load_mnist  # noqa: E402
+from dpnet.engines import LocalEngine  # noqa: E402
+from dpnet.engines.multiprocess import MultiprocessEngine, default_workers  # noqa: E402
+from dpnet.optimizers import Adam  # noqa: E402
+
+SIZES = [784, 512, 128, 64, 10]
+
+
+def build(sizes=SIZES):
+    layers = [Dense(a, b, activation="relu") for a, b in zip(sizes[:-2], sizes[1:-1])]
+    layers.append(Dense(sizes[-2], sizes[-1], activation="softmax"))
+    return Sequential(layers, optimizer=Adam(1e-3))
+
+
+def timed_pass(engine, model, n, batch, step0):
+    """Steps over n samples (a fixed shuffled order); returns (seconds, steps)."""
+    order = np.random.default_rng(step0).permutation(n)
+    t = time.perf_counter()
+    step = step0
+    for s in range(0, n, batch):
+        engine.gradient(step, order[s:s + batch])
+        model.apply_gradients()
+        step += 1
+        engine.weights_changed(step)
+    return time.perf_counter() - t, step - step0
+
+
+def mib(v):
+    return f"{v / 2**20:7.1f}" if v else "      ?"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--samples", type=int, default=12_800, help="samples per timed pass")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--max-workers", type=int, default=None,
+                   help="largest worker count (default: 2 x physical cores)")
+    args = p.parse_args()
+    cores = default_workers()
+    counts = list(range(1, (args.max_workers or 2 * cores) + 1))
+    d = load_mnist(validation=0)
+    x, y = d.x_train[:args.samples], d.y_train[:args.samples]
+    print(f"numpy {np.__version__}; {os.cpu_count()} logical CPUs, {cores} physical cores; "
+          f"{len(x)} samples per pass, {args.repeats} passes per variant")
+
+    variants = {"in-process": LocalEngine()}
+    variants.update({f"{w} worker{'s' if w > 1 else ''}": MultiprocessEngine(workers=w)
+                     for w in counts})
+    models = {}
+    try:
+        for name, eng in variants.items():
+            models[name] = build()
+            eng.start(models[name], {"train": (x, y)}, seed=0)
+            timed_pass(eng, models[name], 2048, 128, 0)              # warm-up
+        times = {(name, b): [] for name in variants for b in (128, 1000)}
+        step = 100
+        for _ in range(args.repeats):
+            for b in (128, 1000):
+                for name, eng in variants.items():
+                    t, n = timed_pass(eng, models[name], len(x), b, step)
+                    step += n
+                    times[(name, b)].append(t)
+        print(f"\n{'engine':>12} {'batch 128':>12} {'vs 1 worker':>12} {'batch 1000':>12} "
+              f"{'vs 1 worker':>12}   (samples/s, median)")
+        for name in variants:
+            row = f"{name:>12}"
+            for b in (128, 1000):
+                sps = len(x) / float(np.median(times[(name, b)]))
+                one = len(x) / float(np.median(times[("1 worker", b)]))
+                row += f" {sps:>12,.0f} {sps / one:>11.2f}x"
+            print(row)
+        mem = variants[f"{cores} worker{'s' if cores > 1 else ''}"].stats()
+        print(f"\nmemory with {cores} workers (MiB):      USS     PSS     RSS")
+        c = mem["coordinator"]
+        print(f"{'coordinator':>32} {mib(c['uss'])} {mib(c['pss'])} {mib(c['rss'])}")
+        for w in mem["per_worker"]:
+            print(f"{'worker ' + str(w['rank']):>32} {mib(w['uss'])} {mib(w['pss'])} "
+                  f"{mib(w['rss'])}")
+    finally:
+        for eng in variants.values():
+            eng.close()
+
+    # Protocol overhead: a model with nothing to compute, the same steps in and out of process.
+    tiny_x = np.zeros((64, 4), np.float32)
+    tiny_y = np.zeros(64, np.int64)
+    overhead = {}
+    for name, eng in [("in-process", LocalEngine())] + [
+            (f"{w} workers", MultiprocessEngine(workers=w)) for w in sorted({1, cores})]:
+        m = build([4, 2])
+        try:
+            eng.start(m, {"train": (tiny_x, tiny_y)}, seed=0)
+            timed_pass(eng, m, 64, 2, 0)
+            runs = []
+            for r in range(5):
+                t, n = 0.0, 0
+                for _ in range(20):
+                    dt, dn = timed_pass(eng, m, 64, 2, 1000 + r * 1000 + n)
+                    t, n = t + dt, n + dn
+                runs.append(t / n)
+            overhead[name] = float(np.median(runs))
+        finally:
+            eng.close()
+    base = overhead.pop("in-process")
+    print(f"\nper-step time of a 4-2 model (2 samples per step): in process "
+          f"{base * 1e6:.0f} us")
+    for name, t in overhead.items():
+        print(f"{name:>12}: {t * 1e6:.0f} us per step -> protocol overhead "
+              f"{(t - base) * 1e6:.0f} us per step")
+
+
+if __name__ == "__main__":
+    main()
