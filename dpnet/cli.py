@@ -22,6 +22,9 @@ EXAMPLE_DNN = """example:
 """
 
 
+FULL_BATCH = {"lbfgs": "L-BFGS-B", "cg": "CG"}
+
+
 class UserError(Exception):
     """A problem with what the user asked for; reported in one line, exit code 2."""
 
@@ -87,7 +90,10 @@ def dnn_parser(prog, workers=False):
     a("--init", default="xavier_uniform", metavar="NAME",
       help="weight initializer: xavier_uniform, xavier_normal, he_normal, he_uniform, "
            "lecun_normal, lecun_uniform, zeros (default: xavier_uniform)")
-    a("--optimizer", default="adam", choices=list(OPTIMIZERS), help="(default: adam)")
+    a("--optimizer", default="adam", choices=list(OPTIMIZERS) + list(FULL_BATCH),
+      help="minibatch: " + ", ".join(OPTIMIZERS) + "; full-batch via scipy: lbfgs, cg "
+           "(--epochs is then the iteration limit; no --lr, --batch-size, --dropout) "
+           "(default: adam)")
     a("--lr", type=_float_in(0, lo_open=True), default=1e-3, help="learning rate (default: 1e-3)")
     a("--lr-final", type=_float_in(0, lo_open=True), default=1e-5,
       help="anneal the learning rate geometrically from --lr to this value over the "
@@ -157,7 +163,14 @@ def build_model(args, steps_per_epoch):
     kw = {"lr": lr}
     if args.optimizer in ("momentum", "nesterov"):
         kw["momentum"] = args.momentum
-    return Sequential(layers, loss=args.loss, optimizer=get_optimizer(args.optimizer, **kw),
+    if args.optimizer in FULL_BATCH:
+        if args.dropout:
+            raise UserError(f"--optimizer {args.optimizer} is full-batch and needs a "
+                            f"deterministic objective: drop --dropout")
+        optimizer = get_optimizer("sgd", lr=args.lr)     # unused: scipy does the steps
+    else:
+        optimizer = get_optimizer(args.optimizer, **kw)
+    return Sequential(layers, loss=args.loss, optimizer=optimizer,
                       l2=args.l2, clip_norm=args.clip, dtype=np.dtype(args.dtype),
                       seed=args.seed)
 
@@ -232,6 +245,29 @@ def run_dnn(argv=None, prog=None, workers_flag=False, default_workers=0):
         signal.signal(signal.SIGTERM, old_term)
 
 
+def _run_full_batch(args, model, data, val, engine, hist, say):
+    """--optimizer lbfgs/cg: scipy's minimizer, one full-batch gradient per evaluation."""
+    from .fullbatch import minimize
+    from .train import save_training_checkpoint
+
+    def record(it, metrics):
+        hist.append(it, metrics)
+        hist.step = it
+        if args.save:
+            save_training_checkpoint(args.save, model, it, args.seed, len(data.x_train), hist)
+        return False
+
+    t0 = time.perf_counter()
+    result = minimize(model, data.x_train, data.y_train, method=FULL_BATCH[args.optimizer],
+                      maxiter=max(args.epochs, 1), validation_data=val, engine=engine,
+                      callback=record, print_fn=None if args.quiet else say)
+    hist.wall_time = time.perf_counter() - t0
+    hist.samples = len(data.x_train) * (result.nfev if result is not None else hist.step)
+    hist.history.setdefault("accuracy", [])
+    say(f"scipy {FULL_BATCH[args.optimizer]}: {result.message if result is not None else ''}"
+        f" ({result.nfev if result is not None else '?'} gradient evaluations)")
+
+
 def _raise_exit(signum, frame):
     raise SystemExit(128 + signum)
 
@@ -278,10 +314,13 @@ def _run_dnn(args, prog, default_workers):
     from .train import History, save_training_checkpoint
     hist = History()
     try:
-        fit(model, data.x_train, data.y_train, epochs=args.epochs,
-            batch_size=args.batch_size, validation_data=val, callbacks=callbacks,
-            seed=args.seed, verbose=not args.quiet, engine=engine,
-            checkpoint=args.save, initial_step=initial_step, history=hist)
+        if args.optimizer in FULL_BATCH:
+            _run_full_batch(args, model, data, val, engine, hist, say)
+        else:
+            fit(model, data.x_train, data.y_train, epochs=args.epochs,
+                batch_size=args.batch_size, validation_data=val, callbacks=callbacks,
+                seed=args.seed, verbose=not args.quiet, engine=engine,
+                checkpoint=args.save, initial_step=initial_step, history=hist)
     except WorkerError:
         if args.save:     # the weights are those of the last completed step: keep them
             save_training_checkpoint(args.save, model, hist.step, args.seed,

@@ -74,3 +74,15 @@ def test_architecture_mismatch_on_load_is_one_line(tmp_path):
 def test_help_shows_an_example():
     r = run("--help", timeout=60)
     assert r.returncode == 0 and "example:" in r.stdout and "--hidden" in r.stdout
+
+
+def test_full_batch_lbfgs_run(tmp_path):
+    out = tmp_path / "lb.json"
+    r = run("--optimizer", "lbfgs", "--epochs", "4", "--limit-train", "1000", "--hidden", "32",
+            "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "iter    4/4" in r.stdout and "L-BFGS-B" in r.stdout
+    s = json.loads(out.read_text())
+    assert s["epochs"] == 4 and s["history"]["loss"][-1] < s["history"]["loss"][0]
+    r = run("--optimizer", "cg", "--dropout", "0.5", "--limit-train", "100", timeout=60)
+    assert r.returncode == 2 and "drop --dropout" in r.stderr
