@@ -23,6 +23,10 @@ class Activation:
     def backward(self, a, da):             # a, da: (B, n) -> dz: (B, n), may overwrite da
         raise NotImplementedError
 
+    def config(self):
+        """The name, or {"name": ..., **parameters} for a parameterized activation."""
+        return self.name
+
     def __repr__(self):
         return f"{type(self).__name__}()"
 
@@ -109,6 +113,9 @@ class LeakyReLU(Activation):
         da *= xp.where(a > 0, 1, self.alpha).astype(da.dtype, copy=False)
         return da
 
+    def config(self):
+        return self.name if self.alpha == 0.01 else {"name": self.name, "alpha": self.alpha}
+
     def __repr__(self):
         return f"LeakyReLU(alpha={self.alpha})"
 
@@ -139,8 +146,18 @@ ACTIVATIONS = {
 
 
 def get_activation(name):
+    """An activation from its name, its config() (a dict) or an Activation itself."""
     if isinstance(name, Activation):
         return name
+    if isinstance(name, dict):
+        cfg = dict(name)
+        kind = cfg.pop("name", None)
+        if kind not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {kind!r} in {name!r}")
+        try:
+            return ACTIVATIONS[kind](**cfg)
+        except TypeError as e:
+            raise ValueError(f"bad parameters for activation {kind!r}: {e}") from None
     try:
         return ACTIVATIONS[name]()
     except KeyError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
 import zipfile
 import zlib
@@ -39,8 +40,14 @@ def write_checkpoint(path, arrays, meta):
     blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    # Ctrl-C / SIGTERM wait until the file is whole and in place: a checkpoint is
+    # written exactly when the user most wants it (on the way out).
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".dpnet-", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)       # mkstemp makes 0600; a checkpoint is a file
         with os.fdopen(fd, "wb") as f:
             np.savez(f, __meta__=blob, **arrays)
             f.flush()
@@ -52,6 +59,8 @@ def write_checkpoint(path, arrays, meta):
         except OSError:
             pass
         raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def read_checkpoint(path):
@@ -164,9 +173,14 @@ def load(path):
     return model
 
 
-def load_weights_into(model, path):
+def load_weights_into(model, path, optimizer="checkpoint"):
     """Copy a checkpoint's weights and optimizer state into an existing ``model``,
-    refusing one of a different architecture (naming the first difference)."""
+    refusing one of a different architecture (naming the first difference).
+
+    optimizer="checkpoint": the model takes the checkpoint's optimizer (rule,
+    hyperparameters, schedule and state). optimizer="state": the model keeps its own
+    optimizer, which must be the same rule with the same hyperparameters, and takes
+    the checkpoint's state (step count, moments) -- its own schedule is kept."""
     arrays, meta = read_checkpoint(path)
     theirs, ours = meta.get("model", {}), model.config()
     if theirs.get("type") != ours.get("type"):
@@ -177,8 +191,22 @@ def load_weights_into(model, path):
             raise CheckpointError(f"checkpoint {path!r} does not match the model: {key} "
                                   f"{_brief(theirs.get(key))} != {_brief(ours[key])}")
     params = _check_params(path, arrays, meta, model.n_params, model.dtype)
+    if optimizer == "state":
+        ours = {k: v for k, v in model.optimizer.config().items() if k != "schedule"}
+        o = meta.get("optimizer") or {}
+        theirs = {k: v for k, v in (o.get("config") or {}).items() if k != "schedule"}
+        if ours != theirs:
+            raise CheckpointError(f"checkpoint {path!r} was trained with optimizer {theirs}, "
+                                  f"not {ours}; resume with the same optimizer settings")
+        keep = model.optimizer
+        _restore_optimizer(path, model, arrays, meta)
+        keep.t, keep.state = model.optimizer.t, model.optimizer.state
+        model.optimizer = keep
+    elif optimizer == "checkpoint":
+        _restore_optimizer(path, model, arrays, meta)
+    else:
+        raise ValueError(f"optimizer must be 'checkpoint' or 'state', got {optimizer!r}")
     model.params[...] = _to_backend(model.params, params)
-    _restore_optimizer(path, model, arrays, meta)
     model.checkpoint_meta = meta
     return meta
 

@@ -175,6 +175,51 @@ def build_model(args, steps_per_epoch):
                       seed=args.seed)
 
 
+def check_output_paths(args, flags):
+    """Refuse unusable output paths before any work is done, not after it."""
+    for flag in flags:
+        path = getattr(args, flag, None)
+        if path is None:
+            continue
+        if os.path.isdir(path):
+            raise UserError(f"--{flag} {path!r} is a directory; give a file name")
+        d = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(d):
+            raise UserError(f"--{flag} {path!r}: directory {d!r} does not exist")
+        if not os.access(d, os.W_OK):
+            raise UserError(f"--{flag} {path!r}: directory {d!r} is not writable")
+
+
+def check_resume(path, training, now):
+    """The step to resume from, after checking that the checkpoint's step count means
+    the same thing in this run (same seed, batch size, training set, optimizer)."""
+    flags = {"seed": "--seed", "batch_size": "--batch-size", "n_train": "training-set size",
+             "optimizer": "--optimizer"}
+    for key, value in now.items():
+        then = training.get(key)
+        if then is not None and then != value:
+            raise UserError(f"--load {path!r} was trained with {flags[key]} {then}, this run "
+                            f"has {value}; resuming needs the same settings")
+    return int(training.get("step", 0))
+
+
+def write_json(path, obj):
+    """Atomically write ``obj`` as JSON to ``path``."""
+    import tempfile
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".dpnet-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=float)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def per_class_accuracy(model, x, y, n_classes=10):
     pred = model.predict(x)
     return [float((pred[y == k] == k).mean()) if (y == k).any() else float("nan")
@@ -233,7 +278,11 @@ def run_dnn(argv=None, prog=None, workers_flag=False, default_workers=0):
         if e.traceback:
             print(f"worker traceback:\n{e.traceback.rstrip()}", file=sys.stderr)
         return 1
-    except UserError as e:
+    except KeyboardInterrupt:
+        # a second Ctrl-C: the first one asked for a clean stop, this one for now
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, FloatingPointError, ImportError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     except (ValueError, OSError) as e:
@@ -254,7 +303,8 @@ def _run_full_batch(args, model, data, val, engine, hist, say):
         hist.append(it, metrics)
         hist.step = it
         if args.save:
-            save_training_checkpoint(args.save, model, it, args.seed, len(data.x_train), hist)
+            save_training_checkpoint(args.save, model, it, args.seed, len(data.x_train), hist,
+                                     n_train=len(data.x_train), optimizer=args.optimizer)
         return False
 
     t0 = time.perf_counter()
@@ -278,20 +328,18 @@ def _run_dnn(args, prog, default_workers):
     from .train import EarlyStopping, fit
 
     t_start = time.perf_counter()
-    for flag in ("save", "json", "plot"):
-        path = getattr(args, flag)
-        if path is not None:
-            d = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(d):
-                raise UserError(f"--{flag} {path!r}: directory {d!r} does not exist")
+    check_output_paths(args, ("save", "json", "plot"))
     data = load_mnist(args.data, standardize=args.standardize, validation=args.validation,
                       limit_train=args.limit_train, dtype=np.dtype(args.dtype))
     steps_per_epoch = -(-len(data.x_train) // args.batch_size)
     model = build_model(args, steps_per_epoch)
     initial_step = 0
     if args.load:
-        meta = load_weights_into(model, args.load)
-        initial_step = int(meta.get("training", {}).get("step", 0))
+        meta = load_weights_into(model, args.load, optimizer="state")
+        initial_step = check_resume(args.load, meta.get("training") or {},
+                                    {"seed": args.seed, "batch_size": args.batch_size,
+                                     "n_train": len(data.x_train),
+                                     "optimizer": args.optimizer})
     say = (lambda *a, **k: None) if args.quiet else print
     say(f"{prog}: {model.n_params:,} parameters, {len(data.x_train):,} training / "
         f"{len(data.x_val):,} validation / {len(data.x_test):,} test images")
@@ -324,7 +372,8 @@ def _run_dnn(args, prog, default_workers):
     except WorkerError:
         if args.save:     # the weights are those of the last completed step: keep them
             save_training_checkpoint(args.save, model, hist.step, args.seed,
-                                     args.batch_size, hist)
+                                     args.batch_size, hist, n_train=len(data.x_train),
+                                     optimizer=args.optimizer)
             print(f"{prog}: saved the last weights (step {hist.step}) to {args.save}",
                   file=sys.stderr)
         raise
@@ -339,7 +388,8 @@ def _run_dnn(args, prog, default_workers):
     if not args.quiet:
         report(model, hist, results, per_class, wall)
     if args.save and (hist.step == 0 or not hist.epochs):
-        save_training_checkpoint(args.save, model, hist.step, args.seed, args.batch_size, hist)
+        save_training_checkpoint(args.save, model, hist.step, args.seed, args.batch_size, hist,
+                                 n_train=len(data.x_train), optimizer=args.optimizer)
     if args.plot:
         if hist.epochs:
             plot_history(hist, args.plot)
@@ -361,8 +411,5 @@ def _run_dnn(args, prog, default_workers):
             "platform": {"python": platform.python_version(), "numpy": np.__version__,
                          "machine": platform.machine()},
         }
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=2, default=float)
-        os.replace(tmp, args.json)
+        write_json(args.json, summary)
     return 130 if hist.interrupted else 0

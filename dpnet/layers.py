@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .activations import get_activation
 from .backend import xp_of
-from .initializers import get_initializer
+from .initializers import INITIALIZERS, get_initializer
 from .rng import uniform_rows
 
 
@@ -91,7 +91,7 @@ class Dense(Layer):
 
     def config(self):
         return {"type": "dense", "n_in": self.n_in, "n_out": self.n_out,
-                "activation": self.activation.name, "init": self.init_name}
+                "activation": self.activation.config(), "init": self.init_name}
 
     def __repr__(self):
         return f"Dense({self.n_in}, {self.n_out}, activation={self.activation.name!r})"
@@ -139,8 +139,14 @@ class Dropout(Layer):
 def layer_from_config(cfg):
     kind = cfg.get("type")
     if kind == "dense":
-        return Dense(int(cfg["n_in"]), int(cfg["n_out"]), activation=cfg["activation"],
-                     init=cfg.get("init", "xavier_uniform"))
+        # The initializer is recorded, not needed: a rebuilt layer's weights are always
+        # overwritten (from a checkpoint, or by the shared weights in a worker). A
+        # custom callable is known only by name, so it must not stop the rebuild.
+        init = cfg.get("init", "xavier_uniform")
+        layer = Dense(int(cfg["n_in"]), int(cfg["n_out"]), activation=cfg["activation"],
+                      init=init if init in INITIALIZERS else "xavier_uniform")
+        layer.init_name = init
+        return layer
     if kind == "dropout":
         return Dropout(float(cfg["rate"]))
     raise ValueError(f"unknown layer type {kind!r} in model config")

@@ -145,6 +145,9 @@ class SGD(Optimizer):
     """p <- p - lr * g"""
     name = "sgd"
 
+    def __init__(self, lr=0.01, threads=None):
+        super().__init__(lr, threads)
+
     def _update(self, lr, p, g, tmp):
         xp_of(p).multiply(g, lr, out=tmp)
         p -= tmp

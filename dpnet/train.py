@@ -53,7 +53,8 @@ class History:
 
 
 class EarlyStopping:
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs;
+    """Stop after ``patience`` epochs in a row in which ``monitor`` has not improved by
+    ``min_delta`` (as Keras);
     with ``restore_best_weights`` the model ends with the best epoch's weights."""
 
     def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, restore_best_weights=True):
@@ -81,7 +82,7 @@ class EarlyStopping:
                 self.best_params = self.model.params.copy()
             return False
         self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience:
             if self.best_params is not None:
                 self.model.params[...] = self.best_params
             return True
@@ -221,7 +222,8 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
                 epoch += 1
                 stop_now = any(bool(cb(epoch, metrics)) for cb in list(callbacks))
                 if checkpoint is not None:
-                    save_training_checkpoint(checkpoint, model, step, seed, batch_size, history)
+                    save_training_checkpoint(checkpoint, model, step, seed, batch_size, history,
+                                             n_train=n)
                 if stop_now:
                     history.stopped_early = True
                     break
@@ -231,7 +233,8 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
                     print_fn(f"stopped by {stop.requested} after step {step}; "
                              f"the model keeps its last weights")
                 if checkpoint is not None:
-                    save_training_checkpoint(checkpoint, model, step, seed, batch_size, history)
+                    save_training_checkpoint(checkpoint, model, step, seed, batch_size, history,
+                                             n_train=n)
     finally:
         history.wall_time += time.perf_counter() - t_start
         history.step = step
@@ -249,8 +252,12 @@ def format_epoch(epoch, epochs, m):
     return "  ".join(parts)
 
 
-def save_training_checkpoint(path, model, step, seed, batch_size, history):
+def save_training_checkpoint(path, model, step, seed, batch_size, history, n_train=None,
+                             **extra):
+    """A checkpoint that a run can resume from: the step, and what the step count means
+    (seed, batch size, training-set size), so a resume with other settings is refused."""
     from .checkpoint import save_model
-    save_model(path, model, training={"step": int(step), "seed": int(seed),
-                                      "batch_size": int(batch_size),
-                                      "history": history.to_dict()})
+    training = {"step": int(step), "seed": int(seed), "batch_size": int(batch_size),
+                "n_train": None if n_train is None else int(n_train),
+                "history": history.to_dict(), **extra}
+    save_model(path, model, training=training)

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -86,3 +87,22 @@ def test_full_batch_lbfgs_run(tmp_path):
     assert s["epochs"] == 4 and s["history"]["loss"][-1] < s["history"]["loss"][0]
     r = run("--optimizer", "cg", "--dropout", "0.5", "--limit-train", "100", timeout=60)
     assert r.returncode == 2 and "drop --dropout" in r.stderr
+
+
+def test_resume_through_the_cli_is_exact_and_refuses_other_settings(tmp_path):
+    import dpnet
+    common = ["--limit-train", "600", "--hidden", "24", "--dropout", "0.2", "--batch-size", "50",
+              "--lr-final", "1e-3",     # a constant rate: an anneal spans the run's --epochs
+              "--quiet"]
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert run(*common, "--epochs", "2", "--save", str(a)).returncode == 0
+    assert run(*common, "--epochs", "1", "--save", str(b)).returncode == 0
+    r = run(*common, "--epochs", "2", "--load", str(b), "--save", str(b))
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(dpnet.load(a).params, dpnet.load(b).params)
+    r = run(*[c if c != "50" else "60" for c in common], "--epochs", "3", "--load", str(b))
+    assert r.returncode == 2 and "trained with --batch-size 50, this run has 60" in r.stderr
+    r = run(*common, "--epochs", "3", "--load", str(b), "--optimizer", "sgd")
+    assert r.returncode == 2 and "resume with the same optimizer" in r.stderr
+    r = run(*common, "--epochs", "3", "--save", str(tmp_path))
+    assert r.returncode == 2 and "is a directory" in r.stderr

@@ -79,7 +79,7 @@ def test_callback_stops_and_receives_metrics(mnist_small):
 
 
 def test_early_stopping_restores_the_best_weights():
-    es = EarlyStopping(patience=1)
+    es = EarlyStopping(patience=2)
     m = mlp()
     es.set_model(m)
     assert not es(1, {"val_loss": 1.0})
@@ -88,6 +88,8 @@ def test_early_stopping_restores_the_best_weights():
     assert not es(2, {"val_loss": 1.5})
     assert es(3, {"val_loss": 1.2})                   # two epochs without improvement
     assert np.array_equal(m.params, best) and es.best_epoch == 1
+    es1 = EarlyStopping(patience=1)
+    assert not es1(1, {"val_loss": 1.0}) and es1(2, {"val_loss": 1.0})   # no improvement
     with pytest.raises(ValueError, match="monitors 'val_loss'"):
         EarlyStopping()(1, {"loss": 1.0})
 

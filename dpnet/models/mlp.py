@@ -187,6 +187,8 @@ class Sequential:
         self.optimizer.step(self.params, g)
 
     def train_on_batch(self, x, y):
+        # each update draws fresh dropout masks, as fit does (keyed by the step count)
+        self.seed_step(self.seed, self.optimizer.t)
         loss, n = self.loss_and_grad(x, y)
         self.apply_gradients()
         return loss

@@ -124,6 +124,45 @@ def recv_valid(sock, timeout_s, on_bad=None):
             (on_bad or (lambda err: log.warning("dropped a bad message: %s", err)))(e)
 
 
+_IPC_PATH_MAX = 100      # sun_path holds 107 bytes; keep a margin for the socket's name
+
+
+def _private_ipc_dir():
+    """A fresh 0700 directory for the ipc socket, named after this pid so that one left
+    by a coordinator killed with SIGKILL can be recognised and removed later. Its path
+    must be short (a Unix socket path is limited to 107 bytes), so a long $TMPDIR is
+    passed over for $XDG_RUNTIME_DIR or /tmp."""
+    for base in (tempfile.gettempdir(), os.environ.get("XDG_RUNTIME_DIR"), "/tmp"):
+        if base and os.path.isdir(base) and len(base) + 40 <= _IPC_PATH_MAX:
+            break
+    else:
+        raise RuntimeError("no directory with a path short enough for an ipc socket; "
+                           "set TMPDIR to a short path")
+    _sweep_stale_dirs(base)
+    return tempfile.mkdtemp(prefix=f"dpnet_{os.getpid()}_", dir=base)
+
+
+def _sweep_stale_dirs(base):
+    """Remove dpnet_<pid>_* socket directories whose coordinator is gone."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("_")
+        if len(parts) < 3 or parts[0] != "dpnet" or not parts[1].isdigit():
+            continue
+        pid = int(parts[1])
+        try:
+            os.kill(pid, 0)
+            continue                      # its coordinator still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue                      # someone else's, and alive
+        shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+
 class Router:
     """The coordinator's socket: bound, addresses workers by identity."""
 
@@ -139,8 +178,9 @@ class Router:
             # A respawned worker reuses its rank's identity: let it take the old one over.
             self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
             if transport == "ipc":
-                # A private (0700) directory: no other local user can connect.
-                self._dir = tempfile.mkdtemp(prefix="dpnet_")
+                # A private (0700) directory: no other local user can connect (an
+                # abstract socket would be visible, and connectable, by anyone).
+                self._dir = _private_ipc_dir()
                 self.endpoint = f"ipc://{self._dir}/{secrets.token_hex(4)}.sock"
                 self.socket.bind(self.endpoint)
             elif transport == "tcp":

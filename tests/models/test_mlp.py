@@ -178,3 +178,31 @@ def test_constructor_errors_name_the_problem():
     m = three_layer()
     with pytest.raises(ValueError, match=r"input must have shape \(n, 6\), got \(3, 5\)"):
         m.predict(np.zeros((3, 5)))
+
+
+def test_config_round_trips_parameterized_activations_and_custom_init(tmp_path):
+    from dpnet.activations import LeakyReLU
+    from dpnet.models import model_from_config
+
+    def my_init(rng, out):
+        out[...] = 0.01
+
+    m = Sequential([Dense(6, 5, activation=LeakyReLU(0.3), init=my_init),
+                    Dense(5, 3, activation="softmax")], dtype=np.float64)
+    again = model_from_config(m.config())
+    assert again.layers[0].activation.alpha == 0.3
+    assert again.config() == m.config()
+    m.save(tmp_path / "m.npz")
+    loaded = dpnet.load(tmp_path / "m.npz")
+    x = np.random.default_rng(0).normal(size=(4, 6))
+    assert np.allclose(loaded.predict_proba(x), m.predict_proba(x))
+
+
+def test_train_on_batch_draws_fresh_dropout_masks():
+    m = Sequential([Dense(6, 40, activation="relu"), Dropout(0.5), Dense(40, 3, activation="softmax")])
+    x, y = data()
+    masks = []
+    for _ in range(3):
+        m.train_on_batch(x, y)
+        masks.append(m.layers[1].mask.copy())
+    assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[1], masks[2])

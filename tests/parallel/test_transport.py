@@ -149,3 +149,24 @@ def test_ticker_and_coordinator_watch():
     assert "no message" in w.lost()
     w.saw_message()
     assert w.lost() is None
+
+
+def test_ipc_dir_is_short_private_and_stale_ones_are_swept(tmp_path, monkeypatch):
+    import os
+    import stat
+    from dpnet.parallel.transport import Router
+    long_tmp = tmp_path / ("x" * 120)
+    long_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(long_tmp))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)       # re-read TMPDIR
+    with Router("ipc") as r:
+        path = r.endpoint[len("ipc://"):]
+        assert len(path) <= 107 and not path.startswith(str(long_tmp))
+        d = os.path.dirname(path)
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+        base = os.path.dirname(d)
+    stale = os.path.join(base, "dpnet_999999999_abc")       # no such pid
+    os.mkdir(stale)
+    with Router("ipc"):
+        assert not os.path.exists(stale)
