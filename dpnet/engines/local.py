@@ -5,7 +5,7 @@ shard that covers the whole step.
 """
 from __future__ import annotations
 
-from .tasks import task_for
+from .tasks import stateful as _stateful, task_for
 
 
 class LocalEngine:
@@ -35,6 +35,14 @@ class LocalEngine:
         """(mean loss, n, correct) over a whole named dataset."""
         n, extra = self.task_cls.plan_eval(self.arrays, name)
         return self.task.evaluate({"split": name, "start": 0, "stop": n, "step": 0, **extra})
+
+    def get_state(self, chunk):
+        """The carried (h, c) that training chunk ``chunk`` starts from (LSTM only)."""
+        return _stateful(self.task_cls).read_state(self.arrays, chunk)
+
+    def set_state(self, chunk, state):
+        """Make training chunk ``chunk`` start from ``state`` = (h, c) (LSTM only)."""
+        _stateful(self.task_cls).write_state(self.arrays, chunk, state)
 
     def stats(self):
         return {}

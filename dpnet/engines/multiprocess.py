@@ -31,7 +31,7 @@ from ..parallel.monitor import WorkerMonitor, self_stats
 from ..parallel.shm import SharedArray
 from ..parallel.transport import Router
 from .errors import WorkerError
-from .tasks import signature_of, task_for
+from .tasks import signature_of, stateful, task_for
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05
@@ -266,6 +266,15 @@ class MultiprocessEngine:
         loss = sum(replies[r]["n"] * replies[r]["loss"] for r in sorted(replies)) / max(total, 1)
         return loss, total, sum(r["correct"] for r in replies.values())
 
+    def get_state(self, chunk):
+        """The carried (h, c) that training chunk ``chunk`` starts from (LSTM only);
+        it sits in shared memory, so the coordinator reads it directly."""
+        return stateful(self.task_cls).read_state(self.arrays, chunk)
+
+    def set_state(self, chunk, state):
+        """Make training chunk ``chunk`` start from ``state`` = (h, c) (LSTM only)."""
+        stateful(self.task_cls).write_state(self.arrays, chunk, state)
+
     def _round(self, step, reply_kind, ranks, message, on_reply=None):
         """Send ``message(rank)`` to each rank and collect their replies (headers),
         surviving worker deaths by the failure policy. ``on_reply(replies)`` runs after
@@ -347,7 +356,8 @@ class MultiprocessEngine:
         if self._failures_in_a_row > self.max_respawns:
             raise WorkerError(f"{what}; giving up after {self.max_respawns} respawns in a row",
                               rank=rank)
-        log.warning("%s; starting a replacement", what)
+        # one line for the person at the terminal (not a logging record too: the CLI
+        # leaves logging unconfigured, and a library caller's handler would print twice)
         print(f"dpnet: {what}; starting a replacement", file=sys.stderr)
         self.respawns += 1
         self._spawn(rank)

@@ -32,6 +32,14 @@ def task_for(model):
     raise ValueError(f"no engine task for model type {kind!r}")
 
 
+def stateful(task_cls):
+    """``task_cls`` if its model carries state between steps (the engines' get_state /
+    set_state), else a ValueError naming it."""
+    if not hasattr(task_cls, "read_state"):
+        raise ValueError(f"the {task_cls.name!r} task carries no state between steps")
+    return task_cls
+
+
 def task_by_name(name):
     tasks = {MlpTask.name: MlpTask, LstmTask.name: LstmTask}
     if name not in tasks:
@@ -128,6 +136,27 @@ class LstmTask:
     @staticmethod
     def plan_eval(arrays, split):
         return arrays[f"{split}.streams"].shape[0], {}
+
+    @staticmethod
+    def read_state(arrays, chunk):
+        """(h, c) copies of the state chunk ``chunk`` will start from: what a checkpoint
+        taken between steps must hold to resume mid-epoch exactly."""
+        if chunk == 0:                   # plan_step zeroes it: an epoch starts afresh
+            return tuple(np.zeros_like(s) for s in arrays["train.state"][0])
+        src = arrays["train.state"][chunk % 2]
+        return src[0].copy(), src[1].copy()
+
+    @staticmethod
+    def write_state(arrays, chunk, state):
+        """Make chunk ``chunk`` start from ``state`` (h, c), each (B, H). (Chunk 0
+        always starts from zeros: plan_step resets its buffer.)"""
+        buf = arrays["train.state"][chunk % 2]
+        for label, dst, s in (("h", buf[0], state[0]), ("c", buf[1], state[1])):
+            s = np.asarray(s)
+            if s.shape != dst.shape:
+                raise ValueError(f"stream state {label} must have shape {dst.shape}, "
+                                 f"got {s.shape}")
+            dst[...] = s
 
     def __init__(self, model, arrays, seed, options=None, eval_batch_size=None):
         self.model, self.arrays = model, arrays

@@ -1,0 +1,348 @@
+"""Command-line front end of scripts/runLstm.py: train a character LSTM on a text
+file, continue from a checkpoint, or generate text from one.
+
+User errors (bad flags, a missing, empty, non-UTF-8 or too short text, a checkpoint
+that does not fit, a character outside the vocabulary) end with ONE line on stderr
+and exit code 2; a worker failure with exit code 1; Ctrl-C / SIGTERM during training
+with a checkpoint (under --save) and exit code 130. A traceback means a bug in dpnet.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+
+import numpy as np
+
+from .cli import UserError, _float_in, _nonneg_int, _Parser, _positive_int, _raise_exit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_TEXT = os.path.join(ROOT, "data", "tinyshakespeare", "input.txt")
+DEFAULTS = {"hidden": 256, "seq_len": 64, "batch_size": 32, "optimizer": "adam"}
+DEFAULT_LR = {"adam": 2e-3, "adagrad": 0.1}
+DEFAULT_STEPS = 3000
+# The model's own default is 1.0 (Gers et al.). Here the state is carried across a
+# whole epoch (490 chunks of tiny Shakespeare), and with 1.0 the cell state drifts
+# (|c| ~ 50 after 1500 steps, ~ 10 with 0.0): the model comes to rely on a warmed-up
+# state, and validation and samples, which start from zeros, suffer -- measured at
+# H=256 after 1500 steps: val 2.18 nats/char with 1.0, 1.75 with 0.0 (1.78 with 1.0
+# from a warmed-up state), and garbled samples until step ~2000 with 1.0.
+DEFAULT_FORGET_BIAS = 0.0
+
+EXAMPLE = """examples:
+  %(prog)s                                   # tiny Shakespeare, H=256, 3000 steps
+  %(prog)s --steps 5000 --save shakespeare.npz --json run.json
+  %(prog)s --load shakespeare.npz --steps 8000 --save shakespeare.npz   # continue
+  %(prog)s --load shakespeare.npz --sample 500 --temperature 0.8 --prime "ROMEO:"
+  %(prog)s --text notes.txt --hidden 64 --seq-len 32 --batch-size 8 --steps 200
+"""
+
+
+def lstm_parser(prog):
+    p = _Parser(prog=prog, description="Train a character-level LSTM language model on a "
+                "UTF-8 text file, or generate text from a checkpoint.",
+                epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--text", default=DEFAULT_TEXT, metavar="PATH",
+      help="UTF-8 training text (default: data/tinyshakespeare/input.txt)")
+    a("--val-fraction", type=_float_in(0, 1, hi_open=True), default=0.1, metavar="F",
+      help="the last F of the text is the validation set (default: 0.1; 0 = none)")
+    a("--hidden", type=_positive_int, default=None, metavar="H",
+      help=f"LSTM hidden size (default: {DEFAULTS['hidden']}, or the checkpoint's)")
+    a("--seq-len", type=_positive_int, default=None, metavar="T",
+      help=f"characters per chunk, the BPTT length (default: {DEFAULTS['seq_len']}, "
+           f"or the checkpoint's)")
+    a("--batch-size", type=_positive_int, default=None, metavar="B",
+      help=f"parallel streams (default: {DEFAULTS['batch_size']}, or the checkpoint's)")
+    a("--optimizer", choices=["adagrad", "adam"], default=None,
+      help="(default: adam, or the checkpoint's)")
+    a("--lr", type=_float_in(0, lo_open=True), default=None,
+      help="learning rate (default: 2e-3 for adam, 0.1 for adagrad, or the checkpoint's)")
+    a("--clip", type=_float_in(0), default=None, metavar="NORM",
+      help="clip the gradient to this global L2 norm (default: 5; 0 = off)")
+    a("--clip-value", type=_float_in(0), default=None, metavar="V",
+      help="clip each gradient entry to [-V, V], before --clip (default: off; 0 = off)")
+    a("--forget-bias", type=_float_in(-100, 100), default=DEFAULT_FORGET_BIAS,
+      help="initial forget-gate bias (default: 0, which trains better here than 1 with "
+           "the state carried through whole epochs; see DEFAULT_FORGET_BIAS)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=_nonneg_int, default=None,
+                   help=f"train until this global step, counting a --load checkpoint's "
+                        f"(default: {DEFAULT_STEPS})")
+    g.add_argument("--epochs", type=_nonneg_int, default=None,
+                   help="train until this many epochs are done, counting --load's")
+    a("--workers", type=_nonneg_int, default=0,
+      help="worker processes sharing each batch's streams (default: 0 = in process)")
+    a("--blas-threads", type=_positive_int, default=None, metavar="N",
+      help="BLAS threads in this process (workers=0) or per worker (default: the BLAS "
+           "library's choice in process, 1 per worker)")
+    a("--on-failure", choices=["respawn", "abort"], default="respawn",
+      help="what to do when a worker dies (default: respawn)")
+    a("--eval-every", type=_nonneg_int, default=500, metavar="N",
+      help="validation loss every N steps and at the end (default: 500; 0 = at the end)")
+    a("--sample-every", type=_nonneg_int, default=500, metavar="N",
+      help="print a sample every N steps (default: 500; 0 = never)")
+    a("--sample-length", type=_nonneg_int, default=200, metavar="N",
+      help="characters per periodic sample (default: 200)")
+    a("--temperature", type=_float_in(0, lo_open=True), default=0.8,
+      help="softmax temperature of samples, > 0; lower is more conservative (default: 0.8)")
+    a("--prime", default=None, metavar="TEXT",
+      help="text samples start from (default: a newline)")
+    a("--print-every", type=_positive_int, default=10, metavar="N",
+      help="progress line every N steps (default: 10)")
+    a("--seed", type=_nonneg_int, default=0, help="seed for init and samples (default: 0)")
+    a("--save", default=None, metavar="PATH",
+      help="checkpoint every --save-every steps, at the end and when stopped")
+    a("--save-every", type=_positive_int, default=500, metavar="N", help="(default: 500)")
+    a("--load", default=None, metavar="PATH",
+      help="continue from this checkpoint: weights, optimizer, vocabulary, step and "
+           "stream state (exact, on the same text and batch layout)")
+    a("--sample", type=_nonneg_int, default=None, metavar="N",
+      help="with --load: print N generated characters after --prime and exit")
+    a("--json", default=None, metavar="PATH", help="write the run summary as JSON")
+    a("--quiet", action="store_true", help="no progress lines or samples")
+    return p
+
+
+def _limit_blas(n):
+    """In-process BLAS threads. scripts/runLstm.py sets the environment before NumPy
+    loads; a program calling main() directly needs threadpoolctl to change it."""
+    if n is None:
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        if os.environ.get("OPENBLAS_NUM_THREADS") != str(n):
+            print(f"note: --blas-threads {n} needs threadpoolctl here; BLAS keeps its "
+                  f"threads", file=sys.stderr)
+        return
+    threadpool_limits(n)
+
+
+def _check_output_dirs(args):
+    for flag in ("save", "json"):
+        path = getattr(args, flag)
+        if path is not None:
+            d = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(d):
+                raise UserError(f"--{flag} {path!r}: directory {d!r} does not exist")
+
+
+def _prime(vocab, prime):
+    """The ids of --prime (default: a newline, or the first character if the
+    vocabulary has none); an unknown character is a one-line error."""
+    from .data.text import TextError
+    if prime is None:
+        prime = "\n" if "\n" in vocab else vocab.chars[0]
+    if prime == "":
+        raise UserError("--prime must not be empty")
+    try:
+        return prime, [int(i) for i in vocab.encode(prime)]
+    except TextError as e:
+        raise UserError(f"--prime {prime!r}: {e}") from None
+
+
+def generate(args, out=None):
+    from .checkpoint_text import load_text_checkpoint
+    out = sys.stdout if out is None else out
+    if args.load is None:
+        raise UserError("--sample generates from a checkpoint: give --load PATH")
+    ck = load_text_checkpoint(args.load)
+    if ck.vocab is None:
+        raise UserError(f"checkpoint {args.load!r} holds no vocabulary to decode with")
+    prime, ids = _prime(ck.vocab, args.prime)
+    drawn = ck.model.sample(ids, args.sample, args.temperature, seed=args.seed)
+    out.write(prime + ck.vocab.decode(drawn) + "\n")
+    out.flush()
+    return 0
+
+
+def run_lstm(argv=None, prog=None):
+    parser = lstm_parser(prog or os.path.basename(sys.argv[0]))
+    args = parser.parse_args(argv)
+    from .engines.errors import WorkerError
+    # SIGTERM outside the training loop (which stops gracefully on it) must still run
+    # the clean-up path: workers stopped, shared memory unlinked.
+    old_term = signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        _check_output_dirs(args)
+        if args.sample is not None:
+            return generate(args)
+        return _train(args, parser.prog)
+    except WorkerError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        if e.traceback:
+            print(f"worker traceback:\n{e.traceback.rstrip()}", file=sys.stderr)
+        return 1
+    except (UserError, ValueError, OSError, FloatingPointError) as e:
+        # TextError, CheckpointError and the model's checks are ValueErrors naming the
+        # bad value; OSError covers unreadable texts and unwritable --save/--json paths;
+        # FloatingPointError is a diverged run (its message suggests a lower --lr).
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def _val_batcher(val_ids, B, T, val_fraction):
+    """Validation streams: as many as the batch's, fewer if the held-out text is short."""
+    from .data.text import StreamBatcher, TextError
+    if len(val_ids) == 0:
+        return None
+    b = min(B, len(val_ids) // (T + 1))
+    if b == 0:
+        raise TextError(f"the validation text ({len(val_ids)} characters, --val-fraction "
+                        f"{val_fraction:g}) is too short for one sequence of {T} + 1 "
+                        f"characters; lower --seq-len, raise --val-fraction, or give "
+                        f"--val-fraction 0")
+    return StreamBatcher(val_ids, b, T)
+
+
+def _corpus(args, ck):
+    """(vocab, train ids, val ids): a loaded checkpoint's vocabulary must cover the text."""
+    from .data.text import TextError, load_corpus, read_text, split
+    if ck is None:
+        return load_corpus(args.text, args.val_fraction)
+    if ck.vocab is None:
+        raise UserError(f"checkpoint {args.load!r} holds no vocabulary")
+    text = read_text(args.text)
+    try:
+        ids = ck.vocab.encode(text)
+    except TextError as e:
+        raise UserError(f"{args.text!r} does not fit the checkpoint's vocabulary: {e}") from None
+    tr, va = split(ids, args.val_fraction)
+    return ck.vocab, tr, va
+
+
+def _model(args, ck, vocab, H):
+    from .models.lstm import CharLSTM
+    from .optimizers import get_optimizer
+    from .schedules import as_schedule
+    clip = {"clip_norm": args.clip or None, "clip_value": args.clip_value or None}
+    if ck is None:
+        name = args.optimizer or DEFAULTS["optimizer"]
+        opt = get_optimizer(name, lr=args.lr or DEFAULT_LR[name])
+        if args.clip is None:
+            clip["clip_norm"] = 5.0
+        return CharLSTM(len(vocab), H, seed=args.seed, forget_bias=args.forget_bias,
+                        optimizer=opt, **clip)
+    model = ck.model
+    if args.optimizer is not None and args.optimizer != model.optimizer.name:
+        raise UserError(f"--optimizer {args.optimizer}: the checkpoint was trained with "
+                        f"{model.optimizer.name} (its state would not fit)")
+    if args.lr is not None:
+        model.optimizer.schedule = as_schedule(args.lr)
+    if args.clip is not None:
+        model.clip_norm = clip["clip_norm"]
+    if args.clip_value is not None:
+        model.clip_value = clip["clip_value"]
+    return model
+
+
+def _train(args, prog):
+    from .checkpoint_text import load_text_checkpoint
+    from .data.text import StreamBatcher
+    from .engines import make_engine
+    from .train_text import LN2, fit_text
+
+    t_start = time.perf_counter()
+    ck = load_text_checkpoint(args.load) if args.load else None
+    vocab, tr_ids, va_ids = _corpus(args, ck)
+    size = {}
+    for key in ("hidden", "seq_len", "batch_size"):
+        given = getattr(args, key)
+        have = None if ck is None else (ck.model.hidden_size if key == "hidden"
+                                        else getattr(ck, key))
+        if key == "hidden" and given is not None and have is not None and given != have:
+            raise UserError(f"--hidden {given}: the checkpoint's model has {have}")
+        size[key] = given if given is not None else (have if have is not None
+                                                     else DEFAULTS[key])
+    H, T, B = size["hidden"], size["seq_len"], size["batch_size"]
+    train = StreamBatcher(tr_ids, B, T)
+    val = _val_batcher(va_ids, B, T, args.val_fraction)
+    model = _model(args, ck, vocab, H)
+    prime, _ = _prime(vocab, args.prime)          # a bad --prime fails before training
+    initial_step, state, hist = 0, None, None
+    if ck is not None:
+        initial_step, hist = ck.step, ck.history
+        state, note = ck.resume_state(train)
+        if note:
+            print(f"{prog}: note: {note}", file=sys.stderr)
+    steps = args.steps if args.steps is not None or args.epochs is not None else DEFAULT_STEPS
+    say = (lambda *a, **k: None) if args.quiet else print
+    say(f"{prog}: {len(vocab)} characters; {len(tr_ids):,} training / {len(va_ids):,} "
+        f"validation characters; {B} streams x {T} steps = {len(train)} steps per epoch")
+    workers = args.workers
+    say(f"{prog}: LSTM H={H}, {model.n_params:,} parameters, {model.optimizer.name} "
+        f"lr {model.optimizer.lr:g}, " + (f"{workers} worker process"
+                                          f"{'es' if workers > 1 else ''}" if workers
+                                          else "in process")
+        + (f", starting at step {initial_step}" if initial_step else ""))
+    end = steps if steps is not None else args.epochs * len(train)
+    if initial_step >= end:
+        say(f"{prog}: the checkpoint is at step {initial_step} already; nothing to train "
+            f"(raise --steps or --epochs)")
+    if workers:
+        engine = make_engine(workers, blas_threads=args.blas_threads or 1,
+                             on_failure=args.on_failure)
+    else:
+        _limit_blas(args.blas_threads)
+        engine = make_engine(0)
+    from .engines.errors import WorkerError
+    try:
+        hist = fit_text(model, train, val, steps=steps, epochs=args.epochs, engine=engine,
+                        seed=args.seed, eval_every=args.eval_every,
+                        sample_every=args.sample_every, sample_length=args.sample_length,
+                        temperature=args.temperature, vocab=vocab, prime=prime,
+                        log_every=args.print_every, checkpoint=args.save,
+                        save_every=args.save_every, initial_step=initial_step,
+                        initial_state=state, history=hist, verbose=not args.quiet)
+    except WorkerError:
+        if args.save:
+            print(f"{prog}: saved the last whole step's weights to {args.save}",
+                  file=sys.stderr)
+        raise
+    finally:
+        engine.close()
+    wall = time.perf_counter() - t_start
+    train_loss = hist.recent_loss(100)
+    val_loss = hist.val_loss[-1] if hist.val_loss else None
+    rate = hist.mean_chars_per_s
+    if train_loss is not None:
+        say(f"train loss {train_loss:.4f} nats/char ({train_loss / LN2:.4f} bits/char, "
+            f"mean of the last {min(100, len(hist.loss))} steps)"
+            + (f"; val loss {val_loss:.4f} nats/char ({val_loss / LN2:.4f} bits/char)"
+               if val_loss is not None else ""))
+    say(f"{hist.step} steps, {rate:,.0f} chars/s training; {wall:.1f} s in all")
+    if args.json:
+        _write_json(args, model, hist, train_loss, val_loss, rate, wall, workers, vocab)
+    return 130 if hist.interrupted else 0
+
+
+def _write_json(args, model, hist, train_loss, val_loss, rate, wall, workers, vocab):
+    def per_char(v):
+        return None if v is None else {"nats_per_char": v, "bits_per_char": v / math.log(2)}
+    summary = {
+        "train": per_char(train_loss), "val": per_char(val_loss),
+        "smoothed_train_loss": hist.smooth_loss[-1] if hist.smooth_loss else None,
+        "steps": hist.step, "chars": hist.chars, "chars_per_second": rate,
+        "train_seconds": hist.train_time, "wall_seconds": wall,
+        "interrupted": hist.interrupted, "n_params": int(model.n_params),
+        "vocab_size": len(vocab), "hidden": model.hidden_size,
+        "optimizer": model.optimizer.config(),
+        "history": {"val_steps": hist.val_steps, "val_loss": hist.val_loss,
+                    "rate_steps": hist.rate_steps, "chars_per_s": hist.chars_per_s},
+        "engine": {"workers": workers, **(hist.engine_stats or {})},
+        "args": vars(args),
+        "platform": {"python": platform.python_version(), "numpy": np.__version__,
+                     "machine": platform.machine()},
+    }
+    tmp = args.json + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=2, default=float)
+    os.replace(tmp, args.json)
