@@ -102,6 +102,9 @@ class Worker:
                                    f"the coordinator asked for {h['weights_version']}")
             if msg.kind == P.STEP:
                 loss, n, correct = self.task.step(h)
+                scale = h.get("scale", 1.0)
+                if scale != 1.0:      # this shard's weight in the batch mean (see engine)
+                    self.arrays["grads"][self.rank] *= scale
                 reply = (P.GRAD, {"step": h["step"], "rank": self.rank, "n": n,
                                   "loss": float(loss), "correct": int(correct),
                                   "grad_in_shm": True,

@@ -215,16 +215,18 @@ class MultiprocessEngine:
         units, extra = self.task_cls.plan_step(self.arrays, step, batch)
         shards = {r: b for r, b in enumerate(shard_bounds(units, self.n_workers)) if b[1] > b[0]}
 
+        # Each unit (a sample, or a stream of T characters) weighs the same, so shard
+        # r's weight n_r / n is its share of the units, known before it is sent. The
+        # worker scales its gradient by it in place (while it is hot in its cache), and
+        # the coordinator only adds the slots -- in rank order, never arrival order (so
+        # the sum does not depend on timing), but as soon as the next rank in order has
+        # answered: rank 0 is folded in while rank 1 is still computing.
         def message(rank):
             start, stop = shards[rank]
             return P.STEP, {"step": step, "rank": rank, "start": start, "stop": stop,
-                            "weights_version": self.version, **extra}
+                            "weights_version": self.version,
+                            "scale": (stop - start) / units, **extra}
 
-        # Sum n_i * g_i / n in rank order, never arrival order (so the result does not
-        # depend on timing), but as soon as the next rank in order has answered: the
-        # coordinator folds in rank 0 while rank 1 is still computing. Every unit (a
-        # sample, or a stream of T characters) weighs the same, so n_i / n is the
-        # shard's share of the units, known before any reply arrives.
         order = sorted(shards)
         done = []
         g, slots = self.model.grads, self.arrays["grads"]
@@ -232,12 +234,10 @@ class MultiprocessEngine:
         def fold(replies):
             while len(done) < len(order) and order[len(done)] in replies:
                 rank = order[len(done)]
-                w = (shards[rank][1] - shards[rank][0]) / units
                 if not done:
-                    np.multiply(slots[rank], w, out=g)
+                    np.copyto(g, slots[rank])
                 else:
-                    np.multiply(slots[rank], w, out=self._tmp)
-                    np.add(g, self._tmp, out=g)
+                    np.add(g, slots[rank], out=g)
                 done.append(rank)
 
         replies = self._round(step, P.GRAD, order, message, on_reply=fold)
