@@ -90,6 +90,8 @@ class _Work:
         self.C = e(T + 1, B, H)       # cell states, C[0] = c0
         self.Hs = e(T + 1, B, H)      # hidden states, Hs[0] = h0
         self.TC = e(T, B, H)          # tanh(c_t)
+        self.D = e(T, B, 4 * H)       # activation derivatives, from the outputs (backward)
+        self.K = e(T, B, H)           # o_t (1 - tanh²(c_t)): dh_t -> dc_t (backward)
         self.Z = e(T * B, V)          # logits, then probabilities, then dlogits
         self.dG = e(T, B, 4 * H)      # gradient w.r.t. the pre-activations
         self.dH = e(T, B, H)          # gradient w.r.t. h_t (output + recurrent paths)
@@ -303,28 +305,30 @@ class CharLSTM:
         xp.matmul(dZ, self.Wy.T, out=w.dH.reshape(N, H))             # (N, H)
         _transpose_into(w.WhT, self.Wh)
         A, C, TC, dG, dH, dc, tmp = w.A, w.C, w.TC, w.dG, w.dH, w.dc, w.tmp
+        D, K = w.D, w.K
+        # What depends on the forward pass alone is computed for all T steps at once:
+        # a few large NumPy calls instead of many small ones inside the time loop.
+        xp.multiply(A, A, out=D)
+        for sl in (slice(0, 2 * H), slice(3 * H, 4 * H)):
+            xp.subtract(A[:, :, sl], D[:, :, sl], out=D[:, :, sl])   # s (1 - s): i, f, o
+        xp.subtract(1.0, D[:, :, 2 * H:3 * H], out=D[:, :, 2 * H:3 * H])  # 1 - g^2
+        xp.multiply(TC, TC, out=K)
+        xp.subtract(1.0, K, out=K)
+        K *= A[:, :, 3 * H:]                         # o (1 - tanh^2(c))
         dc[...] = 0                                  # no gradient arrives from beyond T
         state_grad = None
         for t in range(T - 1, -1, -1):
-            a, d, dh, tc = A[t], dG[t], dH[t], TC[t]
-            i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+            a, d, dh = A[t], dG[t], dH[t]
+            i, f, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H]
             di, df, dg, do = d[:, :H], d[:, H:2 * H], d[:, 2 * H:3 * H], d[:, 3 * H:]
-            xp.multiply(dh, tc, out=do)              # dL/do
-            xp.multiply(tc, tc, out=tmp)
-            xp.subtract(1.0, tmp, out=tmp)           # tanh'(c_t)
-            tmp *= dh
-            tmp *= o
+            xp.multiply(dh, TC[t], out=do)           # dL/do
+            xp.multiply(dh, K[t], out=tmp)
             dc += tmp                                # dL/dc_t (from h_t and from c_{t+1})
             xp.multiply(dc, g, out=di)
             xp.multiply(dc, i, out=dg)
             xp.multiply(dc, C[t], out=df)
             dc *= f                                  # dL/dc_{t-1} through the forget gate
-            D = w.tmp4                               # activation derivatives, from outputs
-            xp.multiply(a, a, out=D)
-            for sl in (slice(0, 2 * H), slice(3 * H, 4 * H)):
-                xp.subtract(a[:, sl], D[:, sl], out=D[:, sl])        # s (1 - s)
-            xp.subtract(1.0, D[:, 2 * H:3 * H], out=D[:, 2 * H:3 * H])  # 1 - g^2
-            d *= D                                   # (B, 4H) dL/dz_t
+            d *= D[t]                                # (B, 4H) dL/dz_t
             if t:
                 xp.matmul(d, w.WhT, out=tmp)         # recurrent path into h_{t-1}
                 dH[t - 1] += tmp
