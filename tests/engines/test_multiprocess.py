@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from dpnet import Dense, Dropout, Sequential
+from dpnet.optimizers import Momentum
 from dpnet.engines import LocalEngine
 from dpnet.engines.errors import WorkerError
 from dpnet.engines.multiprocess import MultiprocessEngine
@@ -40,7 +41,10 @@ def mlp(seed=0, dropout=0.0):
     if dropout:
         layers.append(Dropout(dropout))
     layers += [Dense(32, 16, activation="tanh"), Dense(16, 10, activation="softmax")]
-    return Sequential(layers, seed=seed)
+    # Momentum, not Adam: worker counts sum the gradient in different orders, and Adam's
+    # g / sqrt(v) can turn a last-bit difference in a near-zero gradient into a whole
+    # step of either sign; a rule linear in g keeps differences at rounding level.
+    return Sequential(layers, seed=seed, optimizer=Momentum(lr=0.05, momentum=0.9))
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +53,9 @@ def data(mnist_small):
         mnist_small.x_val[:500], mnist_small.y_val[:500]
 
 
-def train(engine, data, batch_size=64, epochs=1, dropout=0.0):
+def train(engine, data, batch_size=64, epochs=1, dropout=0.0, n=None):
     x, y, xv, yv = data
+    x, y = x[:n], y[:n]
     m = mlp(dropout=dropout)
     h = m.fit(x, y, epochs=epochs, batch_size=batch_size, validation_data=(xv, yv),
               engine=engine, verbose=0)
@@ -61,12 +66,15 @@ def close_to(a, b):
     return np.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("workers,batch_size", [(1, 64), (2, 64), (3, 50), (3, 2)])
-def test_same_weights_as_the_in_process_engine(data, workers, batch_size):
-    """Includes batches not divisible by the worker count and smaller than it."""
-    ref, href = train(LocalEngine(), data, batch_size=batch_size)
+@pytest.mark.parametrize("workers,batch_size,n", [(1, 64, None), (2, 64, None), (3, 50, None),
+                                                 (3, 2, 40)])
+def test_same_weights_as_the_in_process_engine(data, workers, batch_size, n):
+    """Includes batches not divisible by the worker count and smaller than it (few
+    steps there: hundreds of 2-sample steps are chaotic enough that a ReLU flipped by a
+    last-bit difference changes the path)."""
+    ref, href = train(LocalEngine(), data, batch_size=batch_size, n=n)
     with MultiprocessEngine(workers=workers) as eng:
-        m, h = train(eng, data, batch_size=batch_size)
+        m, h = train(eng, data, batch_size=batch_size, n=n)
     assert close_to(m.params, ref.params)
     assert h.history["val_loss"][0] == pytest.approx(href.history["val_loss"][0], rel=1e-5)
     assert h.history["val_accuracy"] == href.history["val_accuracy"]
@@ -239,7 +247,7 @@ def test_parameterized_activation_reaches_the_workers(data):
 
     def leaky():
         return Sequential([Dense(784, 16, activation=LeakyReLU(0.3)),
-                           Dense(16, 10, activation="softmax")])
+                           Dense(16, 10, activation="softmax")], optimizer=Momentum(lr=0.05))
 
     ref, m = leaky(), leaky()
     ref.fit(x, y, epochs=1, batch_size=100, verbose=0)
