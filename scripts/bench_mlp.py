@@ -114,7 +114,8 @@ def main():
     n_params = model.n_params
     sq, net = [], {128: [], 1000: []}
     res = {(b, th): [] for b in (128, 1000) for th in ("pool", 1)}
-    models = {th: build(threads=None if th == "pool" else 1) for th in ("pool", 1)}
+    # the optimizer update with a thread per CPU, against one thread (the default)
+    models = {th: build(threads=os.cpu_count() if th == "pool" else 1) for th in ("pool", 1)}
     for m in models.values():
         train_pass(m, x[:2000], y[:2000], 128)                 # warm-up: buffers, pool
     for r in range(args.repeats):                              # interleave every variant
@@ -139,7 +140,7 @@ def main():
             u = float(np.median([r[2] for r in runs])) / steps * 1e3
             bound = 6 * n_params * len(x) / (rate_net * 1e9)
             bound_sq = 6 * n_params * len(x) / (rate_sq * 1e9)
-            label = "threads" if th == "pool" else "1 thread"
+            label = f"{os.cpu_count()} threads" if th == "pool" else "1 thread"
             print(f"{b:>6} {label:>12} {len(x) / t:>10,.0f} {g:>13.2f} {u:>15.2f} "
                   f"{rate_net:>14.1f} {t / bound:>12.2f} {t / bound_sq:>9.2f}")
     print("\nepoch/bound: measured time / (6 x params x samples / the network's own GEMM rate "
