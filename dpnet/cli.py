@@ -272,7 +272,10 @@ def run_dnn(argv=None, prog=None, workers_flag=False, default_workers=0):
     # the clean-up path: workers stopped, shared memory unlinked.
     old_term = signal.signal(signal.SIGTERM, _raise_exit)
     try:
-        return _run_dnn(args, parser.prog, default_workers)
+        # a diverging run is reported once, as a non-finite loss, not as a stream
+        # of overflow warnings first
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return _run_dnn(args, parser.prog, default_workers)
     except WorkerError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         if e.traceback:

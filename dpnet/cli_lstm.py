@@ -95,7 +95,8 @@ def lstm_parser(prog):
       help="text samples start from (default: a newline)")
     a("--print-every", type=_positive_int, default=10, metavar="N",
       help="progress line every N steps (default: 10)")
-    a("--seed", type=_nonneg_int, default=0, help="seed for init and samples (default: 0)")
+    a("--seed", type=_nonneg_int, default=None,
+      help="seed for init and samples (default: 0, or the --load checkpoint's)")
     a("--save", default=None, metavar="PATH",
       help="checkpoint every --save-every steps, at the end and when stopped")
     a("--save-every", type=_positive_int, default=500, metavar="N", help="(default: 500)")
@@ -125,12 +126,8 @@ def _limit_blas(n):
 
 
 def _check_output_dirs(args):
-    for flag in ("save", "json"):
-        path = getattr(args, flag)
-        if path is not None:
-            d = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(d):
-                raise UserError(f"--{flag} {path!r}: directory {d!r} does not exist")
+    from .cli import check_output_paths
+    check_output_paths(args, ("save", "json"))
 
 
 def _prime(vocab, prime):
@@ -156,7 +153,8 @@ def generate(args, out=None):
     if ck.vocab is None:
         raise UserError(f"checkpoint {args.load!r} holds no vocabulary to decode with")
     prime, ids = _prime(ck.vocab, args.prime)
-    drawn = ck.model.sample(ids, args.sample, args.temperature, seed=args.seed)
+    drawn = ck.model.sample(ids, args.sample, args.temperature,
+                            seed=0 if args.seed is None else args.seed)
     out.write(prime + ck.vocab.decode(drawn) + "\n")
     out.flush()
     return 0
@@ -173,7 +171,14 @@ def run_lstm(argv=None, prog=None):
         _check_output_dirs(args)
         if args.sample is not None:
             return generate(args)
-        return _train(args, parser.prog)
+        # a diverging run is reported once, as a non-finite loss, not as a stream
+        # of overflow warnings first
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return _train(args, parser.prog)
+    except KeyboardInterrupt:
+        # a second Ctrl-C (the first asks for a clean stop), or one before training began
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
     except WorkerError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         if e.traceback:
@@ -248,10 +253,12 @@ def _train(args, prog):
     from .checkpoint_text import load_text_checkpoint
     from .data.text import StreamBatcher
     from .engines import make_engine
-    from .train_text import LN2, fit_text
+    from .train_text import LN2, TextHistory, fit_text
 
     t_start = time.perf_counter()
     ck = load_text_checkpoint(args.load) if args.load else None
+    if args.seed is None:          # a continued run keeps its samples' seed
+        args.seed = ck.seed if ck is not None else 0
     vocab, tr_ids, va_ids = _corpus(args, ck)
     size = {}
     for key in ("hidden", "seq_len", "batch_size"):
@@ -267,7 +274,7 @@ def _train(args, prog):
     val = _val_batcher(va_ids, B, T, args.val_fraction)
     model = _model(args, ck, vocab, H)
     prime, _ = _prime(vocab, args.prime)          # a bad --prime fails before training
-    initial_step, state, hist = 0, None, None
+    initial_step, state, hist = 0, None, TextHistory()
     if ck is not None:
         initial_step, hist = ck.step, ck.history
         state, note = ck.resume_state(train)
@@ -303,8 +310,8 @@ def _train(args, prog):
                         save_every=args.save_every, initial_step=initial_step,
                         initial_state=state, history=hist, verbose=not args.quiet)
     except WorkerError:
-        if args.save:
-            print(f"{prog}: saved the last whole step's weights to {args.save}",
+        if args.save and hist.saved_step is not None:
+            print(f"{prog}: saved the weights of step {hist.saved_step} to {args.save}",
                   file=sys.stderr)
         raise
     finally:
@@ -342,7 +349,5 @@ def _write_json(args, model, hist, train_loss, val_loss, rate, wall, workers, vo
         "platform": {"python": platform.python_version(), "numpy": np.__version__,
                      "machine": platform.machine()},
     }
-    tmp = args.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=2, default=float)
-    os.replace(tmp, args.json)
+    from .cli import write_json
+    write_json(args.json, summary)

@@ -35,6 +35,7 @@ class TextHistory:
         self.train_time = 0.0          # seconds in gradient + update (the chars/s basis)
         self.wall_time = 0.0
         self.step = 0
+        self.saved_step = None         # the step of the last checkpoint this run wrote
         self.interrupted = False       # stopped by Ctrl-C / SIGTERM
         self.stopped_early = False     # stopped by a callback
         self.engine_stats = {}
@@ -171,7 +172,7 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
         st = engine.get_state(step % n) if step % n else None
         hist.step = step
         save_text_checkpoint(checkpoint, model, vocab, train, step, seed, hist, st, crc=crc)
-        saved_at[0] = step
+        saved_at[0] = hist.saved_step = step
 
     def validate():
         t0 = time.perf_counter()
@@ -239,18 +240,18 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
                         answers = [bool(cb(step, rec)) for cb in callbacks]
                         stop_now = stop_now or any(answers)
                 hist.stopped_early = stop_now
+                if stop.requested:
+                    hist.interrupted = True
+                    say(f"stopped by {stop.requested} after step {step}; the model keeps "
+                        f"its last weights")
+                elif val is not None and (not hist.val_steps or hist.val_steps[-1] != step):
+                    validate()
             except WorkerError:
                 # The weights are those of the last whole step and chunk step % n's
                 # state is untouched (double-buffered): a resumable checkpoint.
-                if checkpoint is not None:
+                if checkpoint is not None and saved_at[0] != step:
                     save()
                 raise
-            if stop.requested:
-                hist.interrupted = True
-                say(f"stopped by {stop.requested} after step {step}; the model keeps its "
-                    f"last weights")
-            elif val is not None and (not hist.val_steps or hist.val_steps[-1] != step):
-                validate()
             if checkpoint is not None and saved_at[0] != step:
                 save()
     finally:

@@ -179,5 +179,25 @@ def test_signal_mid_run_saves_and_exits_130(tmp_path, text, sig, workers):
     assert p.returncode == 130, err
     assert f"stopped by {signal.Signals(sig).name}" in out
     c = load_text_checkpoint(ck)
-    assert c.step > 0 and (c.state is not None or c.step % 19 == 0)
+    # mid-epoch the checkpoint carries the stream state; at an epoch boundary none
+    assert c.step > 0 and (c.state is not None) == (c.step % c.chunks_per_epoch != 0)
     assert shm_segments() == before
+
+
+@pytest.mark.parametrize("flag", ["--save", "--json"])
+def test_output_path_that_is_a_directory_is_refused_before_training(tmp_path, text, flag):
+    r = subprocess.run([sys.executable, SCRIPT, "--text", str(text), *SMALL, "--steps", "5",
+                        flag, str(tmp_path)], capture_output=True, text=True, timeout=60,
+                       cwd=ROOT)
+    assert r.returncode == 2 and "is a directory" in r.stderr
+    assert "step" not in r.stdout                      # nothing was trained first
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_load_of_a_file_that_is_not_a_checkpoint(tmp_path, text):
+    junk = tmp_path / "junk.npz"
+    junk.write_text("hello")
+    r = subprocess.run([sys.executable, SCRIPT, "--load", str(junk), "--sample", "10"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and "truncated or corrupt" in r.stderr
+    assert "pickle" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

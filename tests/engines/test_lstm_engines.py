@@ -76,3 +76,37 @@ def test_respawn_mid_epoch_gives_the_uninterrupted_result():
     m, _, _ = run(eng, epochs=1, kill_at=4)
     assert eng.respawns == 1
     assert np.array_equal(m.params, clean.params)
+
+
+def test_a_rerun_chunk_starts_from_the_same_state():
+    """What makes respawn exact: running chunk k's shard twice (a worker that died after
+    writing its new state, then its replacement) gives the same gradient and state."""
+    vocab, train, val = batches()
+    m = CharLSTM(len(vocab), 24, seed=3)
+    eng = LocalEngine()
+    eng.start(m, {"train": train, "val": val})
+    for step in range(3):                               # carry some state first
+        eng.gradient(step, step)
+    units, extra = eng.task_cls.plan_step(eng.arrays, 3, 3)
+    header = {"step": 3, "start": 1, "stop": 4, **extra}
+    outs = []
+    for _ in range(2):
+        loss, _, _ = eng.task.step(header)
+        outs.append((loss, m.grads.copy(), eng.get_state(4)[0][1:4].copy()))
+    assert outs[0][0] == outs[1][0]
+    assert np.array_equal(outs[0][1], outs[1][1]) and np.array_equal(outs[0][2], outs[1][2])
+    assert np.abs(eng.get_state(3)[0][1:4]).sum() > 0   # it did start from a carried state
+
+
+def test_validation_loss_is_the_models_own_evaluation():
+    vocab, train, val = batches()
+    m = CharLSTM(len(vocab), 24, seed=3)
+    expect = m.evaluate(val)["loss"]                   # state carried, from zero
+    for engine in (LocalEngine(), MultiprocessEngine(workers=2)):
+        engine.start(m, {"train": train, "val": val})
+        try:
+            loss, n, _ = engine.evaluate("val")
+        finally:
+            engine.close()
+        assert n == val.batch_size * val.seq_len * len(val)
+        assert loss == pytest.approx(expect, rel=1e-6)
