@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import tempfile
 import zipfile
 import zlib
 
@@ -19,6 +17,7 @@ import numpy as np
 
 from . import __version__
 from .backend import to_numpy
+from .fileio import atomic_write
 
 FORMAT = "dpnet-checkpoint"
 FORMAT_VERSION = 1
@@ -38,29 +37,8 @@ def write_checkpoint(path, arrays, meta):
     meta = dict(meta, format=FORMAT, format_version=FORMAT_VERSION, dpnet_version=__version__,
                 crc32={k: zlib.crc32(a.tobytes()) for k, a in arrays.items()})
     blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # Ctrl-C / SIGTERM wait until the file is whole and in place: a checkpoint is
-    # written exactly when the user most wants it (on the way out).
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".dpnet-", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)       # mkstemp makes 0600; a checkpoint is a file
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, __meta__=blob, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: np.savez(f, __meta__=blob, **arrays))
 
 
 def read_checkpoint(path):

@@ -205,19 +205,8 @@ def check_resume(path, training, now):
 
 def write_json(path, obj):
     """Atomically write ``obj`` as JSON to ``path``."""
-    import tempfile
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".dpnet-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=float)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .fileio import atomic_write
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2, default=float), binary=False)
 
 
 def per_class_accuracy(model, x, y, n_classes=10):

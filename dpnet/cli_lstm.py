@@ -9,7 +9,6 @@ with a checkpoint (under --save) and exit code 130. A traceback means a bug in d
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import xp_of
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -3,7 +3,7 @@ import pytest
 
 import dpnet
 from dpnet import Dense, Dropout, Sequential
-from dpnet.train import EarlyStopping, History, fit
+from dpnet.train import EarlyStopping, History
 
 
 def mlp(seed=0, dropout=0.0, opt="adam"):

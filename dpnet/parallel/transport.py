@@ -163,7 +163,33 @@ def _sweep_stale_dirs(base):
         shutil.rmtree(os.path.join(base, name), ignore_errors=True)
 
 
-class Router:
+class _Socket:
+    """What both ends share: timed receives, closing, context management."""
+    socket = context = None
+
+    def recv(self, timeout_s):
+        return recv(self.socket, timeout_s)
+
+    def recv_valid(self, timeout_s, on_bad=None):
+        return recv_valid(self.socket, timeout_s, on_bad)
+
+    def close(self):
+        """Close the socket and the context. Idempotent."""
+        if self.socket is not None:
+            self.socket.close(linger=0)
+            self.socket = None
+        if self.context is not None:
+            self.context.term()
+            self.context = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Router(_Socket):
     """The coordinator's socket: bound, addresses workers by identity."""
 
     def __init__(self, transport="ipc", host="127.0.0.1"):
@@ -198,32 +224,15 @@ class Router:
             to = identity(to)
         send(self.socket, kind, header, *arrays, to=to, copy=copy)
 
-    def recv(self, timeout_s):
-        return recv(self.socket, timeout_s)
-
-    def recv_valid(self, timeout_s, on_bad=None):
-        return recv_valid(self.socket, timeout_s, on_bad)
-
     def close(self):
         """Close the socket and context, remove the ipc directory. Idempotent."""
-        if self.socket is not None:
-            self.socket.close(linger=0)
-            self.socket = None
-        if self.context is not None:
-            self.context.term()
-            self.context = None
+        super().close()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
-
-
-class Dealer:
+class Dealer(_Socket):
     """A worker's socket, connected to the coordinator's endpoint as ``identity(rank)``."""
 
     def __init__(self, endpoint, rank):
@@ -241,26 +250,6 @@ class Dealer:
 
     def send(self, kind, header, *arrays, copy=False):
         send(self.socket, kind, header, *arrays, copy=copy)
-
-    def recv(self, timeout_s):
-        return recv(self.socket, timeout_s)
-
-    def recv_valid(self, timeout_s, on_bad=None):
-        return recv_valid(self.socket, timeout_s, on_bad)
-
-    def close(self):
-        if self.socket is not None:
-            self.socket.close(linger=0)
-            self.socket = None
-        if self.context is not None:
-            self.context.term()
-            self.context = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class Ticker:
