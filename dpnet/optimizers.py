@@ -191,6 +191,16 @@ class Nesterov(Momentum):
         p += tmp
 
 
+def _divide_by_rms(lr, p, g, tmp, cache, eps):
+    """p -= lr * g / (sqrt(cache) + eps): AdaGrad's and RMSProp's shared last step."""
+    xp = xp_of(p)
+    xp.sqrt(cache, out=tmp)
+    tmp += eps
+    xp.divide(g, tmp, out=tmp)
+    tmp *= lr
+    p -= tmp
+
+
 class AdaGrad(Optimizer):
     """Duchi et al. (2011): c <- c + g²;  p <- p - lr * g / (sqrt(c) + eps)"""
     name = "adagrad"
@@ -204,14 +214,9 @@ class AdaGrad(Optimizer):
         return {"eps": self.eps}
 
     def _update(self, lr, p, g, tmp, cache):
-        xp = xp_of(p)
-        xp.multiply(g, g, out=tmp)
+        xp_of(p).multiply(g, g, out=tmp)
         cache += tmp
-        xp.sqrt(cache, out=tmp)
-        tmp += self.eps
-        xp.divide(g, tmp, out=tmp)
-        tmp *= lr
-        p -= tmp
+        _divide_by_rms(lr, p, g, tmp, cache, self.eps)
 
 
 class RMSProp(Optimizer):
@@ -229,16 +234,11 @@ class RMSProp(Optimizer):
         return {"rho": self.rho, "eps": self.eps}
 
     def _update(self, lr, p, g, tmp, cache):
-        xp = xp_of(p)
         cache *= self.rho
-        xp.multiply(g, g, out=tmp)
+        xp_of(p).multiply(g, g, out=tmp)
         tmp *= 1 - self.rho
         cache += tmp
-        xp.sqrt(cache, out=tmp)
-        tmp += self.eps
-        xp.divide(g, tmp, out=tmp)
-        tmp *= lr
-        p -= tmp
+        _divide_by_rms(lr, p, g, tmp, cache, self.eps)
 
 
 class Adam(Optimizer):
