@@ -305,7 +305,6 @@ def _run_full_batch(args, model, data, val, engine, hist, say):
                       callback=record, print_fn=None if args.quiet else say)
     hist.wall_time = time.perf_counter() - t0
     hist.samples = len(data.x_train) * (result.nfev if result is not None else hist.step)
-    hist.history.setdefault("accuracy", [])
     say(f"scipy {FULL_BATCH[args.optimizer]}: {result.message if result is not None else ''}"
         f" ({result.nfev if result is not None else '?'} gradient evaluations)")
 

@@ -64,7 +64,8 @@ def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
         iteration[0] += 1
         model.params[...] = theta
         engine.weights_changed(evals[0])
-        metrics = {"loss": engine.evaluate("train")[0]}
+        tl, tn, tc = engine.evaluate("train")
+        metrics = {"loss": tl, "accuracy": tc / max(tn, 1)}
         if "val" in datasets:
             vl, vn, vc = engine.evaluate("val")
             metrics.update(val_loss=vl, val_accuracy=vc / max(vn, 1))

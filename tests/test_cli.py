@@ -79,9 +79,11 @@ def test_help_shows_an_example():
 
 def test_full_batch_lbfgs_run(tmp_path):
     out = tmp_path / "lb.json"
+    png = tmp_path / "lb.png"
     r = run("--optimizer", "lbfgs", "--epochs", "4", "--limit-train", "1000", "--hidden", "32",
-            "--json", str(out))
+            "--json", str(out), "--plot", str(png))
     assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:4] == b"\x89PNG"
     assert "iter    4/4" in r.stdout and "L-BFGS-B" in r.stdout
     s = json.loads(out.read_text())
     assert s["epochs"] == 4 and s["history"]["loss"][-1] < s["history"]["loss"][0]

@@ -120,7 +120,6 @@ class MultiprocessEngine:
             self.shm["version"] = SharedArray.create((1,), np.int64, tag="version")
             self.arrays = {k: s.array for k, s in self.shm.items()}
             self.version = 0
-            self._tmp = np.empty_like(model.grads)
             self.router = Router("ipc")
             self._signature = signature_of(model)
             for rank in range(self.n_workers):
