@@ -7,7 +7,10 @@ In one run (variants interleaved, medians reported -- this kind of machine is no
      --blas-threads 1 each;
   2. the protocol's overhead per step: a step of a tiny model (nothing to compute)
      through the workers, minus the same step in process;
-  3. memory (USS / PSS, psutil) of the coordinator and of each worker.
+  3. memory (USS / PSS, psutil) of the coordinator and of each worker;
+  4. where a step's time goes: the gradient (for workers: the slowest worker's own
+     compute and the rest -- messages, wake-ups, the fold) and the optimizer update,
+     which the coordinator runs serially whatever the worker count.
 
     python scripts/bench_parallel.py [--samples 12800] [--repeats 3]
 """
@@ -35,17 +38,43 @@ def build(sizes=SIZES):
     return Sequential(layers, optimizer=Adam(1e-3))
 
 
-def timed_pass(engine, model, n, batch, step0):
-    """Steps over n samples (a fixed shuffled order); returns (seconds, steps)."""
+def timed_pass(engine, model, n, batch, step0, split=None):
+    """Steps over n samples (a fixed shuffled order); returns (seconds, steps). With a
+    ``split`` dict, also adds the seconds spent in the gradient and in the update."""
     order = np.random.default_rng(step0).permutation(n)
     t = time.perf_counter()
     step = step0
     for s in range(0, n, batch):
+        t0 = time.perf_counter()
         engine.gradient(step, order[s:s + batch])
+        t1 = time.perf_counter()
         model.apply_gradients()
+        if split is not None:
+            split["gradient"] = split.get("gradient", 0.0) + t1 - t0
+            split["update"] = split.get("update", 0.0) + time.perf_counter() - t1
         step += 1
         engine.weights_changed(step)
     return time.perf_counter() - t, step - step0
+
+
+def print_breakdown(variants, splits):
+    """Per-step milliseconds (medians over the passes): what the step's time is made of."""
+    print("\nwhere a step's time goes (ms per step, median):")
+    print(f"{'engine':>12} {'batch':>6} {'step':>7} {'gradient':>9} {'slowest':>8} "
+          f"{'overhead':>9} {'update':>7}")
+    for b in (128, 1000):
+        for name in variants:
+            runs = splits[(name, b)]
+
+            def med(key):
+                vals = [r[key] for r in runs if key in r]
+                return f"{float(np.median(vals)) * 1e3:.2f}" if vals else "-"
+            step = float(np.median([r["gradient"] + r["update"] for r in runs])) * 1e3
+            print(f"{name:>12} {b:>6} {step:>7.2f} {med('gradient'):>9} "
+                  f"{med('slowest_worker'):>8} {med('overhead'):>9} {med('update'):>7}")
+    print("  gradient: from sending the shards to holding the summed gradient; slowest: the\n"
+          "  slowest worker's own compute; overhead: gradient - slowest (messages, wake-ups,\n"
+          "  a late start, the fold); update: the optimizer step, serial in the coordinator.")
 
 
 def mib(v):
@@ -76,13 +105,21 @@ def main():
             eng.start(models[name], {"train": (x, y)}, seed=0)
             timed_pass(eng, models[name], 2048, 128, 0)              # warm-up
         times = {(name, b): [] for name in variants for b in (128, 1000)}
+        splits = {(name, b): [] for name in variants for b in (128, 1000)}
         step = 100
         for _ in range(args.repeats):
             for b in (128, 1000):
                 for name, eng in variants.items():
-                    t, n = timed_pass(eng, models[name], len(x), b, step)
+                    split = {}
+                    if hasattr(eng, "step_timing"):
+                        eng.step_timing(reset=True)
+                    t, n = timed_pass(eng, models[name], len(x), b, step, split)
                     step += n
                     times[(name, b)].append(t)
+                    split = {k: v / n for k, v in split.items()}
+                    if hasattr(eng, "step_timing"):
+                        split.update(eng.step_timing())
+                    splits[(name, b)].append(split)
         print(f"\n{'engine':>12} {'batch 128':>12} {'vs 1 worker':>12} {'batch 1000':>12} "
               f"{'vs 1 worker':>12}   (samples/s, median)")
         for name in variants:
@@ -92,6 +129,7 @@ def main():
                 one = len(x) / float(np.median(times[("1 worker", b)]))
                 row += f" {sps:>12,.0f} {sps / one:>11.2f}x"
             print(row)
+        print_breakdown(variants, splits)
         mem = variants[f"{cores} worker{'s' if cores > 1 else ''}"].stats()
         print(f"\nmemory with {cores} workers (MiB):      USS     PSS     RSS")
         c = mem["coordinator"]

@@ -97,6 +97,8 @@ class MultiprocessEngine:
         self._failures_in_a_row = 0
         self._final_stats = None
         self.model = None
+        # Where a training step's time goes, summed over steps (see step_timing()).
+        self._timing = {"steps": 0, "gradient_s": 0.0, "slowest_worker_s": 0.0}
 
     # -- life cycle ------------------------------------------------------------------
     def start(self, model, datasets, seed=0):
@@ -211,6 +213,7 @@ class MultiprocessEngine:
     # -- one step --------------------------------------------------------------------
     def gradient(self, step, batch):
         """Mean gradient of one step into model.grads: (loss, n, correct)."""
+        t0 = time.perf_counter()
         units, extra = self.task_cls.plan_step(self.arrays, step, batch)
         shards = {r: b for r, b in enumerate(shard_bounds(units, self.n_workers)) if b[1] > b[0]}
 
@@ -241,6 +244,10 @@ class MultiprocessEngine:
 
         replies = self._round(step, P.GRAD, order, message, on_reply=fold)
         fold(replies)
+        tm = self._timing
+        tm["steps"] += 1
+        tm["gradient_s"] += time.perf_counter() - t0
+        tm["slowest_worker_s"] += max(float(replies[r].get("seconds", 0.0)) for r in order)
         n = sum(replies[r]["n"] for r in order)
         loss = sum(replies[r]["n"] * replies[r]["loss"] for r in order) / n
         return loss, n, sum(replies[r]["correct"] for r in order)
@@ -381,8 +388,24 @@ class MultiprocessEngine:
             s = per.get(proc.pid, {})
             workers.append({"rank": rank, "pid": proc.pid, **s})
         return {"workers": self.n_workers, "blas_threads": self.blas_threads,
-                "respawns": self.respawns, "per_worker": workers,
+                "respawns": self.respawns, "step_seconds": self.step_timing(),
+                "per_worker": workers,
                 "coordinator": per.get(os.getpid()) or self_stats(full=True)}
+
+    def step_timing(self, reset=False):
+        """Mean seconds per training step so far: ``gradient`` (the coordinator's wall
+        time from sending the shards to holding the summed gradient), ``slowest_worker``
+        (the compute time the slowest worker reported), and ``overhead``, their
+        difference: messages, process wake-ups, late starts and the fold. With the
+        optimizer's time this bounds what more workers can gain. ``reset`` starts the
+        sums afresh after reading them."""
+        tm = self._timing
+        if reset:
+            self._timing = {k: type(v)() for k, v in tm.items()}
+        if not tm["steps"]:
+            return {}
+        g, w = tm["gradient_s"] / tm["steps"], tm["slowest_worker_s"] / tm["steps"]
+        return {"steps": tm["steps"], "gradient": g, "slowest_worker": w, "overhead": g - w}
 
     def stats(self):
         return self._final_stats if self._final_stats is not None else (

@@ -270,3 +270,9 @@ def test_stats_report_worker_memory_and_cpu(data):
     assert s["workers"] == 2 and len(s["per_worker"]) == 2
     for w in s["per_worker"]:
         assert w["alive"] and w["rss"] > 0 and w["uss"] > 0 and w["cpu_percent"] is not None
+    # 600 samples / batch 64 = 10 training steps, each timed; evaluations are not steps
+    t = s["step_seconds"]
+    assert t["steps"] == 10
+    assert t["gradient"] >= t["slowest_worker"] > 0
+    assert t["overhead"] == pytest.approx(t["gradient"] - t["slowest_worker"])
+    assert eng.step_timing(reset=True)["steps"] == 10 and eng.step_timing() == {}
