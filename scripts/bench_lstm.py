@@ -7,6 +7,10 @@ In one run (variants interleaved, medians reported -- this kind of machine is no
      has), dpnet over 2 worker processes (1 BLAS thread each), and -- if torch imports --
      torch.nn.LSTM + Linear + cross-entropy + backward + Adam with torch's threads set
      to the same count as NumPy's BLAS; then the ratio dpnet / torch;
+     plus "GEMMs alone": the matrix products one dpnet step must do (the recurrent
+     (B, H) @ (H, 4H) forward and (B, 4H) @ (4H, H) backward products of every time
+     step, dWh, dWx, the output layer), timed bare with the same BLAS -- the ceiling
+     on chars/s for this design in NumPy, whatever the element-wise work costs;
   2. the validation loss (nats and bits per character) reached after --budget seconds
      of training at H = 256 (Adam 2e-3, clip 5, forget bias 0: the runLstm.py
      defaults), for dpnet in process and, if torch imports, for torch with the same
@@ -86,6 +90,39 @@ class DpnetWorkers:
         self.eng.close()
 
 
+class GemmsAlone:
+    """Only the matrix products of one training step, on contiguous buffers."""
+
+    def __init__(self, V, H, train=None):
+        rng = np.random.default_rng(0)
+        N = T * B
+
+        def r(*shape):
+            return rng.standard_normal(shape).astype(np.float32) * 0.1
+        self.h, self.Wh, self.WhT, self.g4 = r(B, H), r(H, 4 * H), r(4 * H, H), r(B, 4 * H)
+        self.o4, self.o1 = r(B, 4 * H), r(B, H)
+        self.HsT, self.G, self.dWh = r(H, N), r(N, 4 * H), r(H, 4 * H)
+        self.oh, self.dWx = r(V, N), r(V, 4 * H)
+        self.Hs, self.Wy, self.Z, self.dWy = r(N, H), r(H, V), r(N, V), r(H, V)
+        self.WyT, self.dH = r(V, H), r(N, H)
+
+    def steps(self, n):
+        mm = np.matmul
+        for _ in range(n):
+            for _t in range(T):
+                mm(self.h, self.Wh, out=self.o4)          # forward recurrence
+            for _t in range(T - 1):
+                mm(self.g4, self.WhT, out=self.o1)        # backward recurrence
+            mm(self.HsT, self.G, out=self.dWh)
+            mm(self.oh, self.G, out=self.dWx)             # one-hot scatter as a GEMM
+            mm(self.Hs, self.Wy, out=self.Z)
+            mm(self.HsT, self.Z, out=self.dWy)
+            mm(self.Z, self.WyT, out=self.dH)
+
+    def close(self):
+        pass
+
+
 # -- torch variant ---------------------------------------------------------------------
 def torch_or_none():
     try:
@@ -152,7 +189,8 @@ def throughput(vocab, train, args, torch):
     rows = []
     for H in (256, 512):
         variants = {"dpnet in process": DpnetLocal(len(vocab), H, train),
-                    "dpnet 2 workers": DpnetWorkers(len(vocab), H, train)}
+                    "dpnet 2 workers": DpnetWorkers(len(vocab), H, train),
+                    "GEMMs alone": GemmsAlone(len(vocab), H)}
         if torch is not None:
             variants["torch nn.LSTM"] = TorchLSTM(torch, len(vocab), H, train)
         rates = {name: [] for name in variants}
