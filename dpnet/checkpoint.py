@@ -167,7 +167,9 @@ def load_weights_into(model, path, optimizer="checkpoint"):
     if theirs.get("type") != ours.get("type"):
         raise CheckpointError(f"checkpoint {path!r} holds a {theirs.get('type')!r}, "
                               f"not a {ours.get('type')!r}")
-    for key in ("layers", "vocab_size", "hidden_size", "loss"):
+    if ours.get("type") == "CharLSTM":           # older checkpoints: one layer, unnamed
+        theirs = dict(theirs, num_layers=theirs.get("num_layers", 1))
+    for key in ("layers", "vocab_size", "hidden_size", "num_layers", "loss"):
         if key in ours and theirs.get(key) != ours[key]:
             raise CheckpointError(f"checkpoint {path!r} does not match the model: {key} "
                                   f"{_brief(theirs.get(key))} != {_brief(ours[key])}")

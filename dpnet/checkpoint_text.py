@@ -9,6 +9,7 @@ falls mid-epoch -- the carried (h, c) of every stream as arrays ``state.h``/``st
 """
 from __future__ import annotations
 
+import os
 import zlib
 
 import numpy as np
@@ -23,15 +24,18 @@ def stream_crc(batcher):
 
 
 def save_text_checkpoint(path, model, vocab, train, step, seed, history, state=None,
-                         crc=None):
+                         crc=None, text_path=None):
     """Atomically write ``model`` (with optimizer state) and the run's position.
 
     ``state``: the (h, c) that chunk ``step % len(train)`` starts from, or None at an
-    epoch boundary (chunk 0 starts from zeros)."""
+    epoch boundary (chunk 0 starts from zeros). ``text_path``: the training text's
+    file, recorded so that continuing without naming it trains on the same text."""
     training = {"step": int(step), "seed": int(seed), "batch_size": int(train.batch_size),
                 "seq_len": int(train.seq_len), "chunks_per_epoch": len(train),
                 "train_crc32": int(stream_crc(train) if crc is None else crc),
                 "history": history.to_dict()}
+    if text_path is not None:
+        training["text"] = os.path.abspath(str(text_path))
     arrays, meta = model_arrays_and_meta(
         model, vocabulary=None if vocab is None else vocab.to_list(), training=training)
     if state is not None:
@@ -42,7 +46,8 @@ def save_text_checkpoint(path, model, vocab, train, step, seed, history, state=N
 class TextCheckpoint:
     """A loaded text checkpoint: ``model`` (with optimizer), ``vocab`` (or None),
     ``step``, ``seed``, ``batch_size``, ``seq_len``, ``chunks_per_epoch``,
-    ``train_crc32``, ``state`` ((h, c) or None) and ``history`` (a TextHistory)."""
+    ``train_crc32``, ``state`` ((h, c) or None), ``history`` (a TextHistory) and
+    ``text`` (the training text's path when it was recorded, else None)."""
 
     def __init__(self, **kw):
         self.__dict__.update(kw)
@@ -96,10 +101,13 @@ def load_text_checkpoint(path):
         history = TextHistory.from_dict(tr.get("history", {}))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path!r} has a bad history: {e}") from None
+    text = tr.get("text")
+    if text is not None and not isinstance(text, str):
+        raise CheckpointError(f"checkpoint {path!r} has a bad training text path: {text!r}")
     state = None
     arrays, _ = read_checkpoint(path)
     if "state.h" in arrays or "state.c" in arrays:
-        want = (fields["batch_size"], model.hidden_size)
+        want = (fields["batch_size"], model.state_size)
         state = tuple(arrays.get(k) for k in ("state.h", "state.c"))
         for k, s in zip(("state.h", "state.c"), state):
             if s is None or s.shape != want or s.dtype != model.dtype \
@@ -108,4 +116,4 @@ def load_text_checkpoint(path):
                                       f"{model.dtype} array, got "
                                       f"{None if s is None else (s.shape, s.dtype.name)}")
     return TextCheckpoint(model=model, vocab=vocab, state=state, history=history,
-                          path=str(path), **fields)
+                          path=str(path), text=text, **fields)

@@ -22,7 +22,7 @@ from .cli import UserError, _float_in, _nonneg_int, _Parser, _positive_int, _rai
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TEXT = os.path.join(ROOT, "data", "tinyshakespeare", "input.txt")
-DEFAULTS = {"hidden": 256, "seq_len": 64, "batch_size": 32, "optimizer": "adam"}
+DEFAULTS = {"hidden": 256, "layers": 1, "seq_len": 64, "batch_size": 32, "optimizer": "adam"}
 DEFAULT_LR = {"adam": 2e-3, "adagrad": 0.1}
 DEFAULT_STEPS = 3000
 # The model's own default is 1.0 (Gers et al.). Here the state is carried across a
@@ -37,6 +37,7 @@ EXAMPLE = """examples:
   %(prog)s                                   # tiny Shakespeare, H=256, 3000 steps
   %(prog)s --steps 5000 --save shakespeare.npz --json run.json
   %(prog)s --load shakespeare.npz --steps 8000 --save shakespeare.npz   # continue
+  %(prog)s --layers 2 --hidden 128 --steps 4000             # a stacked LSTM
   %(prog)s --load shakespeare.npz --sample 500 --temperature 0.8 --prime "ROMEO:"
   %(prog)s --text notes.txt --hidden 64 --seq-len 32 --batch-size 8 --steps 200
 """
@@ -47,12 +48,15 @@ def lstm_parser(prog):
                 "UTF-8 text file, or generate text from a checkpoint.",
                 epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--text", default=DEFAULT_TEXT, metavar="PATH",
-      help="UTF-8 training text (default: data/tinyshakespeare/input.txt)")
+    a("--text", default=None, metavar="PATH",
+      help="UTF-8 training text (default: the --load checkpoint's, else "
+           "data/tinyshakespeare/input.txt)")
     a("--val-fraction", type=_float_in(0, 1, hi_open=True), default=0.1, metavar="F",
       help="the last F of the text is the validation set (default: 0.1; 0 = none)")
     a("--hidden", type=_positive_int, default=None, metavar="H",
       help=f"LSTM hidden size (default: {DEFAULTS['hidden']}, or the checkpoint's)")
+    a("--layers", type=_positive_int, default=None, metavar="L",
+      help="stacked LSTM layers, each of size H (default: 1, or the checkpoint's)")
     a("--seq-len", type=_positive_int, default=None, metavar="T",
       help=f"characters per chunk, the BPTT length (default: {DEFAULTS['seq_len']}, "
            f"or the checkpoint's)")
@@ -223,7 +227,19 @@ def _corpus(args, ck):
     return ck.vocab, tr, va
 
 
-def _model(args, ck, vocab, H):
+def _text_path(args, ck):
+    """--text, else the text a loaded checkpoint was trained on, else tiny Shakespeare."""
+    if args.text is not None:
+        return args.text
+    if ck is None or ck.text is None:
+        return DEFAULT_TEXT
+    if not os.path.isfile(ck.text):
+        raise UserError(f"checkpoint {args.load!r} was trained on {ck.text!r}, which no "
+                        f"longer exists: give --text PATH")
+    return ck.text
+
+
+def _model(args, ck, vocab, H, L):
     from .models.lstm import CharLSTM
     from .optimizers import get_optimizer
     from .schedules import as_schedule
@@ -234,7 +250,7 @@ def _model(args, ck, vocab, H):
         if args.clip is None:
             clip["clip_norm"] = 5.0
         return CharLSTM(len(vocab), H, seed=args.seed, forget_bias=args.forget_bias,
-                        optimizer=opt, **clip)
+                        optimizer=opt, num_layers=L, **clip)
     model = ck.model
     if args.optimizer is not None and args.optimizer != model.optimizer.name:
         raise UserError(f"--optimizer {args.optimizer}: the checkpoint was trained with "
@@ -258,20 +274,22 @@ def _train(args, prog):
     ck = load_text_checkpoint(args.load) if args.load else None
     if args.seed is None:          # a continued run keeps its samples' seed
         args.seed = ck.seed if ck is not None else 0
+    args.text = _text_path(args, ck)
     vocab, tr_ids, va_ids = _corpus(args, ck)
     size = {}
-    for key in ("hidden", "seq_len", "batch_size"):
+    of_model = {"hidden": "hidden_size", "layers": "num_layers"}
+    for key in ("hidden", "layers", "seq_len", "batch_size"):
         given = getattr(args, key)
-        have = None if ck is None else (ck.model.hidden_size if key == "hidden"
+        have = None if ck is None else (getattr(ck.model, of_model[key]) if key in of_model
                                         else getattr(ck, key))
-        if key == "hidden" and given is not None and have is not None and given != have:
-            raise UserError(f"--hidden {given}: the checkpoint's model has {have}")
+        if key in of_model and given is not None and have is not None and given != have:
+            raise UserError(f"--{key} {given}: the checkpoint's model has {have}")
         size[key] = given if given is not None else (have if have is not None
                                                      else DEFAULTS[key])
-    H, T, B = size["hidden"], size["seq_len"], size["batch_size"]
+    H, L, T, B = size["hidden"], size["layers"], size["seq_len"], size["batch_size"]
     train = StreamBatcher(tr_ids, B, T)
     val = _val_batcher(va_ids, B, T, args.val_fraction)
-    model = _model(args, ck, vocab, H)
+    model = _model(args, ck, vocab, H, L)
     prime, _ = _prime(vocab, args.prime)          # a bad --prime fails before training
     initial_step, state, hist = 0, None, TextHistory()
     if ck is not None:
@@ -284,7 +302,8 @@ def _train(args, prog):
     say(f"{prog}: {len(vocab)} characters; {len(tr_ids):,} training / {len(va_ids):,} "
         f"validation characters; {B} streams x {T} steps = {len(train)} steps per epoch")
     workers = args.workers
-    say(f"{prog}: LSTM H={H}, {model.n_params:,} parameters, {model.optimizer.name} "
+    say(f"{prog}: LSTM H={H}" + (f" x {L} layers" if L > 1 else "")
+        + f", {model.n_params:,} parameters, {model.optimizer.name} "
         f"lr {model.optimizer.lr:g}, " + (f"{workers} worker process"
                                           f"{'es' if workers > 1 else ''}" if workers
                                           else "in process")
@@ -307,7 +326,8 @@ def _train(args, prog):
                         temperature=args.temperature, vocab=vocab, prime=prime,
                         log_every=args.print_every, checkpoint=args.save,
                         save_every=args.save_every, initial_step=initial_step,
-                        initial_state=state, history=hist, verbose=not args.quiet)
+                        initial_state=state, history=hist, verbose=not args.quiet,
+                        text_path=args.text)
     except WorkerError:
         if args.save and hist.saved_step is not None:
             print(f"{prog}: saved the weights of step {hist.saved_step} to {args.save}",
@@ -340,6 +360,7 @@ def _write_json(args, model, hist, train_loss, val_loss, rate, wall, workers, vo
         "train_seconds": hist.train_time, "wall_seconds": wall,
         "interrupted": hist.interrupted, "n_params": int(model.n_params),
         "vocab_size": len(vocab), "hidden": model.hidden_size,
+        "layers": model.num_layers,
         "optimizer": model.optimizer.config(),
         "history": {"val_steps": hist.val_steps, "val_loss": hist.val_loss,
                     "rate_steps": hist.rate_steps, "chars_per_s": hist.chars_per_s},

@@ -112,7 +112,7 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
              seed=0, eval_every=500, sample_every=500, sample_length=200, temperature=0.8,
              vocab=None, prime=None, log_every=10, smoothing=0.99, checkpoint=None,
              save_every=None, initial_step=0, initial_state=None, history=None,
-             print_fn=print, verbose=True, callbacks=()):
+             print_fn=print, verbose=True, callbacks=(), text_path=None):
     """Train a CharLSTM on ``train`` (a StreamBatcher) for global steps.
 
     steps / epochs: the global step to stop at, counted from 0 like the checkpoint's
@@ -171,7 +171,8 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
     def save():
         st = engine.get_state(step % n) if step % n else None
         hist.step = step
-        save_text_checkpoint(checkpoint, model, vocab, train, step, seed, hist, st, crc=crc)
+        save_text_checkpoint(checkpoint, model, vocab, train, step, seed, hist, st, crc=crc,
+                             text_path=text_path)
         saved_at[0] = hist.saved_step = step
 
     def validate():

@@ -78,6 +78,30 @@ def test_train_save_json_then_continue_exactly(tmp_path, text, capsys):
     assert rc == 2 and "adagrad" in err
 
 
+def test_stacked_layers_continue_on_the_checkpoints_own_text(tmp_path, text, capsys):
+    ck, js = tmp_path / "ck2.npz", tmp_path / "run2.json"
+    rc, out, err = cli(["--text", text, *SMALL, "--layers", "2", "--steps", "50",
+                        "--save", ck, "--json", js, "--quiet"], capsys)
+    assert rc == 0, err
+    s = json.loads(js.read_text())
+    assert s["layers"] == 2 and s["hidden"] == 24
+    assert load_text_checkpoint(ck).model.num_layers == 2
+    # no --text: the checkpoint's own text, not tiny Shakespeare (no mismatch note)
+    rc, _, err = cli(["--load", ck, "--steps", "90", "--save", ck, "--quiet"], capsys)
+    assert rc == 0 and err == ""
+    straight = tmp_path / "straight.npz"
+    cli(["--text", text, *SMALL, "--layers", "2", "--steps", "90", "--save", straight,
+         "--quiet"], capsys)
+    a, b = load_text_checkpoint(ck), load_text_checkpoint(straight)
+    assert a.step == b.step == 90 and np.array_equal(a.model.params, b.model.params)
+    assert a.text == str(text)
+    rc, _, err = cli(["--load", ck, "--layers", "3"], capsys)
+    assert rc == 2 and "--layers 3" in err and "has 2" in err
+    os.remove(text)                                    # the recorded text is gone
+    rc, _, err = cli(["--load", ck, "--steps", "100"], capsys)
+    assert rc == 2 and "no longer exists" in err and len(err.splitlines()) == 1
+
+
 def test_generation_mode(tmp_path, text, capsys):
     ck = tmp_path / "g.npz"
     assert cli(["--text", text, *SMALL, "--steps", "60", "--save", ck, "--quiet"],

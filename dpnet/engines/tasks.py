@@ -107,7 +107,7 @@ class MlpTask:
 class LstmTask:
     """Truncated BPTT over B parallel character streams. Units: streams (rows).
     Arrays: ``<split>.streams`` (B, L) ids per dataset, and ``train.state``
-    (2, 2, B, H): (h, c) of every stream, double-buffered -- chunk k reads buffer k % 2
+    (2, 2, B, L*H): (h, c) of every stream (all layers), double-buffered -- chunk k reads buffer k % 2
     and writes buffer (k + 1) % 2, so re-running chunk k after a worker died mid-way
     starts from exactly the state it started from the first time."""
     name = "lstm"
@@ -123,7 +123,7 @@ class LstmTask:
                 raise ValueError(f"{split} batches are {batcher.seq_len} steps long, "
                                  f"training batches {datasets['train'].seq_len}")
         B = arrays["train.streams"].shape[0]
-        arrays["train.state"] = np.zeros((2, 2, B, model.hidden_size), model.dtype)
+        arrays["train.state"] = np.zeros((2, 2, B, model.state_size), model.dtype)
         return arrays, {"seq_len": seq_len}
 
     @staticmethod

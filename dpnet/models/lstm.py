@@ -1,11 +1,17 @@
-"""CharLSTM: a one-layer LSTM character model over one flat parameter vector.
+"""CharLSTM: an LSTM character model (one layer, or a stack) over one flat parameter vector.
 
-Layout (DESIGN.md): ``Wx`` (V, 4H), ``Wh`` (H, 4H), ``b`` (4H,), ``Wy`` (H, V),
-``by`` (V,); gate columns in the order i, f, g, o. Per step, with one-hot input x_t:
+Layout (DESIGN.md): ``Wx`` (V, 4H), ``Wh`` (H, 4H), ``b`` (4H,), then for each further
+layer k = 2..L ``Wx<k>`` (H, 4H), ``Wh<k>`` (H, 4H), ``b<k>`` (4H,), then ``Wy`` (H, V),
+``by`` (V,); gate columns in the order i, f, g, o. Per step and layer, with x_t the
+one-hot character (first layer) or the hidden state of the layer below:
 
-    z_t = Wx[x_t] + b + h_{t-1} @ Wh                     (B, 4H)
+    z_t = x_t @ Wx + b + h_{t-1} @ Wh                    (B, 4H)
     i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g)
-    c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t);  logits_t = h_t @ Wy + by
+    c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t);  logits_t = h_t(top) @ Wy + by
+
+The carried state (h, c) holds every layer: each is (B, L*H), layer l's in columns
+l*H:(l+1)*H -- for one layer simply (B, H). Layers run one after the other over the
+whole chunk, so a layer's input projection is one (T*B, H) @ (H, 4H) GEMM.
 
 Where the time goes (V=65, H=256, B=32, T=64, one OpenBLAS thread: ~60% in GEMMs,
 the rest elementwise work and memory traffic), and what is done about it:
@@ -77,13 +83,16 @@ def _transpose_into(out, a):
         out[:, j:j + 32] = a[j:j + 32].T
 
 
-class _Work:
-    """Buffers for one (B, T): reused across calls so the hot path allocates nothing big."""
+class _LayerWork:
+    """One layer's buffers for one (B, T)."""
 
-    def __init__(self, xp, B, T, V, H, dtype):
+    def __init__(self, xp, B, T, n_in, H, dtype, first):
         e = lambda *s: xp.empty(s, dtype=dtype)      # noqa: E731
-        self.B, self.T = B, T
-        self.table = e(V, 4 * H)      # (Wx + b) * scale: the input projection of each char
+        if first:
+            self.table = e(n_in, 4 * H)  # (Wx + b) * scale: the input projection of each char
+        else:
+            self.Wx_s = e(n_in, 4 * H)  # Wx * scale, b * scale: applied to the layer below
+            self.b_s = e(4 * H)
         self.Wh_s = e(H, 4 * H)       # Wh * scale
         self.WhT = e(4 * H, H)        # contiguous Wh.T for the backward GEMM
         self.A = e(T, B, 4 * H)       # pre-activations, then activations i, f, g, o
@@ -92,32 +101,43 @@ class _Work:
         self.TC = e(T, B, H)          # tanh(c_t)
         self.D = e(T, B, 4 * H)       # activation derivatives, from the outputs (backward)
         self.K = e(T, B, H)           # o_t (1 - tanh²(c_t)): dh_t -> dc_t (backward)
-        self.Z = e(T * B, V)          # logits, then probabilities, then dlogits
         self.dG = e(T, B, 4 * H)      # gradient w.r.t. the pre-activations
-        self.dH = e(T, B, H)          # gradient w.r.t. h_t (output + recurrent paths)
+        self.dH = e(T, B, H)          # gradient w.r.t. h_t (from above + recurrent path)
         self.dc = e(B, H)
         self.tmp = e(B, H)
         self.tmp4 = e(B, 4 * H)
-        self.onehot = e(T * B, V) if V <= _ONEHOT_SCATTER_MAX_V else None
+
+
+class _Work:
+    """Buffers for one (B, T): reused across calls so the hot path allocates nothing big."""
+
+    def __init__(self, xp, B, T, V, H, L, dtype):
+        self.B, self.T = B, T
+        self.layers = [_LayerWork(xp, B, T, V if l == 0 else H, H, dtype, l == 0)
+                       for l in range(L)]
+        self.Z = xp.empty((T * B, V), dtype=dtype)   # logits, then probabilities, then dlogits
+        self.onehot = (xp.empty((T * B, V), dtype=dtype) if V <= _ONEHOT_SCATTER_MAX_V
+                       else None)
         self.gate_mul = xp.asarray(np.repeat(np.array([0.5, 0.5, 1.0, 0.5], dtype), H))
         self.gate_add = xp.asarray(np.repeat(np.array([0.5, 0.5, 0.0, 0.5], dtype), H))
         self.idx = None               # (T, B) time-major inputs of the last forward
 
 
 class CharLSTM:
-    """One-layer LSTM over characters (one-hot input of size ``vocab_size``).
+    """LSTM over characters (one-hot input of size ``vocab_size``), ``num_layers`` deep.
 
     ``loss_and_grad(inputs, targets, state)`` follows the engine contract: it fills
     ``self.grads`` with the MEAN gradient over the B*T predicted characters and returns
-    ``(mean_loss, n_chars, new_state)``; ``state`` is None (zeros) or (h, c), each (B, H),
-    and is treated as a constant (truncated BPTT across chunks).
+    ``(mean_loss, n_chars, new_state)``; ``state`` is None (zeros) or (h, c), each
+    (B, num_layers * H), and is treated as a constant (truncated BPTT across chunks).
     """
 
     def __init__(self, vocab_size, hidden_size, dtype=np.float32, seed=0, forget_bias=1.0,
                  init="xavier_uniform", optimizer="adam", clip_norm=None, clip_value=None,
-                 xp=np):
+                 xp=np, num_layers=1):
         self.vocab_size = _positive_int("vocab_size", vocab_size)
         self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.num_layers = _positive_int("num_layers", num_layers)
         self.dtype = check_dtype(dtype)
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
             raise ValueError(f"seed must be an integer, got {seed!r}")
@@ -137,8 +157,12 @@ class CharLSTM:
         self.optimizer = get_optimizer(optimizer)
 
         V, H = self.vocab_size, self.hidden_size
-        self.layout = ParamLayout([("Wx", (V, 4 * H)), ("Wh", (H, 4 * H)), ("b", (4 * H,)),
-                                   ("Wy", (H, V)), ("by", (V,))])
+        self._names = [(f"Wx{k}", f"Wh{k}", f"b{k}") for k in
+                       [""] + [str(k) for k in range(2, self.num_layers + 1)]]
+        entries = []
+        for k, (wx, wh, b) in enumerate(self._names):
+            entries += [(wx, (V if k == 0 else H, 4 * H)), (wh, (H, 4 * H)), (b, (4 * H,))]
+        self.layout = ParamLayout(entries + [("Wy", (H, V)), ("by", (V,))])
         params, grads = self.layout.allocate(self.dtype, xp)
         self.bind(params, grads)
         self.init_params(self.seed)
@@ -162,6 +186,9 @@ class CharLSTM:
             setattr(self, name, v)
         for name, v in self.layout.views(grads).items():
             setattr(self, "d" + name, v)
+        # per layer: (Wx, Wh, b) and their gradients (dWx, dWh, db)
+        self._lp = [tuple(getattr(self, n) for n in names) for names in self._names]
+        self._lg = [tuple(getattr(self, "d" + n) for n in names) for names in self._names]
         self._work = {}
 
     def rebind(self, params=None, grads=None):
@@ -177,19 +204,26 @@ class CharLSTM:
         H = self.hidden_size
         host = np.zeros(self.layout.size, dtype=np.float64)
         views = self.layout.views(host)
-        for name in ("Wx", "Wh", "Wy"):
-            self._init(rng, views[name])
-        views["b"][H:2 * H] = self.forget_bias
+        for wx, wh, b in self._names:                # layer by layer, then the output
+            self._init(rng, views[wx])
+            self._init(rng, views[wh])
+            views[b][H:2 * H] = self.forget_bias
+        self._init(rng, views["Wy"])
         self.params[...] = xp_of(self.params).asarray(host.astype(self.dtype))
 
     @property
     def n_params(self):
         return self.layout.size
 
+    @property
+    def state_size(self):
+        """Columns of the carried h (and c): every layer's H side by side."""
+        return self.num_layers * self.hidden_size
+
     def init_state(self, batch_size):
-        """Zero (h, c) for ``batch_size`` streams."""
+        """Zero (h, c) for ``batch_size`` streams, each (batch_size, state_size)."""
         xp = xp_of(self.params)
-        shape = (_positive_int("batch_size", batch_size), self.hidden_size)
+        shape = (_positive_int("batch_size", batch_size), self.state_size)
         return xp.zeros(shape, self.dtype), xp.zeros(shape, self.dtype)
 
     # -- input checks -----------------------------------------------------------------
@@ -214,10 +248,25 @@ class CharLSTM:
         xp = xp_of(self.params)
         h, c = (xp.asarray(s, dtype=self.dtype) for s in state)
         for label, s in (("h", h), ("c", c)):
-            if s.shape != (B, self.hidden_size):
-                raise ValueError(f"state {label} must have shape {(B, self.hidden_size)}, "
+            if s.shape != (B, self.state_size):
+                raise ValueError(f"state {label} must have shape {(B, self.state_size)}, "
                                  f"got {s.shape}")
         return h, c
+
+    def _layer_state(self, state, l):
+        """Layer l's (h, c) columns of a whole-stack state (None stays None)."""
+        if state is None:
+            return None
+        H = self.hidden_size
+        return state[0][:, l * H:(l + 1) * H], state[1][:, l * H:(l + 1) * H]
+
+    def _final_state(self, w):
+        """(h_T, c_T) of every layer, as fresh (B, L*H) arrays."""
+        xp, T = xp_of(self.params), w.T
+        if len(w.layers) == 1:
+            return w.layers[0].Hs[T].copy(), w.layers[0].C[T].copy()
+        return (xp.concatenate([lw.Hs[T] for lw in w.layers], axis=1),
+                xp.concatenate([lw.C[T] for lw in w.layers], axis=1))
 
     def _workspace(self, B, T):
         w = self._work.get((B, T))
@@ -225,24 +274,43 @@ class CharLSTM:
             if len(self._work) >= 3:                 # e.g. train, validation, sampling
                 self._work.clear()
             w = self._work[(B, T)] = _Work(xp_of(self.params), B, T, self.vocab_size,
-                                           self.hidden_size, self.dtype)
+                                           self.hidden_size, self.num_layers, self.dtype)
         return w
 
     # -- forward ----------------------------------------------------------------------
     def _prepare(self, w):
         """Scaled weight copies for this call's parameters (see the module docstring)."""
         xp, H = xp_of(self.params), self.hidden_size
-        xp.add(self.Wx, self.b, out=w.table)         # one-hot x @ Wx + b == (Wx + b)[x]
-        xp.copyto(w.Wh_s, self.Wh)
-        for blk in (w.table, w.Wh_s):                # halve the i, f, o columns
-            blk[:, :2 * H] *= 0.5
-            blk[:, 3 * H:] *= 0.5
+        for l, lw in enumerate(w.layers):
+            Wx, Wh, b = self._lp[l]
+            if l == 0:
+                xp.add(Wx, b, out=lw.table)          # one-hot x @ Wx + b == (Wx + b)[x]
+                blocks = [lw.table, lw.Wh_s]
+            else:
+                xp.copyto(lw.Wx_s, Wx)
+                xp.copyto(lw.b_s, b)
+                blocks = [lw.Wx_s, lw.b_s, lw.Wh_s]
+            xp.copyto(lw.Wh_s, Wh)
+            for blk in blocks:                       # halve the i, f, o columns
+                blk[..., :2 * H] *= 0.5
+                blk[..., 3 * H:] *= 0.5
 
-    def _steps(self, w, idx, state):
-        """Run the recurrence over w's T steps from ``state`` (None = zeros)."""
+    def _input_projection(self, w, l, idx):
+        """Layer l's x_t @ Wx + b (scaled) for all T steps at once, into its A."""
+        lw = w.layers[l]
+        if l == 0:
+            _take_rows(lw.table, idx, lw.A)          # (T, B, 4H) row gather
+        else:
+            xp, H, N = xp_of(self.params), self.hidden_size, w.T * w.B
+            below = w.layers[l - 1].Hs[1:].reshape(N, H)
+            xp.matmul(below, lw.Wx_s, out=lw.A.reshape(N, 4 * H))   # (T*B, 4H)
+            lw.A += lw.b_s
+
+    def _steps(self, w, l, state):
+        """Run layer l's recurrence over w's T steps from ``state`` (None = zeros)."""
         xp, H, T = xp_of(self.params), self.hidden_size, w.T
-        A, C, Hs, TC = w.A, w.C, w.Hs, w.TC
-        _take_rows(w.table, idx, A)                  # (T, B, 4H) input projection + bias
+        lw = w.layers[l]
+        A, C, Hs, TC = lw.A, lw.C, lw.Hs, lw.TC
         if state is None:
             Hs[0] = 0
             C[0] = 0
@@ -251,28 +319,35 @@ class CharLSTM:
         for t in range(T):
             a = A[t]                                 # (B, 4H)
             if t or state is not None:               # h0 = 0 contributes nothing
-                xp.matmul(Hs[t], w.Wh_s, out=w.tmp4)
-                a += w.tmp4
+                xp.matmul(Hs[t], lw.Wh_s, out=lw.tmp4)
+                a += lw.tmp4
             xp.tanh(a, out=a)
             xp.multiply(a, w.gate_mul, out=a)        # sigmoid(x) = 0.5 + 0.5 tanh(x/2) on
             a += w.gate_add                          # i, f, o; identity on g (one pass each)
             i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
             xp.multiply(f, C[t], out=C[t + 1])       # (B, H)
-            xp.multiply(i, g, out=w.tmp)
-            C[t + 1] += w.tmp
+            xp.multiply(i, g, out=lw.tmp)
+            C[t + 1] += lw.tmp
             xp.tanh(C[t + 1], out=TC[t])
             xp.multiply(o, TC[t], out=Hs[t + 1])
 
+    def _run(self, w, idx, state):
+        """All layers, bottom up, over the chunk ``idx`` (T, B)."""
+        for l in range(self.num_layers):
+            self._input_projection(w, l, idx)
+            self._steps(w, l, self._layer_state(state, l))
+
     def _forward(self, inputs, state):
-        """Gather, recurrence and output layer; logits land in w.Z (T*B, V)."""
+        """Gather, recurrences and output layer; logits land in w.Z (T*B, V)."""
         xp = xp_of(self.params)
         B, T = inputs.shape
         state = self._state(state, B)
         w = self._workspace(B, T)
         self._prepare(w)
         w.idx = inputs.T                             # (T, B) time-major
-        self._steps(w, w.idx, state)
-        xp.matmul(w.Hs[1:].reshape(T * B, self.hidden_size), self.Wy, out=w.Z)
+        self._run(w, w.idx, state)
+        top = w.layers[-1].Hs[1:].reshape(T * B, self.hidden_size)
+        xp.matmul(top, self.Wy, out=w.Z)
         w.Z += self.by                               # (T*B, V)
         return w
 
@@ -296,16 +371,47 @@ class CharLSTM:
 
     # -- backward ---------------------------------------------------------------------
     def _backward(self, w, need_state_grad=False):
-        """BPTT through w's T steps; fills self.grads. Returns (dh0, dc0) or None."""
+        """BPTT through w's T steps, top layer first; fills self.grads. Returns
+        (dh0, dc0), each (B, L*H), or None."""
         xp, H, T, B = xp_of(self.params), self.hidden_size, w.T, w.B
         N = T * B
         dZ = w.Z                                     # (N, V) dlogits
-        xp.matmul(w.Hs[1:].reshape(N, H).T, dZ, out=self.dWy)        # (H, V)
+        top = w.layers[-1]
+        xp.matmul(top.Hs[1:].reshape(N, H).T, dZ, out=self.dWy)      # (H, V)
         xp.sum(dZ, axis=0, out=self.dby)
-        xp.matmul(dZ, self.Wy.T, out=w.dH.reshape(N, H))             # (N, H)
-        _transpose_into(w.WhT, self.Wh)
-        A, C, TC, dG, dH, dc, tmp = w.A, w.C, w.TC, w.dG, w.dH, w.dc, w.tmp
-        D, K = w.D, w.K
+        xp.matmul(dZ, self.Wy.T, out=top.dH.reshape(N, H))           # (N, H)
+        state_grads = []
+        for l in range(self.num_layers - 1, -1, -1):
+            lw = w.layers[l]
+            (Wx, Wh, _), (dWx, dWh, db) = self._lp[l], self._lg[l]
+            state_grads.append(self._bptt(w, lw, Wh, need_state_grad))
+            G = lw.dG.reshape(N, 4 * H)
+            xp.matmul(lw.Hs[:T].reshape(N, H).T, G, out=dWh)        # (H, 4H)
+            if l == 0:
+                _scatter_add_rows(dWx, w.idx.reshape(N), G, w.onehot)   # (V, 4H)
+                # Every row of G lands in exactly one row of dWx, so summing dWx's V
+                # rows gives db without another pass over the (N, 4H) array.
+                xp.sum(dWx, axis=0, out=db)
+            else:
+                below = w.layers[l - 1]
+                xp.matmul(below.Hs[1:].reshape(N, H).T, G, out=dWx)    # (H, 4H)
+                xp.sum(G, axis=0, out=db)
+                xp.matmul(G, Wx.T, out=below.dH.reshape(N, H))        # into the layer below
+        if not need_state_grad:
+            return None
+        state_grads.reverse()                        # layer order, bottom first
+        if len(state_grads) == 1:
+            return state_grads[0]
+        return (xp.concatenate([g[0] for g in state_grads], axis=1),
+                xp.concatenate([g[1] for g in state_grads], axis=1))
+
+    def _bptt(self, w, lw, Wh, need_state_grad):
+        """One layer's BPTT: lw.dH (gradient w.r.t. its outputs h_t) -> lw.dG (w.r.t.
+        its pre-activations). Returns (dh0, dc0) of the layer, or None."""
+        xp, H, T = xp_of(self.params), self.hidden_size, w.T
+        _transpose_into(lw.WhT, Wh)
+        A, C, TC, dG, dH, dc, tmp = lw.A, lw.C, lw.TC, lw.dG, lw.dH, lw.dc, lw.tmp
+        D, K = lw.D, lw.K
         # What depends on the forward pass alone is computed for all T steps at once:
         # a few large NumPy calls instead of many small ones inside the time loop.
         xp.multiply(A, A, out=D)
@@ -330,16 +436,10 @@ class CharLSTM:
             dc *= f                                  # dL/dc_{t-1} through the forget gate
             d *= D[t]                                # (B, 4H) dL/dz_t
             if t:
-                xp.matmul(d, w.WhT, out=tmp)         # recurrent path into h_{t-1}
+                xp.matmul(d, lw.WhT, out=tmp)        # recurrent path into h_{t-1}
                 dH[t - 1] += tmp
             elif need_state_grad:
-                state_grad = (xp.matmul(d, w.WhT), dc.copy())
-        G = dG.reshape(N, 4 * H)
-        xp.matmul(w.Hs[:T].reshape(N, H).T, G, out=self.dWh)          # (H, 4H)
-        _scatter_add_rows(self.dWx, w.idx.reshape(N), G, w.onehot)   # (V, 4H)
-        # Every row of G lands in exactly one row of dWx, so summing dWx's V rows gives
-        # db without another pass over the (N, 4H) array.
-        xp.sum(self.dWx, axis=0, out=self.db)
+                state_grad = (xp.matmul(d, lw.WhT), dc.copy())
         return state_grad
 
     # -- the contract -----------------------------------------------------------------
@@ -353,7 +453,7 @@ class CharLSTM:
         w = self._forward(inputs, state)
         loss = self._loss(w, targets, grad=True)
         state_grad = self._backward(w, need_state_grad=return_state_grad)
-        out = (loss, int(targets.size), (w.Hs[w.T].copy(), w.C[w.T].copy()))
+        out = (loss, int(targets.size), self._final_state(w))
         return out + (state_grad,) if return_state_grad else out
 
     def predict_loss(self, inputs, targets, state=None):
@@ -363,7 +463,7 @@ class CharLSTM:
             raise ValueError(f"inputs {inputs.shape} and targets {targets.shape} differ in shape")
         w = self._forward(inputs, state)
         loss = self._loss(w, targets, grad=False)
-        return loss, int(targets.size), (w.Hs[w.T].copy(), w.C[w.T].copy())
+        return loss, int(targets.size), self._final_state(w)
 
     def forward(self, inputs, state=None):
         """(logits (B, T, V), new_state) for integer inputs (B, T)."""
@@ -371,7 +471,7 @@ class CharLSTM:
         B, T = inputs.shape
         w = self._forward(inputs, state)
         logits = w.Z.reshape(T, B, self.vocab_size).transpose(1, 0, 2).copy()
-        return logits, (w.Hs[T].copy(), w.C[T].copy())
+        return logits, self._final_state(w)
 
     def evaluate(self, batches, state=None):
         """Mean loss over consecutive (inputs, targets) batches, carrying the state:
@@ -436,11 +536,11 @@ class CharLSTM:
         ids = list(int(i) for i in prime)
         for k in range(len(ids) + length - 1):
             cur = ids[k] if k < len(ids) else out[-1]
-            self._steps(w, xp.asarray([[cur]]), st)
-            st = (w.Hs[1], w.C[1])                   # read back into Hs[0], C[0] next step
+            self._run(w, xp.asarray([[cur]]), st)
+            st = self._final_state(w)
             if k + 1 < len(ids):
                 continue
-            logits = to_numpy(w.Hs[1] @ self.Wy + self.by)[0].astype(np.float64)
+            logits = to_numpy(w.layers[-1].Hs[1] @ self.Wy + self.by)[0].astype(np.float64)
             # Shift before dividing: a tiny temperature then sends the others to -inf
             # (probability 0), never to inf - inf.
             p = np.exp((logits - logits.max()) / float(temperature))
@@ -457,7 +557,8 @@ class CharLSTM:
     def config(self):
         """JSON-able constructor arguments (the parameters travel separately)."""
         return {"type": "CharLSTM", "vocab_size": self.vocab_size,
-                "hidden_size": self.hidden_size, "dtype": self.dtype.name,
+                "hidden_size": self.hidden_size, "num_layers": self.num_layers,
+                "dtype": self.dtype.name,
                 "forget_bias": self.forget_bias, "init": self.init_name, "seed": self.seed,
                 "clip_norm": self.clip_norm, "clip_value": self.clip_value}
 
@@ -470,8 +571,10 @@ class CharLSTM:
         return cls(cfg["vocab_size"], cfg["hidden_size"], dtype=cfg.get("dtype", "float32"),
                    seed=cfg.get("seed", 0), forget_bias=cfg.get("forget_bias", 1.0),
                    init=cfg.get("init", "xavier_uniform"), optimizer=optimizer,
-                   clip_norm=cfg.get("clip_norm"), clip_value=cfg.get("clip_value"), xp=xp)
+                   clip_norm=cfg.get("clip_norm"), clip_value=cfg.get("clip_value"), xp=xp,
+                   num_layers=cfg.get("num_layers", 1))
 
     def __repr__(self):
+        layers = f"num_layers={self.num_layers}, " if self.num_layers > 1 else ""
         return (f"CharLSTM(vocab_size={self.vocab_size}, hidden_size={self.hidden_size}, "
-                f"dtype={self.dtype.name}, {self.n_params} parameters)")
+                f"{layers}dtype={self.dtype.name}, {self.n_params} parameters)")

@@ -24,11 +24,11 @@ def batches():
     return vocab, StreamBatcher(ids[:cut], 5, 16), StreamBatcher(ids[cut:], 3, 16)
 
 
-def run(engine, epochs=2, kill_at=None):
+def run(engine, epochs=2, kill_at=None, layers=1):
     vocab, train, val = batches()
     # plain SGD: Adagrad's g / sqrt(cache) would turn a last-bit difference in a
     # near-zero gradient (sums in another order) into a whole step of either sign
-    m = CharLSTM(len(vocab), 24, seed=3, optimizer=SGD(lr=0.5))
+    m = CharLSTM(len(vocab), 24, seed=3, optimizer=SGD(lr=0.5), num_layers=layers)
     engine.start(m, {"train": train, "val": val}, seed=0)
     losses, step = [], 0
     try:
@@ -48,10 +48,11 @@ def run(engine, epochs=2, kill_at=None):
     return m, losses, val_loss
 
 
-def test_worker_count_does_not_change_the_weights():
-    ref, ref_losses, ref_val = run(LocalEngine())
+@pytest.mark.parametrize("layers", [1, 2])
+def test_worker_count_does_not_change_the_weights(layers):
+    ref, ref_losses, ref_val = run(LocalEngine(), layers=layers)
     for workers in (1, 2):
-        m, losses, val = run(MultiprocessEngine(workers=workers))
+        m, losses, val = run(MultiprocessEngine(workers=workers), layers=layers)
         assert np.allclose(m.params, ref.params, rtol=1e-5, atol=1e-6), workers
         assert np.allclose(losses, ref_losses, rtol=1e-5)
         assert val[1] == ref_val[1] and val[0] == pytest.approx(ref_val[0], rel=1e-5)
@@ -71,9 +72,10 @@ def test_local_engine_matches_a_hand_written_tbptt_loop():
 
 
 def test_respawn_mid_epoch_gives_the_uninterrupted_result():
-    clean, _, _ = run(MultiprocessEngine(workers=2), epochs=1)
+    # two layers: the carried state of both must survive the respawn
+    clean, _, _ = run(MultiprocessEngine(workers=2), epochs=1, layers=2)
     eng = MultiprocessEngine(workers=2)
-    m, _, _ = run(eng, epochs=1, kill_at=4)
+    m, _, _ = run(eng, epochs=1, kill_at=4, layers=2)
     assert eng.respawns == 1
     assert np.array_equal(m.params, clean.params)
 
