@@ -16,7 +16,8 @@ In one run (variants interleaved, medians reported -- this kind of machine is no
      defaults), for dpnet in process and, if torch imports, for torch with the same
      settings (torch's own initialization).
 
-    python scripts/bench_lstm.py [--budget 180] [--rounds 5] [--steps 10] [--no-torch]
+    python scripts/bench_lstm.py [--budget 180] [--rounds 5] [--steps 10] [--settle 1]
+                                 [--no-torch]
 """
 import argparse
 import math
@@ -199,6 +200,11 @@ def throughput(vocab, train, args, torch):
                 v.steps(3)                               # warm-up: buffers, caches, threads
             for _ in range(args.rounds):
                 for name, v in variants.items():         # interleaved: noise hits all alike
+                    # Idle first: OpenBLAS's and OpenMP's threads spin for a while after
+                    # their last call and would steal cores from the next variant --
+                    # measured here, interleaving without this pause cut torch's rate
+                    # from ~78k to ~53k chars/s at H=256.
+                    time.sleep(args.settle)
                     t0 = time.perf_counter()
                     v.steps(args.steps)
                     rates[name].append(args.steps * B * T / (time.perf_counter() - t0))
@@ -250,6 +256,8 @@ def main():
                    help="seconds of training for the loss-after-budget part (default: 180)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: 5)")
     p.add_argument("--steps", type=int, default=10, help="steps per round (default: 10)")
+    p.add_argument("--settle", type=float, default=1.0,
+                   help="seconds idle before each timed round (default: 1)")
     p.add_argument("--no-torch", action="store_true", help="skip torch even if installed")
     p.add_argument("--no-torch-budget", action="store_true",
                    help="time torch's throughput but skip its budget run")
