@@ -24,18 +24,21 @@ def stream_crc(batcher):
 
 
 def save_text_checkpoint(path, model, vocab, train, step, seed, history, state=None,
-                         crc=None, text_path=None):
+                         crc=None, text_path=None, val_fraction=None):
     """Atomically write ``model`` (with optimizer state) and the run's position.
 
     ``state``: the (h, c) that chunk ``step % len(train)`` starts from, or None at an
-    epoch boundary (chunk 0 starts from zeros). ``text_path``: the training text's
-    file, recorded so that continuing without naming it trains on the same text."""
+    epoch boundary (chunk 0 starts from zeros). ``text_path`` and ``val_fraction``:
+    the training text's file and its held-out share, recorded so that continuing
+    without naming them splits the same text the same way."""
     training = {"step": int(step), "seed": int(seed), "batch_size": int(train.batch_size),
                 "seq_len": int(train.seq_len), "chunks_per_epoch": len(train),
                 "train_crc32": int(stream_crc(train) if crc is None else crc),
                 "history": history.to_dict()}
     if text_path is not None:
         training["text"] = os.path.abspath(str(text_path))
+    if val_fraction is not None:
+        training["val_fraction"] = float(val_fraction)
     arrays, meta = model_arrays_and_meta(
         model, vocabulary=None if vocab is None else vocab.to_list(), training=training)
     if state is not None:
@@ -46,8 +49,9 @@ def save_text_checkpoint(path, model, vocab, train, step, seed, history, state=N
 class TextCheckpoint:
     """A loaded text checkpoint: ``model`` (with optimizer), ``vocab`` (or None),
     ``step``, ``seed``, ``batch_size``, ``seq_len``, ``chunks_per_epoch``,
-    ``train_crc32``, ``state`` ((h, c) or None), ``history`` (a TextHistory) and
-    ``text`` (the training text's path when it was recorded, else None)."""
+    ``train_crc32``, ``state`` ((h, c) or None), ``history`` (a TextHistory),
+    ``text`` and ``val_fraction`` (the training text's path and held-out share when
+    they were recorded, else None)."""
 
     def __init__(self, **kw):
         self.__dict__.update(kw)
@@ -101,9 +105,12 @@ def load_text_checkpoint(path):
         history = TextHistory.from_dict(tr.get("history", {}))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path!r} has a bad history: {e}") from None
-    text = tr.get("text")
+    text, vf = tr.get("text"), tr.get("val_fraction")
     if text is not None and not isinstance(text, str):
         raise CheckpointError(f"checkpoint {path!r} has a bad training text path: {text!r}")
+    if vf is not None and (not isinstance(vf, (int, float)) or isinstance(vf, bool)
+                           or not 0.0 <= vf < 1.0):
+        raise CheckpointError(f"checkpoint {path!r} has a bad val_fraction: {vf!r}")
     state = None
     arrays, _ = read_checkpoint(path)
     if "state.h" in arrays or "state.c" in arrays:
@@ -116,4 +123,4 @@ def load_text_checkpoint(path):
                                       f"{model.dtype} array, got "
                                       f"{None if s is None else (s.shape, s.dtype.name)}")
     return TextCheckpoint(model=model, vocab=vocab, state=state, history=history,
-                          path=str(path), text=text, **fields)
+                          path=str(path), text=text, val_fraction=vf, **fields)

@@ -51,8 +51,9 @@ def lstm_parser(prog):
     a("--text", default=None, metavar="PATH",
       help="UTF-8 training text (default: the --load checkpoint's, else "
            "data/tinyshakespeare/input.txt)")
-    a("--val-fraction", type=_float_in(0, 1, hi_open=True), default=0.1, metavar="F",
-      help="the last F of the text is the validation set (default: 0.1; 0 = none)")
+    a("--val-fraction", type=_float_in(0, 1, hi_open=True), default=None, metavar="F",
+      help="the last F of the text is the validation set (default: 0.1, or the "
+           "checkpoint's; 0 = none)")
     a("--hidden", type=_positive_int, default=None, metavar="H",
       help=f"LSTM hidden size (default: {DEFAULTS['hidden']}, or the checkpoint's)")
     a("--layers", type=_positive_int, default=None, metavar="L",
@@ -153,6 +154,7 @@ def generate(args, out=None):
     if args.load is None:
         raise UserError("--sample generates from a checkpoint: give --load PATH")
     ck = load_text_checkpoint(args.load)
+    _check_sizes(args, ck.model)
     if ck.vocab is None:
         raise UserError(f"checkpoint {args.load!r} holds no vocabulary to decode with")
     prime, ids = _prime(ck.vocab, args.prime)
@@ -228,7 +230,8 @@ def _corpus(args, ck):
 
 
 def _text_path(args, ck):
-    """--text, else the text a loaded checkpoint was trained on, else tiny Shakespeare."""
+    """--text, else the text a loaded checkpoint was trained on, else tiny Shakespeare
+    (which a checkpoint does not record: the repository may have moved since)."""
     if args.text is not None:
         return args.text
     if ck is None or ck.text is None:
@@ -237,6 +240,22 @@ def _text_path(args, ck):
         raise UserError(f"checkpoint {args.load!r} was trained on {ck.text!r}, which no "
                         f"longer exists: give --text PATH")
     return ck.text
+
+
+def _recorded_text(path):
+    """What a checkpoint records of the training text: None for the bundled default."""
+    try:
+        return None if os.path.samefile(path, DEFAULT_TEXT) else path
+    except OSError:                      # no bundled text here: nothing to compare with
+        return path
+
+
+def _check_sizes(args, model):
+    """--hidden / --layers that contradict a loaded model: one line, not ignored."""
+    for key, have in (("hidden", model.hidden_size), ("layers", model.num_layers)):
+        given = getattr(args, key)
+        if given is not None and given != have:
+            raise UserError(f"--{key} {given}: the checkpoint's model has {have}")
 
 
 def _model(args, ck, vocab, H, L):
@@ -275,15 +294,18 @@ def _train(args, prog):
     if args.seed is None:          # a continued run keeps its samples' seed
         args.seed = ck.seed if ck is not None else 0
     args.text = _text_path(args, ck)
+    if args.val_fraction is None:
+        args.val_fraction = ck.val_fraction if ck is not None and \
+            ck.val_fraction is not None else 0.1
     vocab, tr_ids, va_ids = _corpus(args, ck)
+    if ck is not None:
+        _check_sizes(args, ck.model)
     size = {}
     of_model = {"hidden": "hidden_size", "layers": "num_layers"}
     for key in ("hidden", "layers", "seq_len", "batch_size"):
         given = getattr(args, key)
         have = None if ck is None else (getattr(ck.model, of_model[key]) if key in of_model
                                         else getattr(ck, key))
-        if key in of_model and given is not None and have is not None and given != have:
-            raise UserError(f"--{key} {given}: the checkpoint's model has {have}")
         size[key] = given if given is not None else (have if have is not None
                                                      else DEFAULTS[key])
     H, L, T, B = size["hidden"], size["layers"], size["seq_len"], size["batch_size"]
@@ -327,7 +349,8 @@ def _train(args, prog):
                         log_every=args.print_every, checkpoint=args.save,
                         save_every=args.save_every, initial_step=initial_step,
                         initial_state=state, history=hist, verbose=not args.quiet,
-                        text_path=args.text)
+                        text_path=_recorded_text(args.text),
+                        val_fraction=args.val_fraction)
     except WorkerError:
         if args.save and hist.saved_step is not None:
             print(f"{prog}: saved the weights of step {hist.saved_step} to {args.save}",

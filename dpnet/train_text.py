@@ -112,7 +112,8 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
              seed=0, eval_every=500, sample_every=500, sample_length=200, temperature=0.8,
              vocab=None, prime=None, log_every=10, smoothing=0.99, checkpoint=None,
              save_every=None, initial_step=0, initial_state=None, history=None,
-             print_fn=print, verbose=True, callbacks=(), text_path=None):
+             print_fn=print, verbose=True, callbacks=(), text_path=None,
+             val_fraction=None):
     """Train a CharLSTM on ``train`` (a StreamBatcher) for global steps.
 
     steps / epochs: the global step to stop at, counted from 0 like the checkpoint's
@@ -127,7 +128,8 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
       a uniform guess) as in char-rnn.
     checkpoint / save_every: a path rewritten atomically every ``save_every`` steps,
       at the end, when interrupted and when a worker fails; it holds what an exact
-      resume needs (``checkpoint_text.load_text_checkpoint``).
+      resume needs (``checkpoint_text.load_text_checkpoint``), plus ``text_path`` and
+      ``val_fraction`` when given (where the text came from, and how it was split).
     initial_step / initial_state / history: resume; ``initial_state`` = (h, c) that
       chunk ``initial_step % len(train)`` starts from (None: zeros).
     callbacks: ``cb(step, record) -> bool`` after every progress line and validation
@@ -172,7 +174,7 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
         st = engine.get_state(step % n) if step % n else None
         hist.step = step
         save_text_checkpoint(checkpoint, model, vocab, train, step, seed, hist, st, crc=crc,
-                             text_path=text_path)
+                             text_path=text_path, val_fraction=val_fraction)
         saved_at[0] = hist.saved_step = step
 
     def validate():

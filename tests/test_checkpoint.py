@@ -89,6 +89,26 @@ def test_architecture_mismatch_names_the_difference(tmp_path):
     assert np.array_equal(same.params, dpnet.load(p).params)
 
 
+def test_lstm_layer_count_is_checked_and_old_files_mean_one_layer(tmp_path):
+    from dpnet.checkpoint import model_arrays_and_meta
+    from dpnet.models.lstm import CharLSTM
+    p = tmp_path / "lstm.npz"
+    CharLSTM(6, 4, seed=1, num_layers=2).save(p)
+    with pytest.raises(CheckpointError, match="num_layers 2 != 1"):
+        load_weights_into(CharLSTM(6, 4), p)
+    # a file written before num_layers existed: the same one-layer model, no key
+    one = CharLSTM(6, 4, seed=2)
+    arrays, meta = model_arrays_and_meta(one)
+    del meta["model"]["num_layers"]
+    old = tmp_path / "old.npz"
+    write_checkpoint(old, arrays, meta)
+    fresh = CharLSTM(6, 4, seed=9)
+    load_weights_into(fresh, old)
+    assert np.array_equal(fresh.params, one.params)
+    with pytest.raises(CheckpointError, match="num_layers 1 != 2"):
+        load_weights_into(CharLSTM(6, 4, num_layers=2), old)
+
+
 def test_wrong_size_dtype_and_nonfinite_params(tmp_path):
     m = trained()
     arrays = {"params": m.params}

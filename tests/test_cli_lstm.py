@@ -78,25 +78,35 @@ def test_train_save_json_then_continue_exactly(tmp_path, text, capsys):
     assert rc == 2 and "adagrad" in err
 
 
-def test_stacked_layers_continue_on_the_checkpoints_own_text(tmp_path, text, capsys):
+def test_stacked_layers_continue_on_the_checkpoints_own_text(tmp_path, text, capsys,
+                                                             monkeypatch):
     ck, js = tmp_path / "ck2.npz", tmp_path / "run2.json"
-    rc, out, err = cli(["--text", text, *SMALL, "--layers", "2", "--steps", "50",
-                        "--save", ck, "--json", js, "--quiet"], capsys)
+    monkeypatch.chdir(tmp_path)                        # --text given relative to here
+    rc, out, err = cli(["--text", text.name, *SMALL, "--layers", "2", "--val-fraction",
+                        "0.2", "--steps", "50", "--save", ck, "--json", js, "--quiet"],
+                       capsys)
     assert rc == 0, err
     s = json.loads(js.read_text())
     assert s["layers"] == 2 and s["hidden"] == 24
     assert load_text_checkpoint(ck).model.num_layers == 2
-    # no --text: the checkpoint's own text, not tiny Shakespeare (no mismatch note)
+    # from elsewhere, with neither --text nor --val-fraction: the checkpoint's text and
+    # split, not tiny Shakespeare and 0.1 (either would change the streams: a note)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     rc, _, err = cli(["--load", ck, "--steps", "90", "--save", ck, "--quiet"], capsys)
     assert rc == 0 and err == ""
     straight = tmp_path / "straight.npz"
-    cli(["--text", text, *SMALL, "--layers", "2", "--steps", "90", "--save", straight,
-         "--quiet"], capsys)
+    cli(["--text", text, *SMALL, "--layers", "2", "--val-fraction", "0.2", "--steps", "90",
+         "--save", straight, "--quiet"], capsys)
     a, b = load_text_checkpoint(ck), load_text_checkpoint(straight)
     assert a.step == b.step == 90 and np.array_equal(a.model.params, b.model.params)
-    assert a.text == str(text)
-    rc, _, err = cli(["--load", ck, "--layers", "3"], capsys)
-    assert rc == 2 and "--layers 3" in err and "has 2" in err
+    assert a.text == str(text) and a.val_fraction == 0.2
+    for argv in (["--load", ck, "--layers", "3"],
+                 ["--load", ck, "--layers", "3", "--sample", "10"],
+                 ["--load", ck, "--hidden", "8", "--sample", "10"]):
+        rc, out, err = cli(argv, capsys)
+        assert rc == 2 and out == "" and "the checkpoint's model has" in err, argv
     os.remove(text)                                    # the recorded text is gone
     rc, _, err = cli(["--load", ck, "--steps", "100"], capsys)
     assert rc == 2 and "no longer exists" in err and len(err.splitlines()) == 1
@@ -176,6 +186,11 @@ def test_script_on_tiny_shakespeare_with_json(tmp_path):
     s = json.loads(js.read_text())
     assert s["vocab_size"] == 65 and s["steps"] == 4 and s["val"]["nats_per_char"] > 0
     assert s["args"]["text"] == str(SHAKESPEARE)
+    # the bundled text is not recorded in a checkpoint (the repository may move):
+    # continuing without --text finds it wherever this checkout is
+    from dpnet.cli_lstm import _recorded_text
+    assert _recorded_text(str(SHAKESPEARE)) is None
+    assert _recorded_text(str(js)) == str(js)
 
 
 def shm_segments():

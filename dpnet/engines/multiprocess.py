@@ -106,6 +106,7 @@ class MultiprocessEngine:
         if self.model is not None:
             raise RuntimeError("this engine is already started")
         self.model, self.seed = model, int(seed)
+        self.step_timing(reset=True)       # a restarted engine reports this run only
         self.monitor.add(os.getpid())      # primes CPU% so the summary covers the run
         try:
             self.task_cls = task_for(model)

@@ -148,7 +148,7 @@ class LstmTask:
 
     @staticmethod
     def write_state(arrays, chunk, state):
-        """Make chunk ``chunk`` start from ``state`` (h, c), each (B, H). (Chunk 0
+        """Make chunk ``chunk`` start from ``state`` (h, c), each (B, L*H). (Chunk 0
         always starts from zeros: plan_step resets its buffer.)"""
         buf = arrays["train.state"][chunk % 2]
         for label, dst, s in (("h", buf[0], state[0]), ("c", buf[1], state[1])):

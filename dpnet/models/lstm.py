@@ -553,6 +553,12 @@ class CharLSTM:
             return out, (h.copy(), c.copy())
         return out
 
+    def save(self, path, **extra):
+        """Weights, optimizer state and config to an .npz checkpoint (``dpnet.load``
+        reads it back); a training run's position is saved by ``fit_text``."""
+        from ..checkpoint import save_model
+        save_model(path, self, **extra)
+
     # -- description ------------------------------------------------------------------
     def config(self):
         """JSON-able constructor arguments (the parameters travel separately)."""

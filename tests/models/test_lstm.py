@@ -152,6 +152,7 @@ def test_zero_state_shortcut_equals_explicit_zeros(layers):
     assert l0 == pytest.approx(l1, rel=1e-14)
     np.testing.assert_allclose(m.grads, g0, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(s0[0], s1[0], rtol=1e-13)
+    np.testing.assert_allclose(s0[1], s1[1], rtol=1e-13)
 
 
 def test_large_vocabulary_scatter_path_agrees(monkeypatch):
