@@ -231,13 +231,20 @@ def report(model, hist, results, per_class, wall, out=print):
     out(f"total weights: {model.n_params:,}")
 
 
-def plot_history(hist, path):
+def pyplot():
+    """matplotlib.pyplot on a file-only backend, or a one-line UserError. Called before
+    training too, so a missing matplotlib is not discovered after an hour's run."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError("--plot needs matplotlib: pip install 'dpnet[plot]'") from None
+    return plt
+
+
+def plot_history(hist, path):
+    plt = pyplot()
     h = hist.history
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for key, ax in (("loss", ax1), ("accuracy", ax2)):
@@ -320,6 +327,8 @@ def _run_dnn(args, prog, default_workers):
 
     t_start = time.perf_counter()
     check_output_paths(args, ("save", "json", "plot"))
+    if args.plot:
+        pyplot()
     data = load_mnist(args.data, standardize=args.standardize, validation=args.validation,
                       limit_train=args.limit_train, dtype=np.dtype(args.dtype))
     steps_per_epoch = -(-len(data.x_train) // args.batch_size)

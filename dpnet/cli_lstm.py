@@ -110,6 +110,8 @@ def lstm_parser(prog):
     a("--sample", type=_nonneg_int, default=None, metavar="N",
       help="with --load: print N generated characters after --prime and exit")
     a("--json", default=None, metavar="PATH", help="write the run summary as JSON")
+    a("--plot", default=None, metavar="PATH",
+      help="save the loss curves (per step, smoothed, validation) as a PNG (matplotlib)")
     a("--quiet", action="store_true", help="no progress lines or samples")
     return p
 
@@ -130,8 +132,33 @@ def _limit_blas(n):
 
 
 def _check_output_dirs(args):
-    from .cli import check_output_paths
-    check_output_paths(args, ("save", "json"))
+    from .cli import check_output_paths, pyplot
+    check_output_paths(args, ("save", "json", "plot"))
+    if args.plot and args.sample is None:
+        pyplot()
+
+
+def plot_text_history(hist, path):
+    """Loss per step (faint), its moving average and the validation loss against the
+    global step, in nats (left axis) and bits (right axis) per character."""
+    from .cli import pyplot
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(hist.steps, hist.loss, color="tab:blue", alpha=0.25, lw=0.8, label="train (step)")
+    ax.plot(hist.steps, hist.smooth_loss, color="tab:blue", lw=1.8, label="train (smoothed)")
+    if hist.val_loss:
+        ax.plot(hist.val_steps, hist.val_loss, "s-", color="tab:orange", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/char)")
+    lo, hi = ax.get_ylim()
+    bits = ax.twinx()
+    bits.set_ylim(lo / math.log(2), hi / math.log(2))
+    bits.set_ylabel("bits/char")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _prime(vocab, prime):
@@ -370,6 +397,11 @@ def _train(args, prog):
     say(f"{hist.step} steps, {rate:,.0f} chars/s training; {wall:.1f} s in all")
     if args.json:
         _write_json(args, model, hist, train_loss, val_loss, rate, wall, workers, vocab)
+    if args.plot:
+        if hist.steps:
+            plot_text_history(hist, args.plot)
+        else:
+            say(f"{prog}: no training step: no plot written")
     return 130 if hist.interrupted else 0
 
 

@@ -52,10 +52,11 @@ def unigram_entropy(s):
 
 
 def test_train_save_json_then_continue_exactly(tmp_path, text, capsys):
-    ck, js = tmp_path / "ck.npz", tmp_path / "run.json"
+    ck, js, png = tmp_path / "ck.npz", tmp_path / "run.json", tmp_path / "loss.png"
     rc, out, err = cli(["--text", text, *SMALL, "--steps", "120", "--save", ck,
-                        "--json", js], capsys)
+                        "--json", js, "--plot", png], capsys)
     assert rc == 0, err
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     assert "smooth" in out and "chars/s" in out and "bits/char" in out
     assert "---- sample at step 40" in out
     s = json.loads(js.read_text())
@@ -223,7 +224,7 @@ def test_signal_mid_run_saves_and_exits_130(tmp_path, text, sig, workers):
     assert shm_segments() == before
 
 
-@pytest.mark.parametrize("flag", ["--save", "--json"])
+@pytest.mark.parametrize("flag", ["--save", "--json", "--plot"])
 def test_output_path_that_is_a_directory_is_refused_before_training(tmp_path, text, flag):
     r = subprocess.run([sys.executable, SCRIPT, "--text", str(text), *SMALL, "--steps", "5",
                         flag, str(tmp_path)], capture_output=True, text=True, timeout=60,
