@@ -45,7 +45,9 @@ def read_checkpoint(path):
     """(arrays, meta) from a checkpoint, after checking its integrity."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist")
+        why = "is a directory" if os.path.isdir(path) else (
+            "is not a regular file" if os.path.exists(path) else "does not exist")
+        raise CheckpointError(f"checkpoint {path!r} {why}")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"checkpoint {path!r} is truncated or corrupt (not a readable "
                               f".npz file)")

@@ -35,6 +35,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _path(s):
+    """A file or directory argument: an empty string is a mistake, not "none"."""
+    if not s.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return s
+
+
 def _positive_int(s):
     try:
         v = int(s)
@@ -118,14 +125,14 @@ def dnn_parser(prog, workers=False):
       help="hold out the last N training images for validation (default: 10000)")
     a("--limit-train", type=_positive_int, default=None, metavar="N",
       help="use only the first N training images (smoke runs)")
-    a("--data", default=None, metavar="DIR",
+    a("--data", type=_path, default=None, metavar="DIR",
       help="MNIST directory with the four IDX files (default: $DPNET_DATA or data/mnist)")
     a("--dtype", default="float32", choices=["float32", "float64"], help="(default: float32)")
-    a("--save", default=None, metavar="PATH", help="write a checkpoint after each epoch")
-    a("--load", default=None, metavar="PATH",
+    a("--save", type=_path, default=None, metavar="PATH", help="write a checkpoint after each epoch")
+    a("--load", type=_path, default=None, metavar="PATH",
       help="start from this checkpoint (same architecture); resumes its epoch count")
-    a("--json", default=None, metavar="PATH", help="write the run summary as JSON")
-    a("--plot", default=None, metavar="PATH", help="save learning curves as a PNG (matplotlib)")
+    a("--json", type=_path, default=None, metavar="PATH", help="write the run summary as JSON")
+    a("--plot", type=_path, default=None, metavar="PATH", help="save learning curves as a PNG (matplotlib)")
     a("--quiet", action="store_true", help="no per-epoch lines or progress bar")
     if workers:
         a("--workers", type=_nonneg_int, default=None,
@@ -146,11 +153,13 @@ def build_model(args, steps_per_epoch):
     from .schedules import Anneal
     acts = args.activation
     if len(acts) not in (1, len(args.hidden)):
-        raise UserError(f"--activation takes 1 or {len(args.hidden)} names (one per hidden "
-                        f"layer), got {len(acts)}")
+        raise UserError(f"--activation takes one name for all hidden layers or one per "
+                        f"hidden layer ({len(args.hidden)}), got {len(acts)}")
     if len(acts) == 1:
         acts = acts * len(args.hidden)
     sizes = [784] + list(args.hidden)
+    check_model_size(sum((a + 1) * b for a, b in zip(sizes, sizes[1:] + [10])), args.dtype,
+                     f"--hidden {' '.join(map(str, args.hidden))}")
     layers = []
     for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
         layers.append(Dense(n_in, n_out, activation=acts[i], init=args.init))
@@ -175,14 +184,30 @@ def build_model(args, steps_per_epoch):
                       seed=args.seed)
 
 
-def check_output_paths(args, flags):
-    """Refuse unusable output paths before any work is done, not after it."""
+def check_output_paths(args, flags, inputs=()):
+    """Refuse unusable output paths before any work is done, not after it: a directory,
+    a missing or unwritable directory, two outputs naming one file, an output that is
+    one of the run's ``inputs`` (flag names; ``--save`` may be ``--load``: a run
+    continues in place), a checkpoint onto something that is not a regular file."""
+    seen = {}
+    for flag in list(flags) + list(inputs):
+        path = getattr(args, flag, None)
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        other = seen.get(real)
+        if other is not None and not {other, flag} == {"save", "load"}:
+            raise UserError(f"--{flag} and --{other} name the same file {path!r}; each "
+                            f"needs its own")
+        seen.setdefault(real, flag)
     for flag in flags:
         path = getattr(args, flag, None)
         if path is None:
             continue
         if os.path.isdir(path):
             raise UserError(f"--{flag} {path!r} is a directory; give a file name")
+        if flag == "save" and os.path.exists(path) and not os.path.isfile(path):
+            raise UserError(f"--save {path!r} is not a regular file")
         d = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(d):
             raise UserError(f"--{flag} {path!r}: directory {d!r} does not exist")
@@ -243,6 +268,26 @@ def pyplot():
     return plt
 
 
+def plot_format(path):
+    """The image format --plot PATH asks for (its extension; png without one), checked
+    against what matplotlib can write -- before training, not after."""
+    plt = pyplot()
+    ext = os.path.splitext(path)[1][1:].lower() or "png"
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if ext not in formats:
+        raise UserError(f"--plot {path!r}: matplotlib cannot write .{ext} files; use one "
+                        f"of {', '.join('.' + f for f in sorted(formats))}")
+    return ext
+
+
+def save_figure(fig, path):
+    """Write ``fig`` to ``path`` atomically, in the format its extension names."""
+    from .fileio import atomic_write
+    fmt = plot_format(path)
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=100))
+
+
 def plot_history(hist, path):
     plt = pyplot()
     h = hist.history
@@ -256,7 +301,7 @@ def plot_history(hist, path):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -289,8 +334,17 @@ def run_dnn(argv=None, prog=None, workers_flag=False, default_workers=0):
         # naming what is wrong; OSError covers unwritable --save/--json paths.
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
+    except MemoryError as e:
+        print(f"{parser.prog}: error: {memory_message(e)}", file=sys.stderr)
+        return 2
     finally:
         signal.signal(signal.SIGTERM, old_term)
+
+
+def memory_message(e):
+    """One line for an allocation that failed (numpy names the size it wanted)."""
+    what = str(e).split(":")[0].strip() or "an allocation failed"
+    return f"out of memory ({what}); use smaller layers, batches or --workers"
 
 
 def _run_full_batch(args, model, data, val, engine, hist, say):
@@ -317,7 +371,31 @@ def _run_full_batch(args, model, data, val, engine, hist, say):
 
 
 def _raise_exit(signum, frame):
+    print(f"{os.path.basename(sys.argv[0]) or 'dpnet'}: stopped by "
+          f"{signal.Signals(signum).name}", file=sys.stderr)
     raise SystemExit(128 + signum)
+
+
+def cap_workers(workers, per_step, unit, prog):
+    """More workers than a step has samples (streams) would sit idle, each a whole
+    interpreter to start: use as many as there is work for, and say so."""
+    if workers > per_step:
+        print(f"{prog}: note: --workers {workers} is more than the {per_step} {unit} of a "
+              f"step; using {per_step}", file=sys.stderr)
+        return per_step
+    return workers
+
+
+def check_model_size(n_params, dtype, what):
+    """Refuse, in one line, a model that cannot fit: parameters, gradients and two
+    optimizer moments are four vectors of ``n_params`` before any activation."""
+    import psutil
+    need = 4 * int(n_params) * np.dtype(dtype).itemsize
+    have = psutil.virtual_memory().total
+    if need > have:
+        raise UserError(f"{what}: {n_params:,} parameters need at least "
+                        f"{need / 2**30:,.1f} GiB, more than this machine's "
+                        f"{have / 2**30:,.1f} GiB")
 
 
 def _run_dnn(args, prog, default_workers):
@@ -326,9 +404,9 @@ def _run_dnn(args, prog, default_workers):
     from .train import EarlyStopping, fit
 
     t_start = time.perf_counter()
-    check_output_paths(args, ("save", "json", "plot"))
+    check_output_paths(args, ("save", "json", "plot"), inputs=("load", "data"))
     if args.plot:
-        pyplot()
+        plot_format(args.plot)
     data = load_mnist(args.data, standardize=args.standardize, validation=args.validation,
                       limit_train=args.limit_train, dtype=np.dtype(args.dtype))
     steps_per_epoch = -(-len(data.x_train) // args.batch_size)
@@ -346,6 +424,7 @@ def _run_dnn(args, prog, default_workers):
     workers = getattr(args, "workers", None)
     if workers is None:
         workers = default_workers
+    workers = cap_workers(workers, args.batch_size, "samples", prog)
     engine_kw = {}
     if workers:
         engine_kw = {"blas_threads": args.blas_threads, "on_failure": args.on_failure,
@@ -390,11 +469,6 @@ def _run_dnn(args, prog, default_workers):
     if args.save and (hist.step == 0 or not hist.epochs):
         save_training_checkpoint(args.save, model, hist.step, args.seed, args.batch_size, hist,
                                  n_train=len(data.x_train), optimizer=args.optimizer)
-    if args.plot:
-        if hist.epochs:
-            plot_history(hist, args.plot)
-        else:
-            say("no complete epoch: no plot written")
     if args.json:
         summary = {
             "train": results["train"], "val": results.get("val"), "test": results["test"],
@@ -412,4 +486,9 @@ def _run_dnn(args, prog, default_workers):
                          "machine": platform.machine()},
         }
         write_json(args.json, summary)
+    if args.plot:
+        if hist.epochs:
+            plot_history(hist, args.plot)
+        else:
+            say("no complete epoch: no plot written")
     return 130 if hist.interrupted else 0

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from .cli import UserError, _float_in, _nonneg_int, _Parser, _positive_int, _raise_exit
+from .cli import UserError, _float_in, _nonneg_int, _Parser, _path, _positive_int, _raise_exit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TEXT = os.path.join(ROOT, "data", "tinyshakespeare", "input.txt")
@@ -48,7 +48,7 @@ def lstm_parser(prog):
                 "UTF-8 text file, or generate text from a checkpoint.",
                 epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--text", default=None, metavar="PATH",
+    a("--text", type=_path, default=None, metavar="PATH",
       help="UTF-8 training text (default: the --load checkpoint's, else "
            "data/tinyshakespeare/input.txt)")
     a("--val-fraction", type=_float_in(0, 1, hi_open=True), default=None, metavar="F",
@@ -101,16 +101,16 @@ def lstm_parser(prog):
       help="progress line every N steps (default: 10)")
     a("--seed", type=_nonneg_int, default=None,
       help="seed for init and samples (default: 0, or the --load checkpoint's)")
-    a("--save", default=None, metavar="PATH",
+    a("--save", type=_path, default=None, metavar="PATH",
       help="checkpoint every --save-every steps, at the end and when stopped")
     a("--save-every", type=_positive_int, default=500, metavar="N", help="(default: 500)")
-    a("--load", default=None, metavar="PATH",
+    a("--load", type=_path, default=None, metavar="PATH",
       help="continue from this checkpoint: weights, optimizer, vocabulary, step and "
            "stream state (exact, on the same text and batch layout)")
     a("--sample", type=_nonneg_int, default=None, metavar="N",
       help="with --load: print N generated characters after --prime and exit")
-    a("--json", default=None, metavar="PATH", help="write the run summary as JSON")
-    a("--plot", default=None, metavar="PATH",
+    a("--json", type=_path, default=None, metavar="PATH", help="write the run summary as JSON")
+    a("--plot", type=_path, default=None, metavar="PATH",
       help="save the loss curves (per step, smoothed, validation) as a PNG (matplotlib)")
     a("--quiet", action="store_true", help="no progress lines or samples")
     return p
@@ -132,16 +132,16 @@ def _limit_blas(n):
 
 
 def _check_output_dirs(args):
-    from .cli import check_output_paths, pyplot
-    check_output_paths(args, ("save", "json", "plot"))
+    from .cli import check_output_paths, plot_format
+    check_output_paths(args, ("save", "json", "plot"), inputs=("load", "text"))
     if args.plot and args.sample is None:
-        pyplot()
+        plot_format(args.plot)
 
 
 def plot_text_history(hist, path):
     """Loss per step (faint), its moving average and the validation loss against the
     global step, in nats (left axis) and bits (right axis) per character."""
-    from .cli import pyplot
+    from .cli import pyplot, save_figure
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(hist.steps, hist.loss, color="tab:blue", alpha=0.25, lw=0.8, label="train (step)")
@@ -157,7 +157,7 @@ def plot_text_history(hist, path):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -216,6 +216,10 @@ def run_lstm(argv=None, prog=None):
         if e.traceback:
             print(f"worker traceback:\n{e.traceback.rstrip()}", file=sys.stderr)
         return 1
+    except MemoryError as e:
+        from .cli import memory_message
+        print(f"{parser.prog}: error: {memory_message(e)}", file=sys.stderr)
+        return 2
     except (UserError, ValueError, OSError, FloatingPointError) as e:
         # TextError, CheckpointError and the model's checks are ValueErrors naming the
         # bad value; OSError covers unreadable texts and unwritable --save/--json paths;
@@ -291,6 +295,10 @@ def _model(args, ck, vocab, H, L):
     from .schedules import as_schedule
     clip = {"clip_norm": args.clip or None, "clip_value": args.clip_value or None}
     if ck is None:
+        from .cli import check_model_size
+        V = len(vocab)
+        check_model_size(4 * H * (V + H + 1) + (L - 1) * 4 * H * (2 * H + 1) + H * V + V,
+                         np.float32, f"--hidden {H} --layers {L}")
         name = args.optimizer or DEFAULTS["optimizer"]
         opt = get_optimizer(name, lr=args.lr or DEFAULT_LR[name])
         if args.clip is None:
@@ -350,7 +358,8 @@ def _train(args, prog):
     say = (lambda *a, **k: None) if args.quiet else print
     say(f"{prog}: {len(vocab)} characters; {len(tr_ids):,} training / {len(va_ids):,} "
         f"validation characters; {B} streams x {T} steps = {len(train)} steps per epoch")
-    workers = args.workers
+    from .cli import cap_workers
+    workers = cap_workers(args.workers, B, "streams", prog) if args.workers else 0
     say(f"{prog}: LSTM H={H}" + (f" x {L} layers" if L > 1 else "")
         + f", {model.n_params:,} parameters, {model.optimizer.name} "
         f"lr {model.optimizer.lr:g}, " + (f"{workers} worker process"
@@ -359,8 +368,9 @@ def _train(args, prog):
         + (f", starting at step {initial_step}" if initial_step else ""))
     end = steps if steps is not None else args.epochs * len(train)
     if initial_step >= end:
-        say(f"{prog}: the checkpoint is at step {initial_step} already; nothing to train "
-            f"(raise --steps or --epochs)")
+        say(f"{prog}: " + (f"the checkpoint is at step {initial_step} already; "
+                           if ck is not None else "") +
+            "nothing to train (raise --steps or --epochs)")
     if workers:
         engine = make_engine(workers, blas_threads=args.blas_threads or 1,
                              on_failure=args.on_failure)

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import tempfile
 
 
 def atomic_write(path, write, binary=True):
-    """Call ``write(f)`` on a temporary file, then move it to ``path`` in one step."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    """Call ``write(f)`` on a temporary file, then move it to ``path`` in one step.
+
+    A symbolic link is followed (its target is replaced, the link stays); a target that
+    exists and is not a regular file (``/dev/stdout``, a FIFO) is written directly --
+    renaming over it would replace the device instead of writing to it."""
+    path = os.path.realpath(os.fspath(path))
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        special = False
+    if special:
+        with open(path, "wb" if binary else "w") as f:
+            write(f)
+        return
+    directory = os.path.dirname(path)
     # Ctrl-C / SIGTERM wait until the file is whole and in place: files are written
     # exactly when the user most wants them (on the way out).
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})

@@ -145,3 +145,24 @@ def test_write_is_atomic_and_leaves_no_temporary_files(tmp_path, monkeypatch):
     assert p.read_bytes() == first                       # old checkpoint intact
     assert sorted(os.listdir(tmp_path)) == ["m.npz"]     # no temporary left behind
     assert dpnet.load(p).optimizer.t == 1
+
+
+def test_atomic_write_follows_links_and_writes_special_files_in_place(tmp_path):
+    import stat
+    import threading
+    from dpnet.fileio import atomic_write
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    atomic_write(link, lambda f: f.write("new"), binary=False)
+    assert link.is_symlink() and target.read_text() == "new"   # the link is kept
+    # A FIFO (like /dev/stdout) is written to, not renamed over.
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo).read()))
+    reader.start()
+    atomic_write(fifo, lambda f: f.write("through the pipe"), binary=False)
+    reader.join(timeout=10)
+    assert got == ["through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)

@@ -113,6 +113,22 @@ def test_stacked_layers_continue_on_the_checkpoints_own_text(tmp_path, text, cap
     assert rc == 2 and "no longer exists" in err and len(err.splitlines()) == 1
 
 
+def test_an_output_onto_an_input_is_refused_and_nothing_is_written(tmp_path, text, capsys):
+    before = text.read_bytes()
+    rc, _, err = cli(["--text", text, *SMALL, "--steps", "5", "--save", text], capsys)
+    assert rc == 2 and "--text and --save name the same file" in err
+    ck = tmp_path / "ck.npz"
+    assert cli(["--text", text, *SMALL, "--steps", "5", "--save", ck, "--quiet"],
+               capsys)[0] == 0
+    kept = ck.read_bytes()
+    rc, _, err = cli(["--text", text, "--load", ck, "--steps", "10", "--json", ck], capsys)
+    assert rc == 2 and "--load and --json name the same file" in err
+    assert text.read_bytes() == before and ck.read_bytes() == kept
+    # --save onto --load is how a run continues in place: allowed
+    assert cli(["--text", text, "--load", ck, "--steps", "10", "--save", ck, "--quiet"],
+               capsys)[0] == 0
+
+
 def test_generation_mode(tmp_path, text, capsys):
     ck = tmp_path / "g.npz"
     assert cli(["--text", text, *SMALL, "--steps", "60", "--save", ck, "--quiet"],
@@ -153,6 +169,8 @@ BAD = [
     ("ok", b"abcdefgh" * 400, ["--prime", "xyz"], "--prime"),
     ("ok", b"abcdefgh" * 400, ["--save", "/no/such/dir/ck.npz"], "does not exist"),
     ("ok", b"abcdefgh" * 400, ["--load", "/no/such/ck.npz"], "does not exist"),
+    ("ok", b"abcdefgh" * 400, ["--load", ""], "expected a path"),
+    ("ok", b"abcdefgh" * 400, ["--layers", "100000000"], "parameters need at least"),
 ]
 
 

@@ -32,25 +32,52 @@ def test_two_workers_end_to_end(tmp_path):
     assert "2 worker processes" in r.stdout and "test accuracy:" in r.stdout
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_stops_cleanly_saves_and_leaves_nothing(tmp_path, sig):
+# group: the signal goes to the whole process group, workers included -- Ctrl-C in a
+# terminal, systemd, `timeout`, `kill -- -PGID`. --on-failure abort makes a worker
+# that died of it visible (exit 1) instead of quietly replaced.
+@pytest.mark.parametrize("sig, group", [(signal.SIGINT, True), (signal.SIGTERM, False),
+                                        (signal.SIGTERM, True)])
+def test_signal_stops_cleanly_saves_and_leaves_nothing(tmp_path, sig, group):
     before = shm_segments()
     ck = tmp_path / "ck.npz"
     p = subprocess.Popen([sys.executable, SCRIPT, "--workers", "2", "--limit-train", "20000",
-                          "--epochs", "50", "--save", str(ck), "--hidden", "256"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                          "--epochs", "50", "--save", str(ck), "--hidden", "256",
+                          "--batch-size", "1000", "--on-failure", "abort"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                         start_new_session=True)
     for line in p.stdout:                       # wait until training is under way
         if line.startswith("epoch   1/50"):
             break
     worker_pids = [c.pid for c in child_processes() if c.ppid() == p.pid]
-    p.send_signal(sig)
+    time.sleep(0.1)          # mid-step (batch 1000: the workers compute ~90% of the time)
+    if group:
+        os.killpg(p.pid, sig)                   # the session leader's group
+    else:
+        p.send_signal(sig)
     t0 = time.monotonic()
     out, err = p.communicate(timeout=30)
     assert time.monotonic() - t0 < 5, "did not exit within 5 s"
     assert p.returncode == 130, err
+    assert "killed by" not in err and "replacement" not in err
     assert f"stopped by {signal.Signals(sig).name}" in out
     assert ck.exists()
     import psutil
     assert not [q for q in worker_pids if psutil.pid_exists(q)
                 and psutil.Process(q).status() != psutil.STATUS_ZOMBIE]
     assert shm_segments() == before
+
+
+def test_divergence_with_workers_is_one_line_and_idle_workers_are_not_started():
+    r = subprocess.run([sys.executable, SCRIPT, "--workers", "2", "--limit-train", "2000",
+                        "--epochs", "1", "--hidden", "32", "--optimizer", "sgd", "--lr", "1e30",
+                        "--lr-final", "1e30"], capture_output=True, text=True, timeout=120,
+                       cwd=ROOT)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()       # no RuntimeWarnings from the workers
+    assert len(lines) == 1 and "diverged" in lines[0], r.stderr
+    r = subprocess.run([sys.executable, SCRIPT, "--workers", "6", "--batch-size", "2",
+                        "--limit-train", "20", "--validation", "10", "--epochs", "1",
+                        "--hidden", "8", "--quiet"], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "--workers 6 is more than the 2 samples of a step; using 2" in r.stderr

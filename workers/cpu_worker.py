@@ -26,9 +26,16 @@ def main(argv=None):
         print("usage: python -m workers.cpu_worker CONFIG_JSON", file=sys.stderr)
         return 2
     cfg = json.loads(argv[0])
-    # Ctrl-C in a terminal reaches the whole process group; only the coordinator
-    # decides what it means. The coordinator stops workers with STOP (or SIGTERM).
+    # Ctrl-C in a terminal, and SIGTERM from systemd, `timeout` or `kill -- -PGID`, reach
+    # the whole process group; only the coordinator decides what they mean (a clean
+    # stop, not a crashed worker). It stops workers with STOP, or SIGKILL after 2 s,
+    # and a worker whose coordinator is gone exits by itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # A diverging run is the coordinator's to report (a non-finite loss, one line),
+    # not a stream of overflow warnings from every worker.
+    import numpy as np
+    np.seterr(over="ignore", invalid="ignore", divide="ignore")
     return Worker(cfg).run()
 
 

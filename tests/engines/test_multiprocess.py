@@ -213,6 +213,22 @@ def test_exception_in_a_worker_comes_back_with_its_traceback(data):
     assert "Traceback" in e.value.traceback and "take" in e.value.traceback
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_workers_leave_group_signals_to_the_coordinator(data, sig):
+    """Ctrl-C and SIGTERM to a process group reach the workers too: they must not die
+    of it (the coordinator would take that for a crash), only the coordinator acts."""
+    x, y, _, _ = data
+    with MultiprocessEngine(workers=1, on_failure="abort") as eng:
+        m = mlp()
+        eng.start(m, {"train": (x, y)})
+        eng.gradient(0, np.arange(32))
+        os.kill(eng.procs[0].pid, sig)
+        time.sleep(0.3)
+        assert eng.procs[0].popen.poll() is None, "the worker died of the signal"
+        eng.gradient(1, np.arange(32, 64))      # and still serves steps
+        assert eng.respawns == 0
+
+
 def test_workers_exit_when_the_coordinator_dies(tmp_path):
     script = textwrap.dedent("""
         import sys, time
