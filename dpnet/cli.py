@@ -352,17 +352,28 @@ def _run_full_batch(args, model, data, val, engine, hist, say):
     from .fullbatch import minimize
     from .train import save_training_checkpoint
 
+    done = hist.step                   # iterations a --load checkpoint already ran
+
     def record(it, metrics):
-        hist.append(it, metrics)
-        hist.step = it
+        hist.append(done + it, metrics)
+        hist.step = done + it
         if args.save:
-            save_training_checkpoint(args.save, model, it, args.seed, len(data.x_train), hist,
-                                     n_train=len(data.x_train), optimizer=args.optimizer)
+            save_training_checkpoint(args.save, model, hist.step, args.seed,
+                                     len(data.x_train), hist, n_train=len(data.x_train),
+                                     optimizer=args.optimizer)
         return False
 
+    if args.epochs <= done:
+        say((f"the checkpoint has run {done} iterations already; " if done else "")
+            + "nothing to train (raise --epochs)")
+        return
+    if done:
+        # scipy's minimizers keep their curvature memory to themselves: a resumed
+        # L-BFGS / CG starts from the saved weights with a fresh memory
+        say(f"continuing from iteration {done} (the {args.optimizer} memory restarts)")
     t0 = time.perf_counter()
     result = minimize(model, data.x_train, data.y_train, method=FULL_BATCH[args.optimizer],
-                      maxiter=max(args.epochs, 1), validation_data=val, engine=engine,
+                      maxiter=args.epochs - done, validation_data=val, engine=engine,
                       callback=record, print_fn=None if args.quiet else say)
     hist.wall_time = time.perf_counter() - t0
     hist.samples = len(data.x_train) * (result.nfev if result is not None else hist.step)
@@ -374,6 +385,21 @@ def _raise_exit(signum, frame):
     print(f"{os.path.basename(sys.argv[0]) or 'dpnet'}: stopped by "
           f"{signal.Signals(signum).name}", file=sys.stderr)
     raise SystemExit(128 + signum)
+
+
+def resumed_history(d, path):
+    """The epochs a checkpoint already trained, so a resumed run's curves, JSON and next
+    checkpoint cover the whole training; the timings stay this run's own."""
+    from .train import History
+    try:
+        h = History.from_dict(d)
+        for k, v in h.history.items():
+            if len(v) != len(h.epochs) or not all(isinstance(x, (int, float)) for x in v):
+                raise ValueError(k)
+    except (TypeError, ValueError, AttributeError):
+        raise UserError(f"checkpoint {path!r} has a malformed training history") from None
+    h.wall_time = 0.0
+    return h
 
 
 def cap_workers(workers, per_step, unit, prog):
@@ -411,13 +437,17 @@ def _run_dnn(args, prog, default_workers):
                       limit_train=args.limit_train, dtype=np.dtype(args.dtype))
     steps_per_epoch = -(-len(data.x_train) // args.batch_size)
     model = build_model(args, steps_per_epoch)
-    initial_step = 0
+    initial_step, past = 0, None
     if args.load:
         meta = load_weights_into(model, args.load, optimizer="state")
+        full = args.optimizer in FULL_BATCH          # one step = the whole training set
         initial_step = check_resume(args.load, meta.get("training") or {},
-                                    {"seed": args.seed, "batch_size": args.batch_size,
+                                    {"seed": args.seed,
+                                     "batch_size": len(data.x_train) if full
+                                     else args.batch_size,
                                      "n_train": len(data.x_train),
                                      "optimizer": args.optimizer})
+        past = (meta.get("training") or {}).get("history")
     say = (lambda *a, **k: None) if args.quiet else print
     say(f"{prog}: {model.n_params:,} parameters, {len(data.x_train):,} training / "
         f"{len(data.x_val):,} validation / {len(data.x_test):,} test images")
@@ -439,7 +469,8 @@ def _run_dnn(args, prog, default_workers):
         raise UserError("--patience needs a validation set (--validation > 0)")
     from .engines.errors import WorkerError
     from .train import History, save_training_checkpoint
-    hist = History()
+    hist = resumed_history(past, args.load) if past else History()
+    hist.step = initial_step
     try:
         if args.optimizer in FULL_BATCH:
             _run_full_batch(args, model, data, val, engine, hist, say)

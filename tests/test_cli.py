@@ -39,7 +39,10 @@ def test_smoke_run_writes_json_checkpoint_and_plot(tmp_path):
              "--activation", "relu", "lecun_tanh", "--load", str(ck), "--json", str(out))
     assert r2.returncode == 0, r2.stderr
     assert "epoch   3/3" in r2.stdout and "epoch   2/3" not in r2.stdout
-    assert json.loads(out.read_text())["epochs"] == 3
+    s2 = json.loads(out.read_text())
+    assert s2["epochs"] == 3
+    # the curves cover the whole training, not just the resumed part
+    assert len(s2["history"]["loss"]) == 3 and s2["history"]["loss"][:2] == s["history"]["loss"]
 
 
 @pytest.mark.parametrize("args,msg", [
@@ -94,6 +97,17 @@ def test_full_batch_lbfgs_run(tmp_path):
     assert "iter    4/4" in r.stdout and "L-BFGS-B" in r.stdout
     s = json.loads(out.read_text())
     assert s["epochs"] == 4 and s["history"]["loss"][-1] < s["history"]["loss"][0]
+    # resume: --epochs counts the checkpoint's iterations (default --batch-size and all)
+    ck = tmp_path / "lb.npz"
+    small = ["--optimizer", "lbfgs", "--limit-train", "500", "--hidden", "16"]
+    assert run(*small, "--epochs", "2", "--save", str(ck), "--quiet").returncode == 0
+    r = run(*small, "--epochs", "4", "--load", str(ck), "--save", str(ck), "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    s = json.loads(out.read_text())
+    assert "continuing from iteration 2" in r.stdout and s["epochs"] == 4
+    assert len(s["history"]["loss"]) == 4 and s["history"]["loss"][3] < s["history"]["loss"][1]
+    r = run(*small, "--epochs", "4", "--load", str(ck))
+    assert r.returncode == 0 and "nothing to train" in r.stdout
     r = run("--optimizer", "cg", "--dropout", "0.5", "--limit-train", "100", timeout=60)
     assert r.returncode == 2 and "drop --dropout" in r.stderr
 
