@@ -141,8 +141,9 @@ def dnn_parser(prog, workers=False):
           help="BLAS threads per worker (default: 1)")
         a("--on-failure", choices=["respawn", "abort"], default="respawn",
           help="what to do when a worker dies or stops answering (default: respawn)")
-        a("--worker-timeout", type=_float_in(0, lo_open=True), default=300.0, metavar="S",
-          help="a worker that has not answered a step after S seconds is replaced "
+        # at least a second: a shorter limit would replace healthy workers mid-step
+        a("--worker-timeout", type=_float_in(1), default=300.0, metavar="S",
+          help="a worker that has not answered a step after S >= 1 seconds is replaced "
                "(dead or suspended workers are noticed at once; default: 300)")
     return p
 

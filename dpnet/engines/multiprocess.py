@@ -325,7 +325,7 @@ class MultiprocessEngine:
                     proc.popen.kill()
                     proc.popen.wait()
                     why = ("was suspended" if proc.stopped_since is not None else
-                           f"did not answer within {self.step_timeout:.0f} s")
+                           f"did not answer within {self.step_timeout:g} s")
                     self._failed(rank, why)
                     sent_at[rank] = time.monotonic() + self.start_timeout
                 elif not proc.ready and now - sent_at[rank] > self.step_timeout:
