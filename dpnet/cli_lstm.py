@@ -185,10 +185,19 @@ def generate(args, out=None):
     if ck.vocab is None:
         raise UserError(f"checkpoint {args.load!r} holds no vocabulary to decode with")
     prime, ids = _prime(ck.vocab, args.prime)
-    drawn = ck.model.sample(ids, args.sample, args.temperature,
-                            seed=0 if args.seed is None else args.seed)
-    out.write(prime + ck.vocab.decode(drawn) + "\n")
-    out.flush()
+    out.write(prime)
+
+    def show(j):                       # text as it is drawn; Ctrl-C keeps what is shown
+        ch = ck.vocab.decode([j])
+        out.write(ch)
+        if ch == "\n":
+            out.flush()
+    try:
+        ck.model.sample(ids, args.sample, args.temperature,
+                        seed=0 if args.seed is None else args.seed, on_draw=show)
+    finally:
+        out.write("\n")
+        out.flush()
     return 0
 
 

@@ -506,13 +506,14 @@ class CharLSTM:
 
     # -- sampling ---------------------------------------------------------------------
     def sample(self, prime_ids, length, temperature=1.0, seed=0, state=None,
-               return_state=False):
+               return_state=False, on_draw=None):
         """``length`` ids drawn one at a time after feeding ``prime_ids`` (at least one).
 
         Each draw is from softmax(logits / temperature): temperature < 1 sharpens
         towards the argmax, > 1 flattens. Deterministic for a ``seed``. With
         ``return_state`` also the (h, c) reached just before the last id (prime or drawn)
-        was fed, so ``sample([ids[-1]], ..., state=that)`` continues the same text."""
+        was fed, so ``sample([ids[-1]], ..., state=that)`` continues the same text.
+        ``on_draw(id)`` is called as each id is drawn (to show text as it comes)."""
         prime = np.asarray(prime_ids).reshape(-1)
         if prime.size == 0:
             raise ValueError("sample needs at least one prime id")
@@ -548,6 +549,8 @@ class CharLSTM:
             # Inverse-CDF draw: one uniform per character, robust to p not summing to 1.
             j = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
             out.append(min(j, self.vocab_size - 1))
+            if on_draw is not None:
+                on_draw(out[-1])
         if return_state:
             h, c = st if st is not None else self.init_state(1)
             return out, (h.copy(), c.copy())

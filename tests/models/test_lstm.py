@@ -292,6 +292,9 @@ def test_sampling_is_seeded_and_validated():
     assert a == m.sample([1, 2], 40, temperature=1.0, seed=5)
     assert a != m.sample([1, 2], 40, temperature=1.0, seed=6)
     assert len(a) == 40 and all(isinstance(i, int) and 0 <= i < V for i in a)
+    shown = []                                     # on_draw sees each id as it comes
+    assert m.sample([1, 2], 40, temperature=1.0, seed=5, on_draw=shown.append) == a
+    assert shown == a
     for bad in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="temperature"):
             m.sample([1], 5, temperature=bad)
