@@ -34,11 +34,13 @@ def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
         raise ValueError("line searches need a deterministic objective: "
                          "full-batch training does not support dropout")
     from .engines import make_engine
-    from .train import _check_xy
+    from .train import _check_xy, check_validation
     x, y = _check_xy(model, x, y, "training data")
+    if x.shape[0] == 0:
+        raise ValueError("training data is empty")
     datasets = {"train": (x, y)}
     if validation_data is not None:
-        datasets["val"] = _check_xy(model, *validation_data, "validation data")
+        datasets["val"] = check_validation(model, validation_data)
     own = engine is None
     engine = make_engine(workers) if own else engine
     all_idx = np.arange(len(x))

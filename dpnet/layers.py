@@ -7,6 +7,8 @@ every step; reusing the buffer removes that cost from the hot path.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .activations import get_activation
 from .backend import xp_of
 from .initializers import INITIALIZERS, get_initializer
@@ -48,7 +50,7 @@ class Dense(Layer):
 
     def __init__(self, n_in, n_out, activation="linear", init="xavier_uniform"):
         for label, v in (("n_in", n_in), ("n_out", n_out)):
-            if not isinstance(v, (int,)) or isinstance(v, bool) or v <= 0:
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"Dense {label} must be a positive integer, got {v!r}")
         self.n_in, self.n_out = int(n_in), int(n_out)
         self.activation = get_activation(activation)
@@ -102,7 +104,7 @@ class Dropout(Layer):
     scale the survivors by 1/(1-rate), so inference needs no rescaling."""
 
     def __init__(self, rate):
-        if not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        if not isinstance(rate, (int, float, np.integer, np.floating)) or not 0 <= rate < 1:
             raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
         self.rate = float(rate)
         self.mask = None

@@ -37,7 +37,8 @@ def _pool():
 
 
 def _check(name, v, lo=0.0, hi=math.inf, lo_open=False, hi_open=False):
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
+        and math.isfinite(v)
     ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
     if not ok:
         lo_b = "(" if lo_open else "["

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 def _positive(name, v):
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0 or not math.isfinite(v):
+    if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool) \
+            or not v > 0 or not math.isfinite(v):
         raise ValueError(f"{name} must be a positive number, got {v!r}")
     return float(v)
 

@@ -15,6 +15,8 @@ import time
 
 import numpy as np
 
+from .datacheck import check_data
+
 from .data.batching import batch_slices, epoch_order
 
 
@@ -67,7 +69,10 @@ class EarlyStopping:
         self.model = None
 
     def set_model(self, model):
+        """Called by fit at the start of every run: a callback reused for another run
+        (or another model) starts afresh, never restoring the previous run's weights."""
         self.model = model
+        self.best, self.best_epoch, self.wait, self.best_params = None, None, 0, None
 
     def __call__(self, epoch, metrics):
         if self.monitor not in metrics:
@@ -116,19 +121,20 @@ class _GracefulStop:
 
 
 def _check_xy(model, x, y, what):
-    if not hasattr(x, "shape") or x.ndim != 2 or x.shape[1] != model.n_inputs:
-        raise ValueError(f"{what} inputs must have shape (n, {model.n_inputs}), "
-                         f"got {getattr(x, 'shape', type(x).__name__)}")
-    y = np.asarray(y)
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"{what} has {x.shape[0]} inputs but {y.shape[0]} targets")
-    k = model.n_outputs
-    if y.ndim == 1 and y.dtype.kind in "iu" and k > 1:
-        if y.size and (y.min() < 0 or y.max() >= k):
-            raise ValueError(f"{what} labels must be in [0, {k}), got [{y.min()}, {y.max()}]")
-    elif y.ndim == 2 and y.shape[1] != k:
-        raise ValueError(f"{what} targets have {y.shape[1]} columns, the network outputs {k}")
-    return np.ascontiguousarray(x, dtype=model.dtype), y
+    return check_data(model, x, y, what)
+
+
+def check_validation(model, validation_data):
+    """validation_data as checked (x, y), or ValueError: an (x, y) pair, not empty."""
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        raise ValueError("validation_data must be an (x, y) pair, got "
+                         f"{type(validation_data).__name__}"
+                         + (f" of {len(validation_data)}" if isinstance(validation_data,
+                                                                     (tuple, list)) else ""))
+    x, y = check_data(model, *validation_data, "validation data")
+    if x.shape[0] == 0:
+        raise ValueError("validation data is empty (give validation_data=None for none)")
+    return x, y
 
 
 def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=(),
@@ -149,7 +155,7 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
     """
     from .engines import make_engine
 
-    if not isinstance(epochs, int) or epochs < 0:
+    if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -158,7 +164,7 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
         raise ValueError("training data is empty")
     datasets = {"train": (x, y)}
     if validation_data is not None:
-        datasets["val"] = _check_xy(model, *validation_data, "validation data")
+        datasets["val"] = check_validation(model, validation_data)
     seed = model.seed if seed is None else int(seed)
     n = x.shape[0]
     slices = batch_slices(n, batch_size)

@@ -105,7 +105,11 @@ def _prime_ids(prime, vocab, train):
         if not prime:
             raise ValueError("prime must not be empty")
         return [int(i) for i in vocab.encode(prime)]
-    return [int(i) for i in prime]
+    ids = [int(i) for i in prime]
+    V = len(vocab) if vocab is not None else int(train.streams.max()) + 1
+    if not ids or min(ids) < 0 or max(ids) >= V:
+        raise ValueError(f"prime ids must be a non-empty list in [0, {V}), got {prime!r}")
+    return ids
 
 
 def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, workers=0,
@@ -140,6 +144,10 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
     from .engines import make_engine
     from .engines.errors import WorkerError
 
+    for label, b in (("train", train), ("val", val)):
+        if b is not None and not all(hasattr(b, a) for a in ("streams", "seq_len", "batch")):
+            raise ValueError(f"{label} must be a dpnet.data.text.StreamBatcher, got "
+                             f"{type(b).__name__}")
     n = len(train)
     if n <= 0:
         raise ValueError("the training text yields no batch")

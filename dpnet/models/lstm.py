@@ -577,11 +577,19 @@ class CharLSTM:
 
     @classmethod
     def from_config(cls, cfg, optimizer="adam", xp=np):
-        return cls(cfg["vocab_size"], cfg["hidden_size"], dtype=cfg.get("dtype", "float32"),
-                   seed=cfg.get("seed", 0), forget_bias=cfg.get("forget_bias", 1.0),
-                   init=cfg.get("init", "xavier_uniform"), optimizer=optimizer,
-                   clip_norm=cfg.get("clip_norm"), clip_value=cfg.get("clip_value"), xp=xp,
-                   num_layers=cfg.get("num_layers", 1))
+        init = cfg.get("init", "xavier_uniform")
+        try:
+            get_initializer(init)
+        except ValueError:
+            # a custom initializer function, recorded by name only: the weights that
+            # come with the config (checkpoint, shared memory) replace the draw anyway
+            init = "xavier_uniform"
+        m = cls(cfg["vocab_size"], cfg["hidden_size"], dtype=cfg.get("dtype", "float32"),
+                seed=cfg.get("seed", 0), forget_bias=cfg.get("forget_bias", 1.0),
+                init=init, optimizer=optimizer, clip_norm=cfg.get("clip_norm"),
+                clip_value=cfg.get("clip_value"), xp=xp, num_layers=cfg.get("num_layers", 1))
+        m.init_name = cfg.get("init", m.init_name)
+        return m
 
     def __repr__(self):
         layers = f"num_layers={self.num_layers}, " if self.num_layers > 1 else ""

@@ -46,9 +46,10 @@ class Sequential:
                              f"got {out_act!r}")
         self._fused = fused is not None
         self.optimizer = get_optimizer(optimizer)
-        if not isinstance(l2, (int, float)) or not l2 >= 0:
+        if not isinstance(l2, (int, float, np.integer, np.floating)) or not l2 >= 0:
             raise ValueError(f"l2 must be >= 0, got {l2!r}")
-        if clip_norm is not None and not (isinstance(clip_norm, (int, float)) and clip_norm > 0):
+        if clip_norm is not None and not (isinstance(clip_norm, (int, float, np.integer,
+                                                                np.floating)) and clip_norm > 0):
             raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
         self.l2, self.clip_norm = float(l2), clip_norm
         self.dtype = check_dtype(dtype)
@@ -135,6 +136,8 @@ class Sequential:
         d = dout
         for i in range(last, -1, -1):
             l = self.layers[i]
+            if d is None:                # below the first Dense: nothing needs a gradient
+                break
             if isinstance(l, Dropout):
                 d = l.backward(d)
             else:
@@ -187,6 +190,8 @@ class Sequential:
         self.optimizer.step(self.params, g)
 
     def train_on_batch(self, x, y):
+        from ..datacheck import check_data
+        x, y = check_data(self, x, y, "the batch")
         # each update draws fresh dropout masks, as fit does (keyed by the step count)
         self.seed_step(self.seed, self.optimizer.t)
         loss, n = self.loss_and_grad(x, y)
@@ -202,7 +207,11 @@ class Sequential:
     # -- inference -------------------------------------------------------------------
     def predict_proba(self, x, batch_size=1024):
         """Output activations (class probabilities for a softmax output), as NumPy."""
+        if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         x = self._as_input(x)
+        if not bool(xp_of(x).isfinite(x).all()):
+            raise ValueError("inputs hold NaN or infinite values")
         outs = []
         for s in range(0, x.shape[0], batch_size):
             out = self._forward(x[s:s + batch_size], training=False)
@@ -220,6 +229,10 @@ class Sequential:
 
     def evaluate(self, x, y, batch_size=1024):
         """{"loss", "accuracy", "n"} over (x, y), in batches."""
+        from ..datacheck import check_data
+        x, y = check_data(self, x, y, "evaluation data")
+        if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         n_tot, loss_sum, correct = 0, 0.0, 0
         for s in range(0, len(x), batch_size):
             loss, n, c = self.loss_and_correct(x[s:s + batch_size], y[s:s + batch_size])

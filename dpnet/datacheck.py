@@ -1,0 +1,66 @@
+"""Checks on (inputs, targets) a user hands to fit / evaluate / train_on_batch / minimize.
+
+Once per call, before any work, so that a mistake is one ValueError naming it -- not
+a silently broadcast label, a truncated float, a NaN blamed on the learning rate, or
+an IndexError from deep inside a worker. (``loss_and_grad`` itself stays unchecked: it
+is the hot path, and the engines only ever feed it checked data.)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_data(model, x, y, what="data"):
+    """(x, y) as contiguous arrays the model can use, or ValueError naming the problem.
+
+    x: (n, n_inputs), finite. y, for k = model.n_outputs outputs:
+      - class labels (n,) when k > 1: integers in [0, k) (floats holding whole numbers
+        are accepted, as Keras does);
+      - (n,) targets for one output: in [0, 1] for binary cross-entropy, finite otherwise;
+      - (n, k) targets (one-hot, or regression targets for mse): finite.
+    """
+    if y is None:
+        raise ValueError(f"{what} has inputs but no targets (y is None)")
+    try:
+        x = np.asarray(x)
+        y = np.asarray(y)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} cannot be read as arrays: {e}") from None
+    if x.ndim != 2 or x.shape[1] != model.n_inputs:
+        raise ValueError(f"{what} inputs must have shape (n, {model.n_inputs}), got {x.shape}")
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"{what} inputs must be numbers, got dtype {x.dtype}")
+    x = np.ascontiguousarray(x, dtype=model.dtype)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what} inputs hold NaN or infinite values")
+    if y.ndim == 0 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"{what} has {x.shape[0]} inputs but "
+                         f"{y.shape[0] if y.ndim else 'a scalar as'} targets")
+    if y.dtype.kind not in "biuf":
+        raise ValueError(f"{what} targets must be numbers, got dtype {y.dtype}")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise ValueError(f"{what} targets hold NaN or infinite values")
+    k = model.n_outputs
+    if y.ndim == 2:
+        if y.shape[1] != k:
+            raise ValueError(f"{what} targets have {y.shape[1]} columns, the network "
+                             f"outputs {k}")
+        return x, y
+    if y.ndim != 1:
+        raise ValueError(f"{what} targets must be (n,) labels or (n, {k}) targets, got "
+                         f"shape {y.shape}")
+    if k == 1:
+        if getattr(model.loss, "name", "") == "binary_crossentropy" and y.size \
+                and (y.min() < 0 or y.max() > 1):
+            raise ValueError(f"{what} targets for binary cross-entropy must be in [0, 1], "
+                             f"got [{y.min()}, {y.max()}]")
+        return x, y
+    if y.dtype.kind == "f":
+        if y.size and not np.array_equal(y, np.round(y)):
+            raise ValueError(f"{what} labels must be whole numbers (class ids), got "
+                             f"{y[y != np.round(y)][0]!r}; give one-hot (n, {k}) "
+                             f"targets for soft labels")
+        y = y.astype(np.int64)
+    if y.size and (y.min() < 0 or y.max() >= k):
+        raise ValueError(f"{what} labels must be in [0, {k}), got [{y.min()}, {y.max()}]")
+    return x, y
