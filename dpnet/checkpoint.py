@@ -36,9 +36,17 @@ def write_checkpoint(path, arrays, meta):
             raise CheckpointError(f"array {k!r} has dtype {a.dtype}; only numbers are stored")
     meta = dict(meta, format=FORMAT, format_version=FORMAT_VERSION, dpnet_version=__version__,
                 crc32={k: zlib.crc32(a.tobytes()) for k, a in arrays.items()})
-    blob = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    blob = np.frombuffer(json.dumps(meta, default=_plain).encode("utf-8"), dtype=np.uint8)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, lambda f: np.savez(f, __meta__=blob, **arrays))
+
+
+def _plain(v):
+    """JSON for the NumPy scalars a caller may put in metadata (``epoch=np.int64(3)``)."""
+    if isinstance(v, (np.integer, np.floating, np.bool_)):
+        return v.item()
+    raise TypeError(f"checkpoint metadata must be JSON values (numbers, strings, lists, "
+                    f"dicts), got {type(v).__name__}: {v!r}"[:200])
 
 
 def read_checkpoint(path):

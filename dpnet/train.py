@@ -8,6 +8,7 @@ after a worker failure, is the same as an uninterrupted run.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import threading
@@ -162,6 +163,11 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
     x, y = _check_xy(model, x, y, "training data")
     if x.shape[0] == 0:
         raise ValueError("training data is empty")
+    if checkpoint is not None:       # an unusable path fails now, not after an epoch
+        d = os.path.dirname(os.path.abspath(os.fspath(checkpoint)))
+        if os.path.isdir(checkpoint) or not os.path.isdir(d) or not os.access(d, os.W_OK):
+            raise ValueError(f"checkpoint {os.fspath(checkpoint)!r}: not a writable file "
+                             f"path (is it a directory, or its directory missing?)")
     datasets = {"train": (x, y)}
     if validation_data is not None:
         datasets["val"] = check_validation(model, validation_data)

@@ -126,3 +126,17 @@ def test_fit_text_refuses_raw_ids_and_bad_primes_before_training():
         fit_text(m, StreamBatcher(ids, 2, 8), steps=2, vocab=vocab, prime=[99],
                  sample_every=1, verbose=False)
     assert np.array_equal(m.params, before)
+
+
+def test_metadata_numpy_scalars_nan_states_and_unusable_checkpoint_paths(tmp_path):
+    m = net()
+    m.save(tmp_path / "m.npz", epoch=np.int64(3), note="x")
+    assert dpnet.load(tmp_path / "m.npz").checkpoint_meta["epoch"] == 3
+    with pytest.raises(TypeError, match="metadata must be JSON values"):
+        m.save(tmp_path / "m2.npz", blob=object())
+    lstm = dpnet.CharLSTM(5, 4)
+    x = np.zeros((2, 3), np.int64)
+    with pytest.raises(ValueError, match="state h holds NaN"):
+        lstm.loss_and_grad(x, x, (np.full((2, 4), np.nan), np.zeros((2, 4))))
+    with pytest.raises(ValueError, match="not a writable file path"):
+        m.fit(X, Y, epochs=1, verbose=0, checkpoint=tmp_path / "no" / "such.npz")

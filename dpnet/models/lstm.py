@@ -251,6 +251,8 @@ class CharLSTM:
             if s.shape != (B, self.state_size):
                 raise ValueError(f"state {label} must have shape {(B, self.state_size)}, "
                                  f"got {s.shape}")
+            if not bool(xp.isfinite(s).all()):
+                raise ValueError(f"state {label} holds NaN or infinite values")
         return h, c
 
     def _layer_state(self, state, l):
