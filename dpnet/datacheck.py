@@ -16,8 +16,9 @@ def check_data(model, x, y, what="data"):
     x: (n, n_inputs), finite. y, for k = model.n_outputs outputs:
       - class labels (n,) when k > 1: integers in [0, k) (floats holding whole numbers
         are accepted, as Keras does);
-      - (n,) targets for one output: in [0, 1] for binary cross-entropy, finite otherwise;
-      - (n, k) targets (one-hot, or regression targets for mse): finite.
+      - (n,) targets for one output, or (n, k) targets (one-hot, or regression targets
+        for mse): finite;
+    and every target in [0, 1] under binary cross-entropy.
     """
     if y is None:
         raise ValueError(f"{what} has inputs but no targets (y is None)")
@@ -41,6 +42,10 @@ def check_data(model, x, y, what="data"):
     if y.dtype.kind == "f" and not np.isfinite(y).all():
         raise ValueError(f"{what} targets hold NaN or infinite values")
     k = model.n_outputs
+    if getattr(model.loss, "name", "") == "binary_crossentropy" and y.size \
+            and (y.min() < 0 or y.max() > 1):
+        raise ValueError(f"{what} targets for binary cross-entropy must be in [0, 1], "
+                         f"got [{y.min()}, {y.max()}]")
     if y.ndim == 2:
         if y.shape[1] != k:
             raise ValueError(f"{what} targets have {y.shape[1]} columns, the network "
@@ -50,10 +55,6 @@ def check_data(model, x, y, what="data"):
         raise ValueError(f"{what} targets must be (n,) labels or (n, {k}) targets, got "
                          f"shape {y.shape}")
     if k == 1:
-        if getattr(model.loss, "name", "") == "binary_crossentropy" and y.size \
-                and (y.min() < 0 or y.max() > 1):
-            raise ValueError(f"{what} targets for binary cross-entropy must be in [0, 1], "
-                             f"got [{y.min()}, {y.max()}]")
         return x, y
     if y.dtype.kind == "f":
         if y.size and not np.array_equal(y, np.round(y)):
