@@ -14,8 +14,8 @@ def atomic_write(path, write, binary=True):
     A symbolic link is followed (its target is replaced, the link stays); a target that
     exists and is not a regular file (``/dev/stdout``, a FIFO) is written directly --
     renaming over it would replace the device instead of writing to it."""
-    path = os.path.realpath(os.fspath(path))
-    try:
+    path = os.fspath(path)
+    try:                         # os.stat follows links: /dev/stdout -> a pipe or a tty
         special = not stat.S_ISREG(os.stat(path).st_mode)
     except FileNotFoundError:
         special = False
@@ -23,6 +23,7 @@ def atomic_write(path, write, binary=True):
         with open(path, "wb" if binary else "w") as f:
             write(f)
         return
+    path = os.path.realpath(path)     # a link to a regular file: replace its target
     directory = os.path.dirname(path)
     # Ctrl-C / SIGTERM wait until the file is whole and in place: files are written
     # exactly when the user most wants them (on the way out).

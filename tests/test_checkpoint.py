@@ -166,3 +166,11 @@ def test_atomic_write_follows_links_and_writes_special_files_in_place(tmp_path):
     atomic_write(fifo, lambda f: f.write("through the pipe"), binary=False)
     reader.join(timeout=10)
     assert got == ["through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    # ... and through a link to it, as /dev/stdout -> /proc/self/fd/1 -> a pipe
+    via = tmp_path / "stdout"
+    via.symlink_to(fifo)
+    reader = threading.Thread(target=lambda: got.append(open(fifo).read()))
+    reader.start()
+    atomic_write(via, lambda f: f.write("via the link"), binary=False)
+    reader.join(timeout=10)
+    assert got[-1] == "via the link" and via.is_symlink()

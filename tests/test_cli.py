@@ -87,6 +87,15 @@ def test_help_shows_an_example():
     assert r.returncode == 0 and "example:" in r.stdout and "--hidden" in r.stdout
 
 
+def test_json_to_standard_output_and_a_plot_without_extension(tmp_path):
+    png = tmp_path / "curves"
+    r = run("--limit-train", "300", "--epochs", "1", "--hidden", "8", "--quiet",
+            "--json", "/dev/stdout", "--plot", str(png))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["epochs"] == 1
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_full_batch_lbfgs_run(tmp_path):
     out = tmp_path / "lb.json"
     png = tmp_path / "lb.png"
