@@ -30,12 +30,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from dpnet.cli_lstm import DEFAULT_FORGET_BIAS  # noqa: E402
+from dpnet.cli.lstm import DEFAULT_FORGET_BIAS  # noqa: E402
 from dpnet.data.text import StreamBatcher, load_corpus  # noqa: E402
-from dpnet.engines.multiprocess import MultiprocessEngine  # noqa: E402
+from dpnet.engines.coordinator import MultiprocessEngine  # noqa: E402
 from dpnet.models.lstm import CharLSTM  # noqa: E402
-from dpnet.optimizers import Adam  # noqa: E402
-from dpnet.train_text import fit_text  # noqa: E402
+from dpnet.optim import Adam  # noqa: E402
+from dpnet.training import fit_text  # noqa: E402
 
 TEXT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data",
                     "tinyshakespeare", "input.txt")

@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from dpnet import Dense, Sequential  # noqa: E402
 from dpnet.data import load_mnist  # noqa: E402
 from dpnet.engines import LocalEngine  # noqa: E402
-from dpnet.engines.multiprocess import MultiprocessEngine, default_workers  # noqa: E402
-from dpnet.optimizers import Adam  # noqa: E402
+from dpnet.engines.coordinator import MultiprocessEngine, default_workers  # noqa: E402
+from dpnet.optim import Adam  # noqa: E402
 
 SIZES = [784, 512, 128, 64, 10]
 

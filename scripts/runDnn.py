@@ -9,8 +9,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from dpnet.cli import run_dnn  # noqa: E402
-from dpnet.engines.multiprocess import default_workers  # noqa: E402
+from dpnet.cli.mnist import run_dnn  # noqa: E402
+from dpnet.engines.coordinator import default_workers  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run_dnn(prog="runDnn.py", workers_flag=True, default_workers=default_workers()))

@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from dpnet.cli import run_dnn  # noqa: E402
+from dpnet.cli.mnist import run_dnn  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run_dnn(prog="runDnnDebug.py"))

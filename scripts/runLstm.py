@@ -23,7 +23,7 @@ def _preset_blas_threads(argv):
 _preset_blas_threads(sys.argv[1:])
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from dpnet.cli_lstm import run_lstm  # noqa: E402
+from dpnet.cli.lstm import run_lstm  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run_lstm(prog="runLstm.py"))

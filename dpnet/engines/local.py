@@ -1,11 +1,14 @@
 """The in-process engine: the reference every other engine is tested against.
 
-It runs the same task code as a worker process (``dpnet.engines.tasks``), on one
+It runs the same task code as a worker process (``dpnet.models.tasks``), on one
 shard that covers the whole step.
 """
 from __future__ import annotations
 
-from .tasks import stateful as _stateful, task_for
+import math
+
+from ..models.registry import task_for
+from ..models.tasks import stateful
 
 
 class LocalEngine:
@@ -25,11 +28,22 @@ class LocalEngine:
 
     def gradient(self, step, batch):
         """Mean gradient of one step into model.grads: (loss, n, correct)."""
-        n, extra = self.task_cls.plan_step(self.arrays, step, batch)
-        return self.task.step({"step": step, "start": 0, "stop": n, **extra})
+        n, extra, index = self.task_cls.plan_step(self.arrays, step, batch)
+        return self.task.step({"step": step, "start": 0, "stop": n, **extra}, index)
+
+    def step(self, step, batch):
+        """One training step: gradient and update. Returns (loss, n, correct); a
+        non-finite loss leaves the weights as they were."""
+        out = self.gradient(step, batch)
+        if math.isfinite(out[0]):
+            self.model.apply_gradients()
+        return out
 
     def weights_changed(self, step):
         """Called after every update; the in-process engine reads the weights directly."""
+
+    def sync_to_host(self):
+        """The model is the engine's: always current."""
 
     def evaluate(self, name):
         """(mean loss, n, correct) over a whole named dataset."""
@@ -38,11 +52,11 @@ class LocalEngine:
 
     def get_state(self, chunk):
         """The carried (h, c) that training chunk ``chunk`` starts from (LSTM only)."""
-        return _stateful(self.task_cls).read_state(self.arrays, chunk)
+        return stateful(self.task_cls).read_state(self.arrays, chunk)
 
     def set_state(self, chunk, state):
         """Make training chunk ``chunk`` start from ``state`` = (h, c) (LSTM only)."""
-        _stateful(self.task_cls).write_state(self.arrays, chunk, state)
+        stateful(self.task_cls).write_state(self.arrays, chunk, state)
 
     def stats(self):
         return {}

@@ -1,14 +1,10 @@
-"""Models: each keeps its parameters in one flat vector and serves
-``loss_and_grad`` (see DESIGN.md, "The contract every engine serves")."""
+"""Models: each keeps its parameters in one flat vector and serves ``loss_and_grad``
+(docs/ARCHITECTURE.md, "The contract every engine serves"). The kinds of model are
+registered in ``registry``; ``loading`` rebuilds them from checkpoints."""
+from .loading import load, load_weights_into
+from .lstm import CharLSTM
+from .mlp import Sequential
+from .registry import model_from_config, register, task_for
 
-
-def model_from_config(cfg):
-    """Rebuild a model (weights freshly initialized) from its ``config()`` dict."""
-    kind = cfg.get("type") if isinstance(cfg, dict) else None
-    if kind == "Sequential":
-        from .mlp import Sequential
-        return Sequential.from_config(cfg)
-    if kind == "CharLSTM":
-        from .lstm import CharLSTM
-        return CharLSTM.from_config(cfg)
-    raise ValueError(f"unknown model type {kind!r}")
+__all__ = ["CharLSTM", "Sequential", "load", "load_weights_into", "model_from_config",
+           "register", "task_for"]

@@ -38,9 +38,10 @@ import math
 import numpy as np
 
 from ..backend import check_dtype, to_numpy, xp_of
-from ..initializers import get_initializer
-from ..optimizers import get_optimizer
-from ..params import ParamLayout
+from ..nn.initializers import get_initializer
+from ..nn.params import ParamLayout
+from ..optim.optimizers import get_optimizer
+from .saving import save_model
 
 # Above this vocabulary size a one-hot GEMM costs more than a true scatter-add.
 _ONEHOT_SCATTER_MAX_V = 256
@@ -131,6 +132,9 @@ class CharLSTM:
     ``(mean_loss, n_chars, new_state)``; ``state`` is None (zeros) or (h, c), each
     (B, num_layers * H), and is treated as a constant (truncated BPTT across chunks).
     """
+    kind = "CharLSTM"
+    # what a checkpoint's config must match to be loaded into an existing model
+    architecture_keys = ("vocab_size", "hidden_size", "num_layers")
 
     def __init__(self, vocab_size, hidden_size, dtype=np.float32, seed=0, forget_bias=1.0,
                  init="xavier_uniform", optimizer="adam", clip_norm=None, clip_value=None,
@@ -561,13 +565,12 @@ class CharLSTM:
     def save(self, path, **extra):
         """Weights, optimizer state and config to an .npz checkpoint (``dpnet.load``
         reads it back); a training run's position is saved by ``fit_text``."""
-        from ..checkpoint import save_model
         save_model(path, self, **extra)
 
     # -- description ------------------------------------------------------------------
     def config(self):
         """JSON-able constructor arguments (the parameters travel separately)."""
-        return {"type": "CharLSTM", "vocab_size": self.vocab_size,
+        return {"type": self.kind, "vocab_size": self.vocab_size,
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers,
                 "dtype": self.dtype.name,
                 "forget_bias": self.forget_bias, "init": self.init_name, "seed": self.seed,
@@ -576,6 +579,12 @@ class CharLSTM:
     def describe(self):
         return dict(self.config(), n_params=self.n_params,
                     layout=[[n, list(s)] for n, s in self.layout.describe()])
+
+    @staticmethod
+    def upgrade_config(cfg):
+        """A config as this version writes it: the first checkpoints had one layer and
+        did not name the count."""
+        return dict(cfg, num_layers=cfg.get("num_layers", 1))
 
     @classmethod
     def from_config(cls, cfg, optimizer="adam", xp=np):

@@ -4,11 +4,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import check_dtype, to_numpy, xp_of
-from ..layers import Dense, Dropout, Layer, layer_from_config
-from ..losses import get_loss
-from ..optimizers import get_optimizer
-from ..params import ParamLayout
-from ..rng import mix_key
+from ..nn.layers import Dense, Dropout, Layer, layer_from_config
+from ..nn.losses import get_loss
+from ..nn.params import ParamLayout
+from ..nn.rng import mix_key
+from ..data.check import check_data
+from ..optim.optimizers import get_optimizer
+from .saving import save_model
 
 
 class Sequential:
@@ -21,7 +23,13 @@ class Sequential:
     ``l2·W`` to their gradients; ``clip_norm`` rescales the gradient to at most that
     global L2 norm. Both are applied once per update, by ``apply_gradients`` on the
     averaged gradient, so they are the same whatever computed the gradient.
+
+    ``fit`` (Keras-style) is given to this class by the training layer
+    (``dpnet.training.fit``): a model never imports what drives its training.
     """
+    kind = "Sequential"
+    # what a checkpoint's config must match to be loaded into an existing model
+    architecture_keys = ("layers", "loss")
 
     def __init__(self, layers, loss="categorical_crossentropy", optimizer="adam",
                  l2=0.0, clip_norm=None, dtype=np.float32, seed=0, xp=np):
@@ -180,9 +188,7 @@ class Sequential:
     def apply_gradients(self, grads=None):
         """L2, clipping, then one optimizer step, on the flat vectors."""
         g = self.grads if grads is None else grads
-        if self.l2:
-            for sl in self._weight_slices:
-                g[sl] += self.l2 * self.params[sl]
+        self.add_penalty_grad(g)
         if self.clip_norm is not None:
             norm = float(xp_of(g).sqrt(g @ g))
             if norm > self.clip_norm:
@@ -190,7 +196,6 @@ class Sequential:
         self.optimizer.step(self.params, g)
 
     def train_on_batch(self, x, y):
-        from ..datacheck import check_data
         x, y = check_data(self, x, y, "the batch")
         # each update draws fresh dropout masks, as fit does (keyed by the step count)
         self.seed_step(self.seed, self.optimizer.t)
@@ -198,7 +203,14 @@ class Sequential:
         self.apply_gradients()
         return loss
 
+    def add_penalty_grad(self, g):
+        """Add the L2 penalty's gradient, ``l2·W`` on the weights, to the flat ``g``."""
+        if self.l2:
+            for sl in self._weight_slices:
+                g[sl] += self.l2 * self.params[sl]
+
     def l2_penalty(self):
+        """The L2 penalty (l2/2)·‖W‖² over the weights (never the biases)."""
         if not self.l2:
             return 0.0
         return 0.5 * self.l2 * sum(float(self.params[sl] @ self.params[sl])
@@ -229,7 +241,6 @@ class Sequential:
 
     def evaluate(self, x, y, batch_size=1024):
         """{"loss", "accuracy", "n"} over (x, y), in batches."""
-        from ..datacheck import check_data
         x, y = check_data(self, x, y, "evaluation data")
         if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -243,26 +254,27 @@ class Sequential:
             raise ValueError("cannot evaluate on an empty dataset")
         return {"loss": loss_sum / n_tot, "accuracy": correct / n_tot, "n": n_tot}
 
-    # -- training / persistence ------------------------------------------------------
-    def fit(self, x, y, epochs=1, batch_size=32, **kwargs):
-        """Train; see ``dpnet.train.fit`` for the options. Returns the History."""
-        from ..train import fit
-        return fit(self, x, y, epochs=epochs, batch_size=batch_size, **kwargs)
-
+    # -- persistence -----------------------------------------------------------------
     def config(self):
-        return {"type": "Sequential", "layers": [l.config() for l in self.layers],
+        return {"type": self.kind, "layers": [l.config() for l in self.layers],
                 "loss": self.loss.name, "l2": self.l2, "clip_norm": self.clip_norm,
                 "dtype": self.dtype.name, "seed": self.seed}
 
     @classmethod
-    def from_config(cls, cfg, optimizer="adam"):
+    def from_config(cls, cfg, optimizer="adam", xp=np):
         layers = [layer_from_config(c) for c in cfg["layers"]]
         return cls(layers, loss=cfg["loss"], optimizer=optimizer, l2=cfg.get("l2", 0.0),
                    clip_norm=cfg.get("clip_norm"), dtype=cfg["dtype"],
-                   seed=cfg.get("seed", 0))
+                   seed=cfg.get("seed", 0), xp=xp)
+
+    @staticmethod
+    def upgrade_config(cfg):
+        """A config as this version writes it (every version so far wrote the same)."""
+        return cfg
 
     def save(self, path, **extra):
-        from ..checkpoint import save_model
+        """Weights, optimizer state and config to an .npz checkpoint (``dpnet.load``
+        reads it back)."""
         save_model(path, self, **extra)
 
     def summary(self):

@@ -56,6 +56,9 @@ _INT, _FLOAT, _STR, _BOOL, _MAP = "int", "float", "str", "bool", "map"
 #   gets ``indices=True`` and the shard's indices as arrays[0]. ``weights=True`` means
 #   the last array is the flat weight vector at ``weights_version`` (remote workers, or
 #   whenever weights do not live in shared memory); otherwise read them from shm.
+#   ``scale``: the shard's share of the step's units, in [0, 1]; the worker multiplies
+#   its mean gradient by it, so the coordinator only adds. ``chunk``: the stream chunk
+#   of a character-model step (which buffer of the carried state to read).
 # GRAD: the gradient is arrays[0] unless ``grad_in_shm=True`` (a local worker wrote it
 #   into its shared-memory gradient slot and sends only this header).
 _SPEC = {
@@ -63,7 +66,8 @@ _SPEC = {
     WELCOME: ({"rank": _INT}, {"config": _MAP, "weights_version": _INT, "weights": _BOOL}, (0, 1)),
     STEP: (
         {"step": _INT, "rank": _INT, "start": _INT, "stop": _INT, "weights_version": _INT},
-        {"indices": _BOOL, "weights": _BOOL, "epoch": _INT}, (0, 2),
+        {"indices": _BOOL, "weights": _BOOL, "epoch": _INT, "scale": _FLOAT, "chunk": _INT},
+        (0, 2),
     ),
     GRAD: (
         {"step": _INT, "rank": _INT, "n": _INT, "loss": _FLOAT, "correct": _INT},
@@ -87,7 +91,8 @@ _SPEC = {
 KINDS = frozenset(_SPEC)
 
 # Fields that count things or index arrays: a negative value is always a bug or an attack.
-_NON_NEGATIVE = frozenset({"step", "start", "stop", "n", "correct", "pid", "weights_version"})
+_NON_NEGATIVE = frozenset({"step", "start", "stop", "n", "correct", "pid", "weights_version",
+                           "chunk", "scale"})
 
 
 class ProtocolError(Exception):
@@ -118,6 +123,8 @@ def _check_fields(kind, header, n_arrays):
                 f"{name} field {field!r} must be {ftype}, got {header[field]!r}")
         if field in _NON_NEGATIVE and field in header and header[field] < 0:
             raise ProtocolError(f"{name} field {field!r} must be >= 0, got {header[field]!r}")
+    if "scale" in header and not header["scale"] <= 1:
+        raise ProtocolError(f"{name} field 'scale' must be in [0, 1], got {header['scale']!r}")
     if "start" in required and header["stop"] < header["start"]:
         raise ProtocolError(
             f"{name} range is reversed: start={header['start']!r} stop={header['stop']!r}")
@@ -298,6 +305,13 @@ def model_signature(architecture, n_params, dtype, **extra):
         raise ValueError(f"n_params must be >= 0, got {n_params!r}")
     return {"architecture": architecture, "n_params": n_params, "dtype": np.dtype(dtype).str,
             **extra}
+
+
+def signature_of(model):
+    """The signature of a model object (its ``config()``, ``n_params`` and ``dtype``)."""
+    import json
+    return model_signature(json.dumps(model.config(), sort_keys=True), model.n_params,
+                           model.dtype)
 
 
 def _plain(x):

@@ -5,11 +5,11 @@ shared one would couple the processes' lifetimes). Sockets linger 0 ms: at the e
 run, or after a crash, undelivered messages are worthless and must not block exit.
 
 Liveness (see ``Ticker`` and ``CoordinatorWatch``):
-- the coordinator treats ANY message from a worker as a sign of life, and learns of a
-  dead worker from its pid (``monitor.WorkerMonitor``) -- not from silence, because a
-  worker busy in a long ``loss_and_grad`` is silent and healthy;
-- an idle worker sends a HEARTBEAT every ``HEARTBEAT_S`` (for remote workers, whose pid
-  the coordinator cannot see);
+- the coordinator treats ANY message from a worker as a sign of life;
+- every worker sends a HEARTBEAT every ``HEARTBEAT_S`` from a thread with a socket of
+  its own (``heartbeat_identity``), busy or idle, so that silence means a hung or
+  unreachable worker even where the coordinator has no pid to look at (remote
+  workers); local workers are also watched by pid (``dpnet.engines.group``);
 - a worker watches its coordinator by parent pid (local) and, optionally, by silence
   (remote: the coordinator must then send heartbeats too).
 """
@@ -37,6 +37,20 @@ _MAX_MSG = protocol.MAX_ARRAY_BYTES + protocol.MAX_HEADER_BYTES
 def identity(rank):
     """The DEALER identity of worker ``rank``; the coordinator addresses it by this."""
     return b"w%d" % rank
+
+
+def heartbeat_identity(rank):
+    """The identity of worker ``rank``'s heartbeat socket (a thread of its own, so that
+    a worker busy in a long computation still shows it is alive)."""
+    return b"h%d" % rank
+
+
+def rank_of_identity(ident):
+    """The rank an identity from ``identity`` or ``heartbeat_identity`` names, else None."""
+    if not ident or ident[:1] not in (b"w", b"h") or not ident[1:].isdigit() \
+            or len(ident) > 12:
+        return None
+    return int(ident[1:])
 
 
 class Message(tuple):
@@ -233,16 +247,18 @@ class Router(_Socket):
 
 
 class Dealer(_Socket):
-    """A worker's socket, connected to the coordinator's endpoint as ``identity(rank)``."""
+    """A worker's socket, connected to the coordinator's endpoint as ``identity(rank)``
+    (or as ``heartbeat_identity(rank)`` with ``heartbeat=True``)."""
 
-    def __init__(self, endpoint, rank):
+    def __init__(self, endpoint, rank, heartbeat=False):
         self.rank = rank
         self.context = zmq.Context()
         self.socket = None
         try:
             self.socket = self.context.socket(zmq.DEALER)
             _configure(self.socket)
-            self.socket.setsockopt(zmq.IDENTITY, identity(rank))
+            self.socket.setsockopt(zmq.IDENTITY, (heartbeat_identity if heartbeat
+                                                  else identity)(rank))
             self.socket.connect(endpoint)
         except BaseException:
             self.close()

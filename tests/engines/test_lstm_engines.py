@@ -8,9 +8,9 @@ import pytest
 
 from dpnet.data.text import StreamBatcher, Vocabulary
 from dpnet.engines import LocalEngine
-from dpnet.engines.multiprocess import MultiprocessEngine
+from dpnet.engines.coordinator import MultiprocessEngine
 from dpnet.models.lstm import CharLSTM
-from dpnet.optimizers import SGD
+from dpnet.optim.optimizers import SGD
 
 pytestmark = pytest.mark.timeout(120)
 TEXT = ("the quick brown fox jumps over the lazy dog. " * 40 +
@@ -35,7 +35,7 @@ def run(engine, epochs=2, kill_at=None, layers=1):
         for epoch in range(epochs):
             for k in range(len(train)):
                 if kill_at == step:
-                    os.kill(engine.procs[1].pid, signal.SIGKILL)
+                    os.kill(engine.group.pid(1), signal.SIGKILL)
                 loss, n, _ = engine.gradient(step, k)
                 assert n == 5 * 16
                 m.apply_gradients()
@@ -89,11 +89,11 @@ def test_a_rerun_chunk_starts_from_the_same_state():
     eng.start(m, {"train": train, "val": val})
     for step in range(3):                               # carry some state first
         eng.gradient(step, step)
-    units, extra = eng.task_cls.plan_step(eng.arrays, 3, 3)
+    units, extra, index = eng.task_cls.plan_step(eng.arrays, 3, 3)
     header = {"step": 3, "start": 1, "stop": 4, **extra}
     outs = []
     for _ in range(2):
-        loss, _, _ = eng.task.step(header)
+        loss, _, _ = eng.task.step(header, index)
         outs.append((loss, m.grads.copy(), eng.get_state(4)[0][1:4].copy()))
     assert outs[0][0] == outs[1][0]
     assert np.array_equal(outs[0][1], outs[1][1]) and np.array_equal(outs[0][2], outs[1][2])

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from dpnet import Dense, Dropout, Sequential
-from dpnet.optimizers import Momentum
+from dpnet.optim.optimizers import Momentum
 from dpnet.engines import LocalEngine
 from dpnet.engines.errors import WorkerError
-from dpnet.engines.multiprocess import MultiprocessEngine
+from dpnet.engines.coordinator import MultiprocessEngine
 from dpnet.parallel.monitor import child_processes
 from conftest import ROOT
 
@@ -119,7 +119,7 @@ class KillingEngine(MultiprocessEngine):
 
     def gradient(self, step, idx):
         if self.at <= step < self.at + self.times:
-            os.kill(self.procs[self.rank].pid, signal.SIGKILL)
+            os.kill(self.group.pid(self.rank), signal.SIGKILL)
         return super().gradient(step, idx)
 
 
@@ -156,10 +156,14 @@ def test_abort_policy_names_the_worker_and_keeps_the_weights(data):
 class DoomedReplacements(KillingEngine):
     """Every replacement worker is killed as soon as it starts (say, an OOM at import)."""
 
-    def _spawn(self, rank):
-        super()._spawn(rank)
-        if self.respawns:
-            os.kill(self.procs[rank].pid, signal.SIGKILL)
+    def start(self, model, datasets, seed=0):
+        replace = self.group.replace
+
+        def doomed(rank):
+            replace(rank)
+            os.kill(self.group.pid(rank), signal.SIGKILL)
+        self.group.replace = doomed
+        super().start(model, datasets, seed)
 
 
 def test_repeated_failures_end_in_abort(data):
@@ -177,7 +181,7 @@ class StoppingEngine(MultiprocessEngine):
 
     def gradient(self, step, idx):
         if step == 3:
-            os.kill(self.procs[0].pid, signal.SIGSTOP)
+            os.kill(self.group.pid(0), signal.SIGSTOP)
         return super().gradient(step, idx)
 
 
@@ -222,9 +226,9 @@ def test_workers_leave_group_signals_to_the_coordinator(data, sig):
         m = mlp()
         eng.start(m, {"train": (x, y)})
         eng.gradient(0, np.arange(32))
-        os.kill(eng.procs[0].pid, sig)
+        os.kill(eng.group.pid(0), sig)
         time.sleep(0.3)
-        assert eng.procs[0].popen.poll() is None, "the worker died of the signal"
+        assert eng.group.children[0].popen.poll() is None, "the worker died of the signal"
         eng.gradient(1, np.arange(32, 64))      # and still serves steps
         assert eng.respawns == 0
 
@@ -234,11 +238,11 @@ def test_workers_exit_when_the_coordinator_dies(tmp_path):
         import sys, time
         import numpy as np
         from dpnet import Dense, Sequential
-        from dpnet.engines.multiprocess import MultiprocessEngine
+        from dpnet.engines.coordinator import MultiprocessEngine
         m = Sequential([Dense(4, 3, activation="softmax")])
         eng = MultiprocessEngine(workers=2)
         eng.start(m, {"train": (np.zeros((10, 4), np.float32), np.zeros(10, np.int64))})
-        print(" ".join(str(p.pid) for p in eng.procs.values()), flush=True)
+        print(" ".join(str(eng.group.pid(r)) for r in range(2)), flush=True)
         time.sleep(60)
     """)
     coord = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
@@ -258,7 +262,7 @@ def test_workers_exit_when_the_coordinator_dies(tmp_path):
 
 
 def test_parameterized_activation_reaches_the_workers(data):
-    from dpnet.activations import LeakyReLU
+    from dpnet.nn.activations import LeakyReLU
     x, y, _, _ = data
 
     def leaky():

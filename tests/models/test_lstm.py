@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dpnet.models import lstm as lstm_mod
-from dpnet.optimizers import SGD
+from dpnet.optim.optimizers import SGD
 from dpnet.models.lstm import CharLSTM
 
 V, H, B, T = 7, 5, 3, 6

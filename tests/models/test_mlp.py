@@ -181,7 +181,7 @@ def test_constructor_errors_name_the_problem():
 
 
 def test_config_round_trips_parameterized_activations_and_custom_init(tmp_path):
-    from dpnet.activations import LeakyReLU
+    from dpnet.nn.activations import LeakyReLU
     from dpnet.models import model_from_config
 
     def my_init(rng, out):

@@ -260,5 +260,5 @@ def test_protocol_imports_neither_zmq_nor_the_math():
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module.split(".")[0] for n in ast.walk(tree)
               if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
-    assert names <= {"__future__", "math", "msgpack", "numpy"}, names
+    assert names <= {"__future__", "json", "math", "msgpack", "numpy"}, names
     assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))

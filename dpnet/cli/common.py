@@ -1,0 +1,206 @@
+"""What the command-line front ends share: argument types, the one-line error
+policy (``guarded``), output-path checks, JSON summaries, plots, size checks.
+
+User errors (bad flags, missing data, a checkpoint that does not fit) end with ONE
+line on stderr and exit code 2; a worker failure with exit code 1; Ctrl-C before or
+after training, or a second one during it, with 130. A traceback means a bug in dpnet.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+import numpy as np
+
+from ..engines.errors import WorkerError
+from ..storage.atomic import atomic_write
+
+
+class UserError(Exception):
+    """A problem with what the user asked for; reported in one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # argparse prints the whole usage block; one line says it better.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def path_arg(s):
+    """A file or directory argument: an empty string is a mistake, not "none"."""
+    if not s.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return s
+
+
+def positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def nonneg_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}")
+    return v
+
+
+def float_in(lo, hi=None, lo_open=False, hi_open=False):
+    def parse(s):
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        ok = (v > lo if lo_open else v >= lo) and (
+            hi is None or (v < hi if hi_open else v <= hi)) and np.isfinite(v)
+        if not ok:
+            rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}" \
+                  f"{')' if hi_open or hi is None else ']'}"
+            raise argparse.ArgumentTypeError(f"expected a number in {rng}, got {s!r}")
+        return v
+    return parse
+
+
+def check_output_paths(args, flags, inputs=()):
+    """Refuse unusable output paths before any work is done, not after it: a directory,
+    a missing or unwritable directory, two outputs naming one file, an output that is
+    one of the run's ``inputs`` (flag names; ``--save`` may be ``--load``: a run
+    continues in place), a checkpoint onto something that is not a regular file."""
+    seen = {}
+    for flag in list(flags) + list(inputs):
+        path = getattr(args, flag, None)
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        other = seen.get(real)
+        if other is not None and not {other, flag} == {"save", "load"}:
+            raise UserError(f"--{flag} and --{other} name the same file {path!r}; each "
+                            f"needs its own")
+        seen.setdefault(real, flag)
+    for flag in flags:
+        path = getattr(args, flag, None)
+        if path is None:
+            continue
+        if os.path.isdir(path):
+            raise UserError(f"--{flag} {path!r} is a directory; give a file name")
+        if flag == "save" and os.path.exists(path) and not os.path.isfile(path):
+            raise UserError(f"--save {path!r} is not a regular file")
+        d = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(d):
+            raise UserError(f"--{flag} {path!r}: directory {d!r} does not exist")
+        if not os.access(d, os.W_OK):
+            raise UserError(f"--{flag} {path!r}: directory {d!r} is not writable")
+
+
+def write_json(path, obj):
+    """Atomically write ``obj`` as JSON to ``path``."""
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2, default=float), binary=False)
+
+
+def pyplot():
+    """matplotlib.pyplot on a file-only backend, or a one-line UserError. Called before
+    training too, so a missing matplotlib is not discovered after an hour's run."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install 'dpnet[plot]'") from None
+    return plt
+
+
+def plot_format(path):
+    """The image format --plot PATH asks for (its extension; png without one), checked
+    against what matplotlib can write -- before training, not after."""
+    plt = pyplot()
+    ext = os.path.splitext(path)[1][1:].lower() or "png"
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if ext not in formats:
+        raise UserError(f"--plot {path!r}: matplotlib cannot write .{ext} files; use one "
+                        f"of {', '.join('.' + f for f in sorted(formats))}")
+    return ext
+
+
+def save_figure(fig, path):
+    """Write ``fig`` to ``path`` atomically, in the format its extension names."""
+    fmt = plot_format(path)
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=100))
+
+
+def memory_message(e):
+    """One line for an allocation that failed (numpy names the size it wanted)."""
+    what = str(e).split(":")[0].strip() or "an allocation failed"
+    return f"out of memory ({what}); use smaller layers, batches or --workers"
+
+
+def raise_exit(signum, frame):
+    print(f"{os.path.basename(sys.argv[0]) or 'dpnet'}: stopped by "
+          f"{signal.Signals(signum).name}", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
+def cap_workers(workers, per_step, unit, prog):
+    """More workers than a step has samples (streams) would sit idle, each a whole
+    interpreter to start: use as many as there is work for, and say so."""
+    if workers > per_step:
+        print(f"{prog}: note: --workers {workers} is more than the {per_step} {unit} of a "
+              f"step; using {per_step}", file=sys.stderr)
+        return per_step
+    return workers
+
+
+def check_model_size(n_params, dtype, what):
+    """Refuse, in one line, a model that cannot fit: parameters, gradients and two
+    optimizer moments are four vectors of ``n_params`` before any activation."""
+    import psutil
+    need = 4 * int(n_params) * np.dtype(dtype).itemsize
+    have = psutil.virtual_memory().total
+    if need > have:
+        raise UserError(f"{what}: {n_params:,} parameters need at least "
+                        f"{need / 2**30:,.1f} GiB, more than this machine's "
+                        f"{have / 2**30:,.1f} GiB")
+
+
+def guarded(prog, run, *args):
+    """``run(*args)``'s exit code, with every way it can end that is not a bug turned
+    into one line on stderr. SIGTERM outside the training loop (which stops gracefully
+    on it) still runs the clean-up path: workers stopped, shared memory unlinked."""
+    old_term = signal.signal(signal.SIGTERM, raise_exit)
+    try:
+        # a diverging run is reported once, as a non-finite loss, not as a stream of
+        # overflow warnings first
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return run(*args)
+    except WorkerError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        if e.traceback:
+            print(f"worker traceback:\n{e.traceback.rstrip()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # a second Ctrl-C (the first asks for a clean stop), or one before training began
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError as e:
+        print(f"{prog}: error: {memory_message(e)}", file=sys.stderr)
+        return 2
+    except (UserError, ValueError, OSError, FloatingPointError, ImportError) as e:
+        # DataError, TextError, CheckpointError and argument checks are ValueErrors
+        # naming the bad value; OSError covers unreadable inputs and unwritable outputs;
+        # FloatingPointError is a diverged run (its message suggests a lower --lr);
+        # ImportError a missing optional dependency (its message says what to install)
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, old_term)

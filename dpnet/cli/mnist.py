@@ -1,0 +1,367 @@
+"""The MNIST front end: ``scripts/runDnn.py`` (CPU worker processes),
+``scripts/runDnnDebug.py`` (in process). Parse, build, train, report."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+from ..data import load_mnist
+from ..engines import make_engine
+from ..engines.errors import WorkerError
+from ..models.loading import load_weights_into
+from ..models.mlp import Sequential
+from ..nn.activations import ACTIVATIONS
+from ..nn.layers import Dense, Dropout
+from ..nn.losses import LOSSES
+from ..optim.optimizers import OPTIMIZERS, get_optimizer
+from ..optim.schedules import Anneal
+from ..training.callbacks import EarlyStopping
+from ..training.epochs import fit, save_training_checkpoint
+from ..training.fullbatch import minimize
+from ..training.history import History
+from .common import (Parser, UserError, cap_workers, check_model_size, check_output_paths,
+                     float_in, guarded, nonneg_int, path_arg, plot_format, positive_int,
+                     pyplot, save_figure, write_json)
+
+EXAMPLE_DNN = """example:
+  %(prog)s --hidden 512 128 64 --activation relu --optimizer adam --lr 1e-3 \\
+      --lr-final 1e-5 --epochs 20 --batch-size 128 --save mnist.npz --json run.json
+  %(prog)s --limit-train 2000 --epochs 1          # a quick smoke run
+"""
+
+FULL_BATCH = {"lbfgs": "L-BFGS-B", "cg": "CG"}
+
+
+def dnn_parser(prog, workers=False):
+    p = Parser(prog=prog, description="Train a fully connected network on MNIST.",
+                epilog=EXAMPLE_DNN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--hidden", type=positive_int, nargs="*", default=[512, 128, 64], metavar="N",
+      help="hidden layer sizes (default: 512 128 64; none for softmax regression)")
+    a("--activation", nargs="+", default=["relu"], choices=sorted(ACTIVATIONS), metavar="NAME",
+      help="hidden activation, one for all or one per hidden layer: "
+           f"{', '.join(sorted(ACTIVATIONS))} (default: relu)")
+    a("--output-activation", default="softmax", choices=sorted(ACTIVATIONS), metavar="NAME",
+      help="output activation (default: softmax)")
+    a("--loss", default="categorical_crossentropy", choices=sorted(LOSSES), metavar="NAME",
+      help=f"{', '.join(sorted(LOSSES))} (default: categorical_crossentropy)")
+    a("--init", default="xavier_uniform", metavar="NAME",
+      help="weight initializer: xavier_uniform, xavier_normal, he_normal, he_uniform, "
+           "lecun_normal, lecun_uniform, zeros (default: xavier_uniform)")
+    a("--optimizer", default="adam", choices=list(OPTIMIZERS) + list(FULL_BATCH),
+      help="minibatch: " + ", ".join(OPTIMIZERS) + "; full-batch via scipy: lbfgs, cg "
+           "(--epochs is then the iteration limit; no --lr, --batch-size, --dropout) "
+           "(default: adam)")
+    a("--lr", type=float_in(0, lo_open=True), default=1e-3, help="learning rate (default: 1e-3)")
+    a("--lr-final", type=float_in(0, lo_open=True), default=1e-5,
+      help="anneal the learning rate geometrically from --lr to this value over the "
+           "run (default: 1e-5; give the same value as --lr for a constant rate)")
+    a("--momentum", type=float_in(0, 1, hi_open=True), default=0.9,
+      help="for momentum/nesterov (default: 0.9)")
+    a("--l2", type=float_in(0), default=0.0, help="L2 penalty on weights (default: 0)")
+    a("--clip", type=float_in(0, lo_open=True), default=None,
+      help="clip the gradient to this global L2 norm")
+    a("--dropout", type=float_in(0, 1, hi_open=True), default=0.0,
+      help="inverted dropout rate after each hidden layer (default: 0)")
+    a("--batch-size", type=positive_int, default=128, help="(default: 128)")
+    a("--epochs", type=nonneg_int, default=20,
+      help="train until this many epochs are done (counting those of --load's "
+           "checkpoint; default: 20)")
+    a("--patience", type=nonneg_int, default=None,
+      help="stop early after this many epochs without a better validation loss")
+    a("--seed", type=nonneg_int, default=0, help="seed for init, shuffling, dropout (default: 0)")
+    a("--standardize", action="store_true",
+      help="zero mean, unit variance per pixel (training statistics) instead of [0, 1]")
+    a("--validation", type=nonneg_int, default=10_000,
+      help="hold out the last N training images for validation (default: 10000)")
+    a("--limit-train", type=positive_int, default=None, metavar="N",
+      help="use only the first N training images (smoke runs)")
+    a("--data", type=path_arg, default=None, metavar="DIR",
+      help="MNIST directory with the four IDX files (default: $DPNET_DATA or data/mnist)")
+    a("--dtype", default="float32", choices=["float32", "float64"], help="(default: float32)")
+    a("--save", type=path_arg, default=None, metavar="PATH", help="write a checkpoint after each epoch")
+    a("--load", type=path_arg, default=None, metavar="PATH",
+      help="start from this checkpoint (same architecture); resumes its epoch count")
+    a("--json", type=path_arg, default=None, metavar="PATH", help="write the run summary as JSON")
+    a("--plot", type=path_arg, default=None, metavar="PATH", help="save learning curves as a PNG (matplotlib)")
+    a("--quiet", action="store_true", help="no per-epoch lines or progress bar")
+    if workers:
+        a("--workers", type=nonneg_int, default=None,
+          help="worker processes (default: physical cores; 0 = in process)")
+        a("--blas-threads", type=positive_int, default=1,
+          help="BLAS threads per worker (default: 1)")
+        a("--on-failure", choices=["respawn", "abort"], default="respawn",
+          help="what to do when a worker dies or stops answering (default: respawn)")
+        # at least a second: a shorter limit would replace healthy workers mid-step
+        a("--worker-timeout", type=float_in(1), default=300.0, metavar="S",
+          help="a worker that has not answered a step after S >= 1 seconds is replaced "
+               "(dead or suspended workers are noticed at once; default: 300)")
+    return p
+
+
+def build_model(args, steps_per_epoch):
+    acts = args.activation
+    if len(acts) not in (1, len(args.hidden)):
+        raise UserError(f"--activation takes one name for all hidden layers or one per "
+                        f"hidden layer ({len(args.hidden)}), got {len(acts)}")
+    if len(acts) == 1:
+        acts = acts * len(args.hidden)
+    sizes = [784] + list(args.hidden)
+    check_model_size(sum((a + 1) * b for a, b in zip(sizes, sizes[1:] + [10])), args.dtype,
+                     f"--hidden {' '.join(map(str, args.hidden))}")
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(Dense(n_in, n_out, activation=acts[i], init=args.init))
+        if args.dropout:
+            layers.append(Dropout(args.dropout))
+    layers.append(Dense(sizes[-1], 10, activation=args.output_activation, init=args.init))
+    lr = args.lr
+    if args.lr_final != args.lr:
+        lr = Anneal(args.lr, args.lr_final, total_steps=max(1, args.epochs * steps_per_epoch))
+    kw = {"lr": lr}
+    if args.optimizer in ("momentum", "nesterov"):
+        kw["momentum"] = args.momentum
+    if args.optimizer in FULL_BATCH:
+        if args.dropout:
+            raise UserError(f"--optimizer {args.optimizer} is full-batch and needs a "
+                            f"deterministic objective: drop --dropout")
+        optimizer = get_optimizer("sgd", lr=args.lr)     # unused: scipy does the steps
+    else:
+        optimizer = get_optimizer(args.optimizer, **kw)
+    return Sequential(layers, loss=args.loss, optimizer=optimizer,
+                      l2=args.l2, clip_norm=args.clip, dtype=np.dtype(args.dtype),
+                      seed=args.seed)
+
+
+def check_resume(path, training, now):
+    """The step to resume from, after checking that the checkpoint's step count means
+    the same thing in this run (same seed, batch size, training set, optimizer)."""
+    flags = {"seed": "--seed", "batch_size": "--batch-size", "n_train": "training-set size",
+             "optimizer": "--optimizer"}
+    for key, value in now.items():
+        then = training.get(key)
+        if then is not None and then != value:
+            raise UserError(f"--load {path!r} was trained with {flags[key]} {then}, this run "
+                            f"has {value}; resuming needs the same settings")
+    return int(training.get("step", 0))
+
+
+def per_class_accuracy(model, x, y, n_classes=10):
+    pred = model.predict(x)
+    return [float((pred[y == k] == k).mean()) if (y == k).any() else float("nan")
+            for k in range(n_classes)]
+
+
+def report(model, hist, results, per_class, wall, out=print):
+    out("")
+    out(f"test accuracy: {results['test']['accuracy'] * 100:.2f}%  "
+        f"(loss {results['test']['loss']:.4f})")
+    out("per-digit accuracy: " + "  ".join(f"{k}: {a * 100:.1f}%" for k, a in enumerate(per_class)))
+    sps = hist.samples / hist.wall_time if hist.wall_time > 0 else 0.0
+    out(f"execution time: {wall:.1f} s ({hist.wall_time:.1f} s training, {sps:,.0f} samples/s)")
+    dense = [l for l in model.layers if isinstance(l, Dense)]
+    out("nodes per layer: " + " -> ".join(str(n) for n in [dense[0].n_in] +
+                                          [l.n_out for l in dense]))
+    out("weight shapes: " + ", ".join(f"W{i + 1} {l.n_in}x{l.n_out} + b{i + 1} {l.n_out}"
+                                     for i, l in enumerate(dense)))
+    out(f"total weights: {model.n_params:,}")
+
+
+def plot_history(hist, path):
+    plt = pyplot()
+    h = hist.history
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, ax in (("loss", ax1), ("accuracy", ax2)):
+        ax.plot(hist.epochs, h[key], "o-", label="train")
+        if f"val_{key}" in h:
+            ax.plot(hist.epochs, h[f"val_{key}"], "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def _run_full_batch(args, model, data, val, engine, hist, say):
+    """--optimizer lbfgs/cg: scipy's minimizer, one full-batch gradient per evaluation."""
+    done = hist.step                   # iterations a --load checkpoint already ran
+
+    def record(it, metrics):
+        hist.append(done + it, metrics)
+        hist.step = done + it
+        if args.save:
+            save_training_checkpoint(args.save, model, hist.step, args.seed,
+                                     len(data.x_train), hist, n_train=len(data.x_train),
+                                     optimizer=args.optimizer)
+        return False
+
+    if args.epochs <= done:
+        say((f"the checkpoint has run {done} iterations already; " if done else "")
+            + "nothing to train (raise --epochs)")
+        return
+    if done:
+        # scipy's minimizers keep their curvature memory to themselves: a resumed
+        # L-BFGS / CG starts from the saved weights with a fresh memory
+        say(f"continuing from iteration {done} (the {args.optimizer} memory restarts)")
+    t0 = time.perf_counter()
+    result = minimize(model, data.x_train, data.y_train, method=FULL_BATCH[args.optimizer],
+                      maxiter=args.epochs - done, validation_data=val, engine=engine,
+                      callback=record, print_fn=None if args.quiet else say)
+    hist.wall_time = time.perf_counter() - t0
+    hist.samples = len(data.x_train) * (result.nfev if result is not None else hist.step)
+    say(f"scipy {FULL_BATCH[args.optimizer]}: {result.message if result is not None else ''}"
+        f" ({result.nfev if result is not None else '?'} gradient evaluations)")
+
+
+def resumed_history(d, path):
+    """The epochs a checkpoint already trained, so a resumed run's curves, JSON and next
+    checkpoint cover the whole training; the timings stay this run's own."""
+    try:
+        h = History.from_dict(d)
+        for k, v in h.history.items():
+            if len(v) != len(h.epochs) or not all(isinstance(x, (int, float)) for x in v):
+                raise ValueError(k)
+    except (TypeError, ValueError, AttributeError):
+        raise UserError(f"checkpoint {path!r} has a malformed training history") from None
+    h.wall_time = 0.0
+    return h
+
+
+
+
+def run_dnn(argv=None, prog=None, workers_flag=False, default_workers=0):
+    """The whole command: exit code 0 (done), 130 (stopped by Ctrl-C / SIGTERM), 2 (a
+    user error, one line), 1 (a worker failed)."""
+    parser = dnn_parser(prog or os.path.basename(sys.argv[0]), workers=workers_flag)
+    args = parser.parse_args(argv)
+    return guarded(parser.prog, _run_dnn, args, parser.prog, default_workers)
+
+
+def _run_dnn(args, prog, default_workers):
+    t_start = time.perf_counter()
+    check_output_paths(args, ("save", "json", "plot"), inputs=("load", "data"))
+    if args.plot:
+        plot_format(args.plot)
+    data = load_mnist(args.data, standardize=args.standardize, validation=args.validation,
+                      limit_train=args.limit_train, dtype=np.dtype(args.dtype))
+    steps_per_epoch = -(-len(data.x_train) // args.batch_size)
+    model = build_model(args, steps_per_epoch)
+    initial_step, hist = _resume(args, model, data)
+    say = (lambda *a, **k: None) if args.quiet else print
+    say(f"{prog}: {model.n_params:,} parameters, {len(data.x_train):,} training / "
+        f"{len(data.x_val):,} validation / {len(data.x_test):,} test images")
+    engine, workers = _engine(args, default_workers, prog, say)
+    try:
+        _train(args, model, data, engine, hist, initial_step, prog, say)
+    finally:
+        engine.close()
+    _finish(args, model, data, hist, workers, t_start, initial_step // steps_per_epoch, say)
+    return 130 if hist.interrupted else 0
+
+
+def _resume(args, model, data):
+    """(initial step, history): from --load's checkpoint, after checking that its step
+    count means the same in this run, else a fresh start."""
+    if not args.load:
+        return 0, History()
+    meta = load_weights_into(model, args.load, optimizer="state")
+    full = args.optimizer in FULL_BATCH          # one step = the whole training set
+    training = meta.get("training") or {}
+    step = check_resume(args.load, training,
+                        {"seed": args.seed,
+                         "batch_size": len(data.x_train) if full else args.batch_size,
+                         "n_train": len(data.x_train), "optimizer": args.optimizer})
+    past = training.get("history")
+    hist = resumed_history(past, args.load) if past else History()
+    hist.step = step
+    return step, hist
+
+
+def _engine(args, default_workers, prog, say):
+    """(engine, worker count) for --workers (runDnn.py) or in process (runDnnDebug.py)."""
+    workers = getattr(args, "workers", None)
+    if workers is None:
+        workers = default_workers
+    workers = cap_workers(workers, args.batch_size, "samples", prog)
+    engine_kw = {}
+    if workers:
+        engine_kw = {"blas_threads": args.blas_threads, "on_failure": args.on_failure,
+                     "step_timeout": args.worker_timeout}
+        say(f"{prog}: {workers} worker process{'es' if workers > 1 else ''}, "
+            f"{args.blas_threads} BLAS thread{'s' if args.blas_threads > 1 else ''} each")
+    return make_engine(workers, **engine_kw), workers
+
+
+def _train(args, model, data, engine, hist, initial_step, prog, say):
+    callbacks = [EarlyStopping(patience=args.patience)] if args.patience is not None else []
+    val = (data.x_val, data.y_val) if len(data.x_val) else None
+    if callbacks and val is None:
+        raise UserError("--patience needs a validation set (--validation > 0)")
+    try:
+        if args.optimizer in FULL_BATCH:
+            _run_full_batch(args, model, data, val, engine, hist, say)
+        else:
+            fit(model, data.x_train, data.y_train, epochs=args.epochs,
+                batch_size=args.batch_size, validation_data=val, callbacks=callbacks,
+                seed=args.seed, verbose=not args.quiet, engine=engine,
+                checkpoint=args.save, initial_step=initial_step, history=hist)
+    except WorkerError:
+        if args.save:     # the weights are those of the last completed step: keep them
+            if args.optimizer in FULL_BATCH:    # (fit has written its checkpoint itself)
+                _save(args, model, data, hist)
+            print(f"{prog}: saved the last weights (step {hist.step}) to {args.save}",
+                  file=sys.stderr)
+        raise
+
+
+def _save(args, model, data, hist):
+    save_training_checkpoint(args.save, model, hist.step, args.seed, args.batch_size, hist,
+                             n_train=len(data.x_train), optimizer=args.optimizer)
+
+
+def _finish(args, model, data, hist, workers, t_start, epochs_before, say):
+    """The report, a checkpoint when training wrote none, the JSON summary, the plot."""
+    val = (data.x_val, data.y_val) if len(data.x_val) else None
+    results = {"train": model.evaluate(data.x_train, data.y_train),
+               "test": model.evaluate(data.x_test, data.y_test)}
+    if val is not None:
+        results["val"] = model.evaluate(*val)
+    per_class = per_class_accuracy(model, data.x_test, data.y_test)
+    wall = time.perf_counter() - t_start
+    if not args.quiet:
+        report(model, hist, results, per_class, wall)
+    if args.save and (hist.step == 0 or not hist.epochs):
+        _save(args, model, data, hist)
+    if args.json:
+        write_json(args.json, _summary(args, model, hist, results, per_class, wall, workers,
+                                       epochs_before))
+    if args.plot:
+        if hist.epochs:
+            plot_history(hist, args.plot)
+        else:
+            say("no complete epoch: no plot written")
+
+
+def _summary(args, model, hist, results, per_class, wall, workers, epochs_before):
+    return {
+        "train": results["train"], "val": results.get("val"), "test": results["test"],
+        "per_class_test_accuracy": per_class,
+        "epochs": hist.epochs[-1] if hist.epochs else epochs_before,
+        "steps": hist.step, "interrupted": hist.interrupted,
+        "stopped_early": hist.stopped_early, "history": hist.history,
+        "wall_seconds": wall, "train_seconds": hist.wall_time,
+        "samples_per_second": hist.samples / hist.wall_time if hist.wall_time else 0.0,
+        "n_params": int(model.n_params),
+        "layers": [784] + list(args.hidden) + [10],
+        "engine": {"workers": workers, **(getattr(hist, "engine_stats", {}) or {})},
+        "args": vars(args),
+        "platform": {"python": platform.python_version(), "numpy": np.__version__,
+                     "machine": platform.machine()},
+    }

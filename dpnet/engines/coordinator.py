@@ -1,0 +1,445 @@
+"""The coordinator: one step of data-parallel training, written once for every kind of
+worker (docs/ARCHITECTURE.md, "One step, as data flows").
+
+Per step: plan the batch with the model's task, send each rank a STEP naming its
+contiguous shard (the shard's indices in shared memory, or as a raw frame; the
+weights in shared memory, or as a raw frame when they changed), collect the GRAD
+replies, add the gradients in rank order -- each already scaled by its shard's share
+of the batch -- whether they sit in shared-memory slots or came as frames, and let
+the model's optimizer apply the sum. What differs between kinds of worker is behind
+``dpnet.engines.group.WorkerGroup``.
+
+Failures: a rank that raises comes back as ``WorkerError`` with its traceback. A
+rank that dies or is suspended (as its group can see), sends nothing at all for
+``silence_timeout`` (workers heartbeat even while busy) or does not answer within
+``step_timeout`` is replaced under the same rank and only its shard is re-sent --
+the weights have not moved, so the step's result is that of an uninterrupted run
+("respawn", at most ``max_respawns`` failures in a row) -- or ends the run with a
+``WorkerError`` naming it ("abort").
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from ..data.batching import shard_bounds
+from ..models.registry import task_for
+from ..models.tasks import stateful
+from ..parallel import protocol as P
+from ..parallel.shm import SharedArray
+from .errors import WorkerError
+
+log = logging.getLogger(__name__)
+POLL_S = 0.05
+
+
+def _tag(name):
+    """A shared-memory name tag from an array name ("train.x" -> "trainx")."""
+    return "".join(c for c in name if c.isalnum())[:16] or "arr"
+
+
+def _seconds(name, v):
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")
+    return float(v)
+
+
+class Coordinator:
+    """An engine over a ``WorkerGroup`` (see the module docstring)."""
+    name = "coordinator"
+
+    def __init__(self, group, on_failure="respawn", max_respawns=3, step_timeout=300.0,
+                 start_timeout=60.0, silence_timeout=30.0, eval_batch_size=2048):
+        if on_failure not in ("respawn", "abort"):
+            raise ValueError(f"on_failure must be 'respawn' or 'abort', got {on_failure!r}")
+        self.group = group
+        self.n_workers = group.size
+        self.on_failure, self.max_respawns = on_failure, max_respawns
+        self.step_timeout = _seconds("step_timeout", step_timeout)
+        self.start_timeout = _seconds("start_timeout", start_timeout)
+        self.silence_timeout = _seconds("silence_timeout", silence_timeout)
+        self.eval_batch_size = eval_batch_size
+        self.shm, self.arrays = {}, {}
+        self.respawns = 0
+        self._failures_in_a_row = 0
+        self._final_stats = None
+        self.model = None
+        self._started = False
+        # Where a training step's time goes, summed over steps (see step_timing()).
+        self._timing = {"steps": 0, "gradient_s": 0.0, "slowest_worker_s": 0.0}
+
+    # -- life cycle ------------------------------------------------------------------
+    def start(self, model, datasets, seed=0):
+        """Place the data and weights where the group's workers find them, and start
+        the workers."""
+        if self.model is not None:
+            raise RuntimeError("this engine is already started")
+        self.model, self.seed = model, int(seed)
+        self.step_timing(reset=True)       # a restarted engine reports this run only
+        try:
+            self.task_cls = task_for(model)
+            arrays, self.task_options = self.task_cls.shared_arrays(
+                model, {k: v for k, v in datasets.items() if v is not None})
+            if self.task_cls.indexed:
+                arrays["index"] = np.zeros(max(len(arrays["train.x"]), 1), np.int64)
+            self._place(model, arrays)
+            self.version = 0
+            self._sent_version = {}        # rank -> weights version it holds (frames)
+            self._ready = {r: False for r in range(self.n_workers)}
+            self._heard = {}
+            self._signature = P.signature_of(model)
+            self._started = True
+            self.group.start(self._worker_config)
+            self._await_ready(list(range(self.n_workers)))
+        except BaseException:
+            self.close()
+            raise
+
+    def _place(self, model, arrays):
+        """Shared memory for what the group's workers read in place."""
+        if not self.group.local:
+            raise NotImplementedError(f"{self.group.kind} workers are not local: "
+                                      f"they need their own copy of the data")
+        for name, arr in arrays.items():
+            self.shm[name] = SharedArray.from_array(arr, tag=_tag(name))
+        if self.group.weights_in_shm:
+            self.shm["weights"] = SharedArray.from_array(model.params, tag="weights")
+            # The coordinator's model updates the shared block in place: publishing new
+            # weights costs nothing (workers only read it between steps, while idle).
+            model.rebind(params=self.shm["weights"].array)
+        if self.group.grads_in_shm:
+            self.shm["grads"] = SharedArray.create((self.n_workers, model.n_params),
+                                                   model.dtype, tag="grads")
+        self.shm["version"] = SharedArray.create((1,), np.int64, tag="version")
+        self.arrays = {k: s.array for k, s in self.shm.items()}
+
+    def _worker_config(self, rank):
+        return {"task": self.task_cls.name, "task_options": self.task_options,
+                "seed": self.seed, "model": self.model.config(),
+                "eval_batch_size": self.eval_batch_size,
+                "shm": {k: s.describe() for k, s in self.shm.items()}}
+
+    def _await_ready(self, ranks):
+        """Wait for HELLO from ``ranks``, checking each worker's model signature."""
+        waiting = set(ranks)
+        deadline = time.monotonic() + self.start_timeout
+        while waiting:
+            got = self.group.recv(POLL_S)
+            if got is not None and got.rank is not None:
+                if got.kind == P.HELLO and got.rank in waiting:
+                    self._welcome(got)
+                    waiting.discard(got.rank)
+                elif got.kind == P.ERROR:
+                    self._raise_worker_error(got)
+            now = time.monotonic()
+            for rank in sorted(waiting):
+                why = self.group.problem(rank, now)
+                if why is not None:
+                    raise WorkerError(f"worker {rank} ({self._who(rank)}) failed to start: "
+                                      f"{why}", rank=rank)
+            if now > deadline:
+                raise WorkerError(f"workers {sorted(waiting)} did not start within "
+                                  f"{self.start_timeout:g} s", rank=min(waiting))
+
+    def _welcome(self, got):
+        """The handshake, for a first start and a replacement alike."""
+        P.check_signature(self._signature, got.header["signature"])
+        self.group.send(got.rank, P.WELCOME, {"rank": got.rank,
+                                              "weights_version": self.version})
+        self._ready[got.rank] = True
+        self._heard[got.rank] = time.monotonic()
+        self._sent_version.pop(got.rank, None)
+
+    def close(self):
+        """Stop the workers and remove every shared-memory segment. Idempotent."""
+        if self._started and self._final_stats is None:
+            self._final_stats = self._collect_stats()
+        self._started = False
+        self.group.stop((P.STOP, {"reason": "done"}))
+        if self.model is not None and "weights" in self.shm:
+            # give the model private memory again before the segment goes away
+            self.model.rebind(params=np.array(self.shm["weights"].array))
+        for s in self.shm.values():
+            s.unlink()
+            s.close()
+        self.shm, self.arrays = {}, {}
+        self.model = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- one step --------------------------------------------------------------------
+    def gradient(self, step, batch):
+        """Mean gradient of one step into model.grads: (loss, n, correct)."""
+        t0 = time.perf_counter()
+        units, extra, index = self.task_cls.plan_step(self.arrays, step, batch)
+        shards = self._shards(units, index)
+        # Each unit (a sample, or a stream of T characters) weighs the same, so shard
+        # r's weight n_r / n is its share of the units, known before it is sent. The
+        # worker scales its gradient by it (while it is hot in its cache), and the
+        # coordinator only adds them -- in rank order, never arrival order (so the sum
+        # does not depend on timing), but as soon as the next rank in order has
+        # answered: rank 0 is folded in while rank 1 is still computing.
+        order = sorted(shards)
+        fold = _Fold(self.model.grads, order, self.arrays.get("grads"))
+
+        def message(rank):
+            start, stop = shards[rank]
+            return self._with_payload(rank, P.STEP, {
+                "step": step, "rank": rank, "start": start, "stop": stop,
+                "weights_version": self.version, "scale": (stop - start) / units, **extra},
+                index)
+
+        replies = self._round(step, P.GRAD, order, message, on_reply=fold)
+        fold(replies)
+        tm = self._timing
+        tm["steps"] += 1
+        tm["gradient_s"] += time.perf_counter() - t0
+        tm["slowest_worker_s"] += max(float(replies[r].get("seconds", 0.0)) for r in order)
+        n = sum(replies[r]["n"] for r in order)
+        loss = sum(replies[r]["n"] * replies[r]["loss"] for r in order) / n
+        return loss, n, sum(replies[r]["correct"] for r in order)
+
+    def step(self, step, batch):
+        """One training step: the mean gradient, the model's update, new weights
+        published. Returns (loss, n, correct)."""
+        out = self.gradient(step, batch)
+        if math.isfinite(out[0]):
+            self.model.apply_gradients()
+            self.weights_changed(step + 1)
+        return out
+
+    def _shards(self, units, index):
+        shards = {r: b for r, b in enumerate(shard_bounds(units, self.n_workers)) if b[1] > b[0]}
+        if index is not None and "index" in self.arrays:
+            self.arrays["index"][:len(index)] = index
+        return shards
+
+    def _with_payload(self, rank, kind, header, index=None):
+        """(kind, header, *frames): the shard's indices and the weights go as frames to
+        workers that do not read them in shared memory."""
+        frames = []
+        if index is not None and "index" not in self.arrays:
+            frames.append(np.ascontiguousarray(index[header["start"]:header["stop"]],
+                                               dtype=np.int64))
+            header["indices"] = True
+        if not self.group.weights_in_shm and self._sent_version.get(rank) != self.version:
+            frames.append(self.model.params)
+            header["weights"] = True
+            self._sent_version[rank] = self.version
+        return (kind, header, *frames)
+
+    def weights_changed(self, step):
+        """The model's weights changed (an update, or a load): stamp their version, so
+        workers read (shared memory) or are sent (frames) the new ones."""
+        self.version = int(step)
+        if "version" in self.arrays:
+            self.arrays["version"][0] = self.version
+
+    def sync_to_host(self):
+        """The coordinator's model is always current here (it applies the updates)."""
+
+    def evaluate(self, name):
+        """(mean loss, n, correct) over a whole dataset, sharded over the workers."""
+        units, extra = self.task_cls.plan_eval(self.arrays, name)
+        shards = {r: b for r, b in enumerate(shard_bounds(units, self.n_workers)) if b[1] > b[0]}
+
+        def message(rank):
+            start, stop = shards[rank]
+            return self._with_payload(rank, P.EVAL, {
+                "step": self.version, "rank": rank, "start": start, "stop": stop,
+                "weights_version": self.version, "split": name, **extra})
+
+        replies = self._round(self.version, P.EVAL_RESULT, list(shards), message)
+        total = sum(r["n"] for r in replies.values())
+        loss = sum(replies[r]["n"] * replies[r]["loss"] for r in sorted(replies)) / max(total, 1)
+        return loss, total, sum(r["correct"] for r in replies.values())
+
+    def get_state(self, chunk):
+        """The carried (h, c) that training chunk ``chunk`` starts from (LSTM only);
+        it sits in shared memory, so the coordinator reads it directly."""
+        return stateful(self.task_cls).read_state(self.arrays, chunk)
+
+    def set_state(self, chunk, state):
+        """Make training chunk ``chunk`` start from ``state`` = (h, c) (LSTM only)."""
+        stateful(self.task_cls).write_state(self.arrays, chunk, state)
+
+    # -- one round of messages, and failures ---------------------------------------------
+    def _round(self, step, reply_kind, ranks, message, on_reply=None):
+        """Send ``message(rank)`` to each rank and collect their replies, surviving
+        failures by the policy. ``on_reply(replies)`` runs after each accepted reply."""
+        pending = {}                       # rank -> when its current attempt was sent
+        for rank in ranks:
+            self._send(rank, *message(rank))
+            pending[rank] = time.monotonic()
+        replies = {}
+        while len(replies) < len(ranks):
+            got = self.group.recv(POLL_S)
+            if got is not None:
+                self._accept(got, step, reply_kind, pending, replies, message, on_reply)
+            self._check(pending, replies)
+        self._failures_in_a_row = 0
+        return replies
+
+    def _accept(self, got, step, reply_kind, pending, replies, message, on_reply):
+        rank = got.rank
+        if rank is None:                   # not a worker of this run: never trusted
+            log.info("dropped a %s from an unknown peer", got.kind.decode())
+            return
+        self._heard[rank] = time.monotonic()
+        if got.kind == P.ERROR:
+            self._raise_worker_error(got)
+        elif (got.kind == reply_kind and got.header["step"] == step and rank in pending
+              and rank not in replies):
+            replies[rank] = _Reply(got)
+            if on_reply is not None:
+                on_reply(replies)
+        elif got.kind == P.HELLO and not self._ready.get(rank, True):
+            # a replacement introducing itself: handshake, then give it its shard
+            self._welcome(got)
+            if rank in pending and rank not in replies:
+                self._send(rank, *message(rank))
+                pending[rank] = time.monotonic()
+        # anything else (heartbeats, BYE, stale replies of an older step): dropped
+
+    def _check(self, pending, replies):
+        """Liveness of the ranks still owing a reply: the group's own view (exited,
+        suspended), silence, and the step and start deadlines."""
+        now = time.monotonic()
+        for rank, sent in pending.items():
+            if rank in replies:
+                continue
+            why = self.group.problem(rank, now)
+            if why is None and self._ready[rank]:
+                # silence counts from this attempt's sending at the earliest: heartbeats
+                # that queued up between rounds may not have been read yet
+                quiet = now - max(self._heard.get(rank, sent), sent)
+                if quiet > self.silence_timeout:
+                    why = f"sent nothing for {quiet:.1f} s"
+                elif now - sent > self.step_timeout:
+                    why = f"did not answer within {self.step_timeout:g} s"
+            elif why is None and now - sent > self.start_timeout:
+                raise WorkerError(f"replacement worker {rank} did not start within "
+                                  f"{self.start_timeout:g} s", rank=rank)
+            if why is not None:
+                self._failed(rank, why)
+                pending[rank] = time.monotonic()        # the replacement's start
+
+    def _send(self, rank, kind, header, *arrays):
+        """Send, tolerating a peer that just died: the liveness check will see it."""
+        try:
+            self.group.send(rank, kind, header, *arrays)
+        except Exception as e:             # zmq.ZMQError: the peer is not connected
+            log.info("send to worker %d failed: %s", rank, e)
+
+    def _failed(self, rank, reason):
+        what = f"worker {rank} ({self._who(rank)}) {reason}"
+        if self.on_failure == "abort":
+            raise WorkerError(what, rank=rank)
+        self._failures_in_a_row += 1
+        if self._failures_in_a_row > self.max_respawns:
+            raise WorkerError(f"{what}; giving up after {self.max_respawns} respawns in a row",
+                              rank=rank)
+        # one line for the person at the terminal (not a logging record too: the CLI
+        # leaves logging unconfigured, and a library caller's handler would print twice)
+        print(f"dpnet: {what}; starting a replacement", file=sys.stderr)
+        self.respawns += 1
+        self._ready[rank] = False
+        self._sent_version.pop(rank, None)
+        self.group.replace(rank)
+
+    def _who(self, rank):
+        pid = getattr(self.group, "pid", None)
+        return f"pid {pid(rank)}" if pid is not None else self.group.kind
+
+    def _raise_worker_error(self, got):
+        # the rank is the sender's, never what the header claims
+        h = got.header
+        raise WorkerError(f"worker {got.rank} raised {h['message']}", rank=got.rank,
+                          traceback=h["traceback"])
+
+    # -- reporting -------------------------------------------------------------------
+    def _collect_stats(self):
+        return {"workers": self.n_workers, "kind": self.group.kind,
+                "respawns": self.respawns, "step_seconds": self.step_timing(),
+                **self.group.stats()}
+
+    def step_timing(self, reset=False):
+        """Mean seconds per training step so far: ``gradient`` (the coordinator's wall
+        time from sending the shards to holding the summed gradient), ``slowest_worker``
+        (the compute time the slowest worker reported), and ``overhead``, their
+        difference: messages, process wake-ups, late starts and the fold. With the
+        optimizer's time this bounds what more workers can gain. ``reset`` starts the
+        sums afresh after reading them."""
+        tm = self._timing
+        if reset:
+            self._timing = {k: type(v)() for k, v in tm.items()}
+        if not tm["steps"]:
+            return {}
+        g, w = tm["gradient_s"] / tm["steps"], tm["slowest_worker_s"] / tm["steps"]
+        return {"steps": tm["steps"], "gradient": g, "slowest_worker": w, "overhead": g - w}
+
+    def stats(self):
+        return self._final_stats if self._final_stats is not None else (
+            self._collect_stats() if self._started else {})
+
+
+class _Reply(dict):
+    """A reply's header (as a dict) with its array frames on ``.arrays``."""
+
+    def __init__(self, got):
+        super().__init__(got.header)
+        self.arrays = got.arrays
+
+
+class _Fold:
+    """Adds the ranks' gradients into ``g`` in rank order, each as soon as every rank
+    before it is in: a gradient is its reply's frame, or the rank's shared slot."""
+
+    def __init__(self, g, order, slots):
+        self.g, self.order, self.slots, self.done = g, order, slots, 0
+
+    def __call__(self, replies):
+        while self.done < len(self.order) and self.order[self.done] in replies:
+            rank = self.order[self.done]
+            reply = replies[rank]
+            src = reply.arrays[0] if reply.arrays else self.slots[rank]
+            if src.shape != self.g.shape or src.dtype != self.g.dtype:
+                raise WorkerError(f"worker {rank} sent a {src.dtype}{list(src.shape)} "
+                                  f"gradient, expected {self.g.dtype}{list(self.g.shape)}",
+                                  rank=rank)
+            if not self.done:
+                np.copyto(self.g, src)
+            else:
+                np.add(self.g, src, out=self.g)
+            self.done += 1
+
+
+class MultiprocessEngine(Coordinator):
+    """The coordinator over ``workers`` CPU processes on this machine."""
+    name = "multiprocess"
+
+    def __init__(self, workers=None, blas_threads=1, on_failure="respawn", max_respawns=3,
+                 step_timeout=300.0, stall_timeout=2.0, start_timeout=60.0,
+                 silence_timeout=30.0, eval_batch_size=2048):
+        from .cpu import CpuProcesses
+        workers = default_workers() if workers is None else workers
+        super().__init__(CpuProcesses(workers, blas_threads=blas_threads,
+                                      stall_timeout=stall_timeout),
+                         on_failure=on_failure, max_respawns=max_respawns,
+                         step_timeout=step_timeout, start_timeout=start_timeout,
+                         silence_timeout=silence_timeout, eval_batch_size=eval_batch_size)
+        self.blas_threads = blas_threads
+
+
+def default_workers():
+    import psutil
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1

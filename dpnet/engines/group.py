@@ -1,0 +1,236 @@
+"""The worker seam: a group of workers of one kind, as the coordinator drives it.
+
+The coordinator (``coordinator.py``) writes a step once -- send each rank its shard,
+collect the replies, fold the gradients in rank order, apply the failure policy --
+against this small interface. A kind of worker is a ``WorkerGroup`` subclass:
+
+    group.start(config_of)          start ranks 0..n-1; config_of(rank) -> JSON-able dict
+    group.send(rank, kind, header, *arrays)
+    group.recv(timeout_s)           the next message from any peer, with its rank
+                                    resolved from the sender (None: not a worker of this run)
+    group.problem(rank, now)        what the kind itself knows is wrong with a rank
+                                    (exited, suspended), or None
+    group.replace(rank)             stop what is left of a rank and start a new one
+    group.stop()                    stop every rank; ``stats()`` what they used
+
+and a few facts the coordinator plans by: ``size``; ``local`` (the workers attach
+the coordinator's shared memory for data and stream state); ``weights_in_shm`` (they
+read the weights in place, version-stamped; else each STEP/EVAL carries them as a raw
+frame when they changed); ``grads_in_shm`` (a gradient lands in the rank's shared
+slot; else it comes back as the GRAD reply's raw frame); ``update_on_worker`` (the
+worker applies the optimizer itself; one rank only).
+
+Liveness that needs no pid -- heartbeats and silence, step and start deadlines -- is
+the coordinator's, for every kind; ``problem`` adds what a kind can see beyond that.
+
+``ProcessGroup`` is the base of the kinds that run as local child processes
+(``python -m <worker module> CONFIG_JSON``): the CPU workers (``cpu.py``) and the GPU
+worker (``gpu.py``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from ..parallel.monitor import WorkerMonitor, self_stats
+from ..parallel.transport import Router, rank_of_identity
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def exit_reason(code):
+    """How a child process ended, in words."""
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class Ranked(tuple):
+    """A received message with the rank of its sender: ``(rank, msg)``; rank is None
+    for a peer that is not a worker of this group."""
+    __slots__ = ()
+
+    def __new__(cls, rank, msg):
+        return super().__new__(cls, (rank, msg))
+
+    rank = property(lambda self: self[0])
+    msg = property(lambda self: self[1])
+    kind = property(lambda self: self[1].kind)
+    header = property(lambda self: self[1].header)
+    arrays = property(lambda self: self[1].arrays)
+
+
+class WorkerGroup:
+    """The interface (see the module docstring). Subclasses set the class facts."""
+    kind = "?"
+    local = False
+    weights_in_shm = False
+    grads_in_shm = False
+    update_on_worker = False
+
+    def __init__(self, size):
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            raise ValueError(f"workers must be a positive integer, got {size!r}")
+        self.size = size
+
+    def describe(self):
+        """A short phrase for the user: "2 CPU worker processes"."""
+        return f"{self.size} {self.kind} worker{'s' if self.size > 1 else ''}"
+
+    def start(self, config_of):
+        raise NotImplementedError
+
+    def send(self, rank, kind, header, *arrays):
+        raise NotImplementedError
+
+    def recv(self, timeout_s):
+        raise NotImplementedError
+
+    def problem(self, rank, now):
+        return None
+
+    def replace(self, rank):
+        raise NotImplementedError
+
+    def stop(self, stop_message=None):
+        """Stop every rank (``stop_message`` = (kind, header) first, where a rank can
+        still take it). Idempotent."""
+        raise NotImplementedError
+
+    def stats(self):
+        return {}
+
+
+class _Child:
+    """One child process and what is known of it."""
+
+    def __init__(self, rank, popen):
+        self.rank, self.popen, self.pid = rank, popen, popen.pid
+        self.checked_at, self.stopped_since = 0.0, None
+
+
+class ProcessGroup(WorkerGroup):
+    """Workers that are child processes of the coordinator, on an ipc socket in a
+    private directory. Subclasses name the ``module`` and may add to the environment
+    (``env``) and to each rank's config (``extra_config``)."""
+    local = True
+    module = None
+
+    def __init__(self, size, stall_timeout=2.0):
+        super().__init__(size)
+        if not isinstance(stall_timeout, (int, float)) or not stall_timeout > 0:
+            raise ValueError(f"stall_timeout must be a positive number of seconds, "
+                             f"got {stall_timeout!r}")
+        self.stall_timeout = stall_timeout
+        self.children = {}
+        self.router = None
+        self.monitor = WorkerMonitor()
+        self._config_of = None
+
+    # -- what subclasses adapt --------------------------------------------------------
+    def env(self):
+        return {}
+
+    def extra_config(self, rank):
+        return {}
+
+    # -- the interface ----------------------------------------------------------------
+    def start(self, config_of):
+        self._config_of = config_of
+        self.monitor.add(os.getpid())      # primes CPU% so the summary covers the run
+        self.router = Router("ipc")
+        for rank in range(self.size):
+            self._spawn(rank)
+
+    def _spawn(self, rank):
+        env = dict(os.environ)
+        env.update(self.env())
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
+        cfg = dict(self._config_of(rank), rank=rank, endpoint=self.router.endpoint,
+                   coordinator_pid=os.getpid(), **self.extra_config(rank))
+        popen = subprocess.Popen([sys.executable, "-m", self.module, json.dumps(cfg)],
+                                 env=env, stdin=subprocess.DEVNULL, cwd=_ROOT)
+        self.children[rank] = _Child(rank, popen)
+        self.monitor.add(popen.pid)
+
+    def send(self, rank, kind, header, *arrays):
+        self.router.send(rank, kind, header, *arrays)
+
+    def recv(self, timeout_s):
+        msg = self.router.recv_valid(timeout_s)
+        if msg is None:
+            return None
+        rank = rank_of_identity(msg.identity)
+        return Ranked(rank if rank in self.children else None, msg)
+
+    def pid(self, rank):
+        return self.children[rank].pid
+
+    def problem(self, rank, now):
+        """Exited (seen from the pid at once), or suspended (SIGSTOP, a debugger) for
+        longer than ``stall_timeout``."""
+        child = self.children[rank]
+        code = child.popen.poll()
+        if code is not None:
+            return exit_reason(code)
+        if self._stalled(child, now):
+            return "was suspended"
+        return None
+
+    def _stalled(self, child, now):
+        # reading /proc is cheap, but not free: every ~0.25 s per worker
+        if now - child.checked_at < 0.25:
+            return False
+        child.checked_at = now
+        if not self.monitor.is_stopped(child.pid):
+            child.stopped_since = None
+            return False
+        if child.stopped_since is None:
+            child.stopped_since = now
+        return now - child.stopped_since > self.stall_timeout
+
+    def replace(self, rank):
+        child = self.children[rank]
+        if child.popen.poll() is None:
+            child.popen.kill()
+        child.popen.wait()
+        self.monitor.remove(child.pid)
+        self._spawn(rank)
+
+    def stop(self, stop_message=None):
+        """STOP (``stop_message`` = (kind, header)) to every live child, then SIGKILL
+        whatever has not exited within 2 s. Idempotent."""
+        if stop_message is not None and self.router is not None:
+            for rank, child in self.children.items():
+                if child.popen.poll() is None:
+                    try:
+                        self.router.send(rank, *stop_message)
+                    except Exception:
+                        pass
+        deadline = time.monotonic() + 2.0
+        for child in self.children.values():
+            try:
+                child.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.popen.kill()
+                child.popen.wait()
+        self.children = {}
+        if self.router is not None:
+            self.router.close()
+            self.router = None
+
+    def stats(self):
+        per = self.monitor.stats(full=True)
+        workers = [{"rank": rank, "pid": c.pid, **per.get(c.pid, {})}
+                   for rank, c in sorted(self.children.items())]
+        return {"per_worker": workers,
+                "coordinator": per.get(os.getpid()) or self_stats(full=True)}

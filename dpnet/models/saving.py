@@ -1,0 +1,24 @@
+"""What a model puts in a checkpoint (the format itself is ``dpnet.storage.checkpoint``;
+reading a model back is ``dpnet.models.loading``)."""
+from __future__ import annotations
+
+from ..storage.checkpoint import write_checkpoint
+
+
+def model_arrays_and_meta(model, **extra):
+    """What a model contributes to a checkpoint: params, optimizer state, config."""
+    opt = model.optimizer.state_dict()
+    arrays = {"params": model.params}
+    arrays.update({f"opt.{k}": v for k, v in opt["arrays"].items()})
+    meta = {"model": model.config(), "n_params": int(model.n_params),
+            "dtype": model.dtype.name,
+            "optimizer": {"config": opt["config"], "t": opt["t"]}}
+    meta.update(extra)
+    return arrays, meta
+
+
+def save_model(path, model, **extra):
+    """Atomically write ``model`` (weights, optimizer state, config) and ``extra``
+    metadata to ``path``."""
+    arrays, meta = model_arrays_and_meta(model, **extra)
+    write_checkpoint(path, arrays, meta)

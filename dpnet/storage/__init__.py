@@ -1,0 +1,2 @@
+"""Files: atomic writes, and the checkpoint format (.npz of plain arrays + JSON
+metadata, never unpickled)."""

@@ -1,0 +1,47 @@
+"""Callbacks for ``fit``: ``cb(epoch, metrics) -> bool``, True stops training.
+
+The rule, the same for ``fit`` and ``fit_text`` (``dpnet.training.loop.call_all``):
+every callback sees every record, in order, and training stops after the record if
+any of them returned True.
+"""
+from __future__ import annotations
+
+
+class EarlyStopping:
+    """Stop after ``patience`` epochs in a row in which ``monitor`` has not improved by
+    ``min_delta`` (as Keras);
+    with ``restore_best_weights`` the model ends with the best epoch's weights."""
+
+    def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, restore_best_weights=True):
+        if not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
+        self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
+        self.restore_best_weights = restore_best_weights
+        self.mode = "max" if "acc" in monitor else "min"
+        self.best, self.best_epoch, self.wait, self.best_params = None, None, 0, None
+        self.model = None
+
+    def set_model(self, model):
+        """Called by fit at the start of every run: a callback reused for another run
+        (or another model) starts afresh, never restoring the previous run's weights."""
+        self.model = model
+        self.best, self.best_epoch, self.wait, self.best_params = None, None, 0, None
+
+    def __call__(self, epoch, metrics):
+        if self.monitor not in metrics:
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which this run does "
+                             f"not report (has: {', '.join(metrics)})")
+        v = metrics[self.monitor]
+        better = self.best is None or (v < self.best - self.min_delta if self.mode == "min"
+                                       else v > self.best + self.min_delta)
+        if better:
+            self.best, self.best_epoch, self.wait = v, epoch, 0
+            if self.restore_best_weights and self.model is not None:
+                self.best_params = self.model.params.copy()
+            return False
+        self.wait += 1
+        if self.wait >= self.patience:
+            if self.best_params is not None:
+                self.model.params[...] = self.best_params
+            return True
+        return False

@@ -1,0 +1,176 @@
+"""``fit``: epochs of shuffled minibatches, with validation, callbacks and checkpoints.
+
+It never computes a gradient itself: an engine does (in process, on workers, on a
+GPU), and the model's optimizer applies it; the step, the stop on Ctrl-C, the
+checkpoint on a worker failure and the callback rule are the shared loop core's
+(``dpnet.training.loop``). Everything random is a function of (seed, epoch) or
+(seed, step), so a run resumed from a checkpoint, or a step re-run after a worker
+failure, is the same as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from ..data.batching import batch_slices, epoch_order
+from ..data.check import check_data
+from ..models.saving import save_model
+from .history import History
+from .loop import Loop, Plan, call_all
+
+
+def check_validation(model, validation_data):
+    """validation_data as checked (x, y), or ValueError: an (x, y) pair, not empty."""
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        raise ValueError("validation_data must be an (x, y) pair, got "
+                         f"{type(validation_data).__name__}"
+                         + (f" of {len(validation_data)}" if isinstance(validation_data,
+                                                                     (tuple, list)) else ""))
+    x, y = check_data(model, *validation_data, "validation data")
+    if x.shape[0] == 0:
+        raise ValueError("validation data is empty (give validation_data=None for none)")
+    return x, y
+
+
+def check_training_data(model, x, y):
+    x, y = check_data(model, x, y, "training data")
+    if x.shape[0] == 0:
+        raise ValueError("training data is empty")
+    return x, y
+
+
+def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=(),
+        shuffle=True, seed=None, verbose=1, engine=None, workers=0, checkpoint=None,
+        initial_step=0, history=None, print_fn=print, progress=None):
+    """Train ``model`` on (x, y).
+
+    epochs: the epoch to stop after (counting from 0, as Keras's ``epochs`` with
+      ``initial_epoch``): a run resumed at step s continues to the same end.
+    callbacks: callables ``cb(epoch, metrics) -> bool`` after every epoch; every one
+      sees every epoch, and True from any stops training after it.
+    seed: shuffling and dropout seed (default: the model's seed).
+    engine / workers: who computes gradients (default: in process).
+    checkpoint: a path rewritten (atomically) after every epoch, when stopped, and
+      when a worker fails.
+    initial_step: resume after this many updates (from a checkpoint's metadata).
+    progress: show a tqdm bar per epoch (default: when stderr is a terminal).
+    Ctrl-C or SIGTERM stops after the current step; the model keeps its weights and
+    the returned History has ``interrupted = True``.
+    """
+    if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    x, y = check_training_data(model, x, y)
+    datasets = {"train": (x, y)}
+    if validation_data is not None:
+        datasets["val"] = check_validation(model, validation_data)
+    history = history if history is not None else History()
+    for cb in callbacks:
+        if hasattr(cb, "set_model"):
+            cb.set_model(model)
+    say = print_fn if verbose else (lambda *a, **k: None)
+    loop = Loop(model, history, engine=engine, workers=workers, checkpoint=checkpoint, say=say)
+    seed = model.seed if seed is None else int(seed)
+    plan = EpochPlan(model, loop, x.shape[0], int(batch_size), int(epochs), seed, shuffle,
+                     "val" in datasets, list(callbacks), checkpoint, say,
+                     progress=verbose and sys.stderr.isatty() if progress is None else progress)
+    loop.run(plan, datasets, seed, int(initial_step), plan.end)
+    return history
+
+
+class EpochPlan(Plan):
+    """Global step s is batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``;
+    at each epoch's end: metrics (and validation), a line, the callbacks, a checkpoint."""
+
+    def __init__(self, model, loop, n, batch_size, epochs, seed, shuffle, validate,
+                 callbacks, checkpoint, say, progress):
+        self.model, self.loop, self.history = model, loop, loop.history
+        self.n, self.batch_size, self.epochs = n, batch_size, epochs
+        self.seed, self.shuffle, self.validate = seed, shuffle, validate
+        self.callbacks, self.checkpoint, self.say = callbacks, checkpoint, say
+        self.progress = progress
+        self.slices = batch_slices(n, batch_size)
+        self.steps_per_epoch = len(self.slices)
+        self.end = epochs * self.steps_per_epoch
+        self.epoch = self.order = self.bar = None
+
+    def batch(self, step):
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if epoch != self.epoch:
+            self._begin_epoch(epoch, first=k)
+        return self.order[self.slices[k]]
+
+    def _begin_epoch(self, epoch, first):
+        self.t0 = time.perf_counter()
+        self.epoch = epoch
+        self.order = epoch_order(self.n, epoch, self.seed, self.shuffle)
+        self.loss_sum = self.correct = self.seen = 0
+        if self.progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.steps_per_epoch, initial=first, leave=False,
+                            desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch")
+
+    def after_step(self, step, loss, n, correct, seconds):
+        self.loss_sum += loss * n
+        self.correct += correct
+        self.seen += n
+        self.history.samples += n
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if step % self.steps_per_epoch:
+            return False
+        return self._end_epoch(step)
+
+    def _end_epoch(self, step):
+        self.close()
+        self.loop.engine.sync_to_host()  # the learning rate, and callbacks, read the model
+        metrics = {"loss": self.loss_sum / max(self.seen, 1),
+                   "accuracy": self.correct / max(self.seen, 1)}
+        if self.validate:
+            vl, vn, vc = self.loop.engine.evaluate("val")
+            metrics.update(val_loss=vl, val_accuracy=vc / max(vn, 1))
+        metrics["lr"] = self.model.optimizer.lr
+        metrics["seconds"] = time.perf_counter() - self.t0
+        epoch = self.epoch + 1
+        self.history.append(epoch, metrics)
+        self.say(format_epoch(epoch, self.epochs, metrics))
+        self.epoch = None
+        stop = call_all(self.callbacks, epoch, metrics)
+        if self.checkpoint is not None:
+            self.loop.save(self, step)
+        return stop
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def save(self, step):
+        save_training_checkpoint(self.checkpoint, self.model, step, self.seed,
+                                 self.batch_size, self.history, n_train=self.n)
+
+    def diverged(self, step, loss):
+        return (f"training diverged: loss is {loss} at step {step} (epoch "
+                f"{step // self.steps_per_epoch + 1}); lower the learning rate")
+
+
+def format_epoch(epoch, epochs, m):
+    parts = [f"epoch {epoch:>3}/{epochs}", f"loss {m['loss']:.4f}", f"acc {m['accuracy']:.4f}"]
+    if "val_loss" in m:
+        parts += [f"val_loss {m['val_loss']:.4f}", f"val_acc {m['val_accuracy']:.4f}"]
+    parts += [f"lr {m['lr']:.2e}", f"{m['seconds']:.1f}s"]
+    return "  ".join(parts)
+
+
+def save_training_checkpoint(path, model, step, seed, batch_size, history, n_train=None,
+                             **extra):
+    """A checkpoint that a run can resume from: the step, and what the step count means
+    (seed, batch size, training-set size), so a resume with other settings is refused."""
+    training = {"step": int(step), "seed": int(seed), "batch_size": int(batch_size),
+                "n_train": None if n_train is None else int(n_train),
+                "history": history.to_dict(), **extra}
+    save_model(path, model, training=training)

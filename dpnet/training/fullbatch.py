@@ -1,0 +1,103 @@
+"""Full-batch training with scipy's minimizers (L-BFGS-B, CG, BFGS, ...).
+
+scipy takes the model's flat parameter vector as it is; each evaluation of the
+objective is one full-batch gradient computed by an engine -- in process or sharded
+over worker processes, so L-BFGS is data-parallel too.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..engines import make_engine
+from ..nn.layers import Dropout
+from .epochs import check_training_data, check_validation
+
+METHODS = ("L-BFGS-B", "CG", "BFGS")
+
+
+class _Stop(Exception):
+    """A callback asked to stop: leaves scipy's loop."""
+
+
+def _check(model, method, maxiter):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not isinstance(maxiter, int) or maxiter <= 0:
+        raise ValueError(f"maxiter must be a positive integer, got {maxiter!r}")
+    if any(isinstance(l, Dropout) and l.rate > 0 for l in getattr(model, "layers", [])):
+        raise ValueError("line searches need a deterministic objective: "
+                         "full-batch training does not support dropout")
+
+
+class _Objective:
+    """scipy's view of the model: ``value_and_grad(theta)`` for the line searches and
+    ``iteration(theta)`` after each accepted step (metrics, printing, the callback)."""
+
+    def __init__(self, model, engine, n, validate, maxiter, callback, print_fn):
+        self.model, self.engine, self.validate = model, engine, validate
+        self.maxiter, self.callback, self.print_fn = maxiter, callback, print_fn
+        self.all_idx = np.arange(n)
+        self.evals = self.iterations = 0
+        self.t0 = time.perf_counter()
+
+    def value_and_grad(self, theta):             # theta: float64 (n_params,)
+        model = self.model
+        model.params[...] = theta                # cast to the model's dtype
+        self.evals += 1
+        self.engine.weights_changed(self.evals)
+        loss, _, _ = self.engine.gradient(self.evals, self.all_idx)
+        model.add_penalty_grad(model.grads)      # the L2 term, as apply_gradients adds it
+        return loss + model.l2_penalty(), model.grads.astype(np.float64)
+
+    def iteration(self, theta):
+        self.iterations += 1
+        self.model.params[...] = theta
+        self.engine.weights_changed(self.evals)
+        tl, tn, tc = self.engine.evaluate("train")
+        metrics = {"loss": tl, "accuracy": tc / max(tn, 1)}
+        if self.validate:
+            vl, vn, vc = self.engine.evaluate("val")
+            metrics.update(val_loss=vl, val_accuracy=vc / max(vn, 1))
+        metrics["seconds"] = time.perf_counter() - self.t0
+        if self.print_fn is not None:
+            self.print_fn(f"iter {self.iterations:>4}/{self.maxiter}  " + "  ".join(
+                f"{k} {v:.4f}" for k, v in metrics.items()))
+        if self.callback is not None and self.callback(self.iterations, metrics):
+            raise _Stop
+
+
+def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
+             engine=None, workers=0, callback=None, tol=None, print_fn=None):
+    """Minimize the mean training loss (plus the model's L2 penalty) over all of (x, y).
+
+    Returns scipy's OptimizeResult (None when ``callback`` stopped it); the model ends
+    with the best parameters found. ``callback(iteration, metrics) -> bool`` runs after
+    every iteration; True stops.
+    """
+    try:
+        from scipy.optimize import minimize as scipy_minimize
+    except ImportError:
+        raise ImportError("full-batch training needs scipy: pip install scipy") from None
+    _check(model, method, maxiter)
+    x, y = check_training_data(model, x, y)
+    datasets = {"train": (x, y)}
+    if validation_data is not None:
+        datasets["val"] = check_validation(model, validation_data)
+    own = engine is None
+    engine = make_engine(workers) if own else engine
+    try:
+        engine.start(model, datasets)
+        f = _Objective(model, engine, len(x), "val" in datasets, maxiter, callback, print_fn)
+        try:
+            result = scipy_minimize(f.value_and_grad, model.params.astype(np.float64),
+                                    jac=True, method=method, tol=tol, callback=f.iteration,
+                                    options={"maxiter": maxiter})
+            model.params[...] = result.x
+        except _Stop:
+            result = None
+    finally:
+        if own:
+            engine.close()
+    return result

@@ -1,0 +1,171 @@
+"""The one training-loop core that ``fit`` (epochs of minibatches) and ``fit_text``
+(global steps over stream chunks) are written on.
+
+A run is a sequence of global steps ``step .. end``; what a step's batch is, and what
+happens between steps (metrics, validation, samples, periodic checkpoints,
+callbacks), is the loop's ``Plan`` (see ``fit.EpochPlan``, ``text.TextPlan``). The
+core owns what must be the same for every loop:
+
+- the engine: made from ``workers`` when none is given (and then closed), started on
+  the datasets, always closed again if the run made it;
+- one training step: the engine's gradient, a divergence check (one line naming the
+  step), the model's update, the engine told of the new weights;
+- a clean stop on Ctrl-C / SIGTERM (``GracefulStop``): after the current step, with
+  whole weights, ``history.interrupted = True``; a second Ctrl-C raises at once;
+- checkpoints: the path is checked before any work; one is written when a worker
+  fails (the weights are those of the last whole step) and when the run ends, unless
+  the plan saved at that very step already;
+- callbacks: every callback sees every record, and training stops after it if any
+  returned True (``call_all``);
+- the history's step, wall time and the engine's statistics, whatever the ending.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+
+from ..engines import make_engine
+from ..engines.errors import WorkerError
+
+
+class GracefulStop:
+    """While active, the first SIGINT/SIGTERM only sets ``requested``: the loop ends
+    after the current step, with whole weights (never half an update). A second
+    SIGINT raises KeyboardInterrupt at once, for a user who really means it."""
+
+    def __init__(self):
+        self.requested = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def check_checkpoint_path(checkpoint):
+    """An unusable checkpoint path fails now, not after the first epoch."""
+    if checkpoint is None:
+        return
+    d = os.path.dirname(os.path.abspath(os.fspath(checkpoint)))
+    if os.path.isdir(checkpoint) or not os.path.isdir(d) or not os.access(d, os.W_OK):
+        raise ValueError(f"checkpoint {os.fspath(checkpoint)!r}: not a writable file "
+                         f"path (is it a directory, or its directory missing?)")
+
+
+def call_all(callbacks, *record):
+    """Every callback sees the record (a list, not ``any(generator)``, which would stop
+    at the first True); True if any of them asks to stop."""
+    return any([bool(cb(*record)) for cb in callbacks])
+
+
+class Plan:
+    """What a loop decides; the core calls these in this order:
+
+    ``start(engine)`` once the engine holds the data; per step ``batch(step)`` (what
+    ``engine.gradient`` gets) and, after the update, ``after_step(step, loss, n,
+    correct, seconds)`` -> True to stop (``step`` is then the count of updates done);
+    ``finish(step, interrupted)`` when the loop ends without an error, before the
+    final checkpoint; ``close()`` however it ends. ``save(step)`` writes a checkpoint
+    that resumes at ``step``; ``diverged(step, loss)`` is the message for a non-finite
+    loss."""
+
+    def start(self, engine):
+        pass
+
+    def batch(self, step):
+        raise NotImplementedError
+
+    def after_step(self, step, loss, n, correct, seconds):
+        return False
+
+    def finish(self, step, interrupted):
+        pass
+
+    def close(self):
+        pass
+
+    def save(self, step):
+        raise NotImplementedError
+
+    def diverged(self, step, loss):
+        return f"training diverged: loss is {loss} at step {step}; lower the learning rate"
+
+
+class Loop:
+    """Runs a ``Plan`` from ``step`` to ``end`` (see the module docstring)."""
+
+    def __init__(self, model, history, engine=None, workers=0, checkpoint=None, say=print):
+        check_checkpoint_path(checkpoint)
+        self.model, self.history, self.say = model, history, say
+        self.own_engine = engine is None
+        self.engine = make_engine(workers) if engine is None else engine
+        self.checkpoint = checkpoint
+        self.saved_step = None       # the step of the last checkpoint this run wrote
+
+    def save(self, plan, step):
+        self.engine.sync_to_host()       # the weights may live with a worker
+        plan.save(step)
+        self.saved_step = step
+
+    def run(self, plan, datasets, seed, step, end):
+        """Train from global step ``step`` to ``end``; returns the step reached."""
+        self.step = step
+        self.history.interrupted = self.history.stopped_early = False   # this run's own
+        t_start = time.perf_counter()
+        try:
+            self.engine.start(self.model, datasets, seed=seed)
+            plan.start(self.engine)
+            with GracefulStop() as stop:
+                try:
+                    self._steps(plan, end, stop)
+                    self.engine.sync_to_host()
+                    interrupted = stop.requested is not None
+                    self.history.interrupted = interrupted
+                    if interrupted:
+                        self.say(f"stopped by {stop.requested} after step {self.step}; "
+                                 f"the model keeps its last weights")
+                    plan.finish(self.step, interrupted)
+                except WorkerError:
+                    # the weights are those of the last whole step: a resumable checkpoint
+                    if self.checkpoint is not None and self.saved_step != self.step:
+                        self.save(plan, self.step)
+                    raise
+                if self.checkpoint is not None and self.saved_step != self.step:
+                    self.save(plan, self.step)
+        finally:
+            plan.close()
+            self.history.wall_time += time.perf_counter() - t_start
+            self.history.step = self.step
+            if self.own_engine:
+                self.engine.close()
+            self.history.engine_stats = self.engine.stats()
+        return self.step
+
+    def _steps(self, plan, end, stop):
+        engine = self.engine
+        while self.step < end and not stop.requested:
+            t0 = time.perf_counter()
+            # the engine's step: the gradient, then the update (in the coordinator, or
+            # where the weights live); a non-finite loss leaves the weights untouched
+            loss, n, correct = engine.step(self.step, plan.batch(self.step))
+            if not math.isfinite(loss):
+                raise FloatingPointError(plan.diverged(self.step, loss))
+            self.step += 1
+            if plan.after_step(self.step, loss, n, correct, time.perf_counter() - t0):
+                self.history.stopped_early = True
+                break

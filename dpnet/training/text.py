@@ -1,0 +1,230 @@
+"""The character-model training loop: global steps over epochs of stream chunks.
+
+Step s of a run is chunk ``s % n`` of epoch ``s // n`` (``n = len(train)``): the
+engine resets the carried (h, c) state at chunk 0 and carries it from chunk to chunk
+otherwise (truncated BPTT). Nothing here is random except the samples, which are
+seeded by (seed, step), so a run resumed at step s from a checkpoint that holds the
+weights, the optimizer state and the carried state of chunk ``s % n`` continues
+exactly as the uninterrupted run would have. The step, stopping, failures and callbacks
+are the shared loop core's (``loop``); the checkpoint format is ``text_checkpoint``.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from .history import LN2, TextHistory
+from .loop import Loop, Plan, call_all
+from .text_checkpoint import save_text_checkpoint, stream_crc
+
+
+def _count(name, v, zero_ok=True, none_ok=False):
+    if v is None and none_ok:
+        return None
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < (0 if zero_ok else 1):
+        kind = "a non-negative" if zero_ok else "a positive"
+        raise ValueError(f"{name} must be {kind} integer{' or None' if none_ok else ''}, "
+                         f"got {v!r}")
+    return int(v)
+
+
+def _prime_ids(prime, vocab, train):
+    """Ids the periodic samples start from: ``prime`` (a str needs ``vocab``), else a
+    newline when the vocabulary has one (a sample then starts like a paragraph),
+    else the first character of the training text."""
+    if prime is None:
+        if vocab is not None and "\n" in vocab:
+            return [int(vocab.encode("\n")[0])]
+        return [int(train.streams[0, 0])]
+    if isinstance(prime, str):
+        if vocab is None:
+            raise ValueError("a text prime needs the vocabulary (vocab=...)")
+        if not prime:
+            raise ValueError("prime must not be empty")
+        return [int(i) for i in vocab.encode(prime)]
+    ids = [int(i) for i in prime]
+    V = len(vocab) if vocab is not None else int(train.streams.max()) + 1
+    if not ids or min(ids) < 0 or max(ids) >= V:
+        raise ValueError(f"prime ids must be a non-empty list in [0, {V}), got {prime!r}")
+    return ids
+
+
+
+
+def _check_options(train, val, steps, epochs, temperature, smoothing):
+    """The global step to end at, after checking the options that are not counts."""
+    for label, b in (("train", train), ("val", val)):
+        if b is not None and not all(hasattr(b, a) for a in ("streams", "seq_len", "batch")):
+            raise ValueError(f"{label} must be a dpnet.data.text.StreamBatcher, got "
+                             f"{type(b).__name__}")
+    n = len(train)
+    if n <= 0:
+        raise ValueError("the training text yields no batch")
+    if steps is not None and epochs is not None:
+        raise ValueError(f"give steps or epochs, not both (got steps={steps!r}, "
+                         f"epochs={epochs!r})")
+    end = _count("steps", steps) if steps is not None else _count(
+        "epochs", 1 if epochs is None else epochs) * n
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+            or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if not isinstance(smoothing, (int, float)) or not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}")
+    if val is not None and val.seq_len != train.seq_len:
+        raise ValueError(f"validation batches are {val.seq_len} steps long, training "
+                         f"batches {train.seq_len}")
+    return end
+
+
+def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, workers=0,
+             seed=0, eval_every=500, sample_every=500, sample_length=200, temperature=0.8,
+             vocab=None, prime=None, log_every=10, smoothing=0.99, checkpoint=None,
+             save_every=None, initial_step=0, initial_state=None, history=None,
+             print_fn=print, verbose=True, callbacks=(), text_path=None,
+             val_fraction=None):
+    """Train a CharLSTM on ``train`` (a StreamBatcher) for global steps.
+
+    steps / epochs: the global step to stop at, counted from 0 like the checkpoint's
+      step (``epochs`` means ``epochs * len(train)``); at most one; neither = 1 epoch.
+      A run resumed at ``initial_step`` therefore ends where the uninterrupted one would.
+    val: a StreamBatcher with the same seq_len; validated every ``eval_every`` steps
+      and at the end (0 = only at the end), reported in nats and bits per character.
+    sample_every / sample_length / temperature / prime: a sample printed every
+      ``sample_every`` steps (0 = never; needs ``vocab`` to decode), seeded by (seed, step).
+    log_every: a progress line (loss, smoothed loss, chars/s) every this many steps.
+    smoothing: the EMA factor of the smoothed loss, which starts at ln(V) (the loss of
+      a uniform guess) as in char-rnn.
+    checkpoint / save_every: a path rewritten atomically every ``save_every`` steps,
+      at the end, when interrupted and when a worker fails; it holds what an exact
+      resume needs (``text_checkpoint.load_text_checkpoint``), plus ``text_path`` and
+      ``val_fraction`` when given (where the text came from, and how it was split).
+    initial_step / initial_state / history: resume; ``initial_state`` = (h, c) that
+      chunk ``initial_step % len(train)`` starts from (None: zeros).
+    callbacks: ``cb(step, record) -> bool`` after every progress line and validation
+      (record: {"kind": "train" | "val", ...}); every callback sees every record, and
+      True from any stops training after it.
+    Ctrl-C or SIGTERM stops after the current step with whole weights; the returned
+    TextHistory then has ``interrupted = True``.
+    """
+    end = _check_options(train, val, steps, epochs, temperature, smoothing)
+    counts = {k: _count(k, v) for k, v in (("eval_every", eval_every),
+                                           ("sample_every", sample_every),
+                                           ("sample_length", sample_length),
+                                           ("log_every", log_every))}
+    save_every = _count("save_every", save_every, zero_ok=False, none_ok=True)
+    step = _count("initial_step", initial_step)
+    prime_ids = _prime_ids(prime, vocab, train) if counts["sample_every"] and \
+        vocab is not None else None
+    say = print_fn if verbose else (lambda *a, **k: None)
+    hist = history if history is not None else TextHistory()
+    loop = Loop(model, hist, engine=engine, workers=workers, checkpoint=checkpoint, say=say)
+    plan = TextPlan(model, loop, train, val, end, seed, vocab, prime_ids, temperature,
+                    smoothing, checkpoint, save_every, initial_state, list(callbacks), say,
+                    text_path=text_path, val_fraction=val_fraction, **counts)
+    loop.run(plan, {"train": train, "val": val}, seed, step, end)
+    return hist
+
+
+class TextPlan(Plan):
+    """Step s is chunk ``s % n``; between steps: progress lines, validation, samples,
+    periodic checkpoints, callbacks on each progress line and validation."""
+
+    def __init__(self, model, loop, train, val, end, seed, vocab, prime_ids, temperature,
+                 smoothing, checkpoint, save_every, initial_state, callbacks, say,
+                 text_path, val_fraction, eval_every, sample_every, sample_length,
+                 log_every):
+        self.model, self.loop, self.hist = model, loop, loop.history
+        self.train, self.val, self.end, self.seed = train, val, end, seed
+        self.n = len(train)
+        self.vocab, self.prime_ids, self.temperature = vocab, prime_ids, temperature
+        self.smoothing, self.checkpoint, self.save_every = smoothing, checkpoint, save_every
+        self.initial_state, self.callbacks, self.say = initial_state, callbacks, say
+        self.text_path, self.val_fraction = text_path, val_fraction
+        self.eval_every, self.sample_every = eval_every, sample_every
+        self.sample_length, self.log_every = sample_length, log_every
+        self.width = len(str(end))
+        h = self.hist
+        self.smooth = h.smooth_loss[-1] if h.smooth_loss else math.log(model.vocab_size)
+        self.crc = stream_crc(train) if checkpoint is not None else None
+        self.t_log, self.chars_log = 0.0, 0
+
+    def start(self, engine):
+        self.engine = engine
+        step = self.loop.step
+        if self.initial_state is not None and step % self.n:
+            engine.set_state(step % self.n, self.initial_state)
+
+    def batch(self, step):
+        return step % self.n
+
+    def after_step(self, step, loss, n_chars, correct, dt):
+        h = self.hist
+        self.t_log += dt
+        self.chars_log += n_chars
+        h.train_time += dt
+        h.chars += n_chars
+        self.smooth = self.smoothing * self.smooth + (1.0 - self.smoothing) * loss
+        h.steps.append(step)
+        h.loss.append(loss)
+        h.smooth_loss.append(self.smooth)
+        records = []
+        if (self.log_every and step % self.log_every == 0) or step == self.end:
+            records.append(self._progress(step, loss))
+        if self.val is not None and self.eval_every and step % self.eval_every == 0:
+            records.append(self.validate(step))
+        if self.prime_ids is not None and step % self.sample_every == 0:
+            self._sample(step)
+        if self.checkpoint is not None and self.save_every and step % self.save_every == 0:
+            self.loop.save(self, step)
+        stop = False
+        for rec in records:
+            stop = call_all(self.callbacks, step, rec) or stop
+        return stop
+
+    def _progress(self, step, loss):
+        rate = self.chars_log / self.t_log if self.t_log > 0 else 0.0
+        self.hist.rate_steps.append(step)
+        self.hist.chars_per_s.append(rate)
+        self.say(f"step {step:>{self.width}}/{self.end}  epoch {step / self.n:.2f}  loss "
+                 f"{loss:.4f}  smooth {self.smooth:.4f}  {rate:,.0f} chars/s")
+        self.t_log, self.chars_log = 0.0, 0
+        return {"kind": "train", "step": step, "loss": loss, "smooth_loss": self.smooth,
+                "chars_per_s": rate}
+
+    def validate(self, step):
+        t0 = time.perf_counter()
+        vl, vn, _ = self.engine.evaluate("val")
+        self.hist.val_steps.append(step)
+        self.hist.val_loss.append(vl)
+        self.say(f"step {step:>{self.width}}/{self.end}  val loss {vl:.4f} nats/char  "
+                 f"{vl / LN2:.4f} bits/char  ({vn:,} chars, {time.perf_counter() - t0:.1f} s)")
+        return {"kind": "val", "step": step, "val_loss": vl, "val_bits_per_char": vl / LN2}
+
+    def _sample(self, step):
+        self.engine.sync_to_host()       # sampling reads the weights
+        ids = self.model.sample(self.prime_ids, self.sample_length, self.temperature,
+                                seed=[int(self.seed), step])
+        text = self.vocab.decode(self.prime_ids + ids)
+        self.hist.samples.append((step, text))
+        self.say(f"---- sample at step {step} (temperature {self.temperature:g}) ----\n"
+                 f"{text}\n----")
+
+    def finish(self, step, interrupted):
+        h = self.hist
+        if not interrupted and self.val is not None and (not h.val_steps
+                                                         or h.val_steps[-1] != step):
+            self.validate(step)
+
+    def save(self, step):
+        st = self.engine.get_state(step % self.n) if step % self.n else None
+        self.hist.step = step
+        save_text_checkpoint(self.checkpoint, self.model, self.vocab, self.train, step,
+                             self.seed, self.hist, st, crc=self.crc,
+                             text_path=self.text_path, val_fraction=self.val_fraction)
+        self.hist.saved_step = step
+
+    def diverged(self, step, loss):
+        return (f"training diverged: loss is {loss} at step {step}; lower the learning "
+                f"rate or clip the gradient")

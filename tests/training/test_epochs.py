@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+
+import dpnet
+from dpnet import Dense, Dropout, Sequential
+from dpnet.training import EarlyStopping, History
+
+
+def mlp(seed=0, dropout=0.0, opt="adam"):
+    layers = [Dense(784, 64, activation="relu")]
+    if dropout:
+        layers.append(Dropout(dropout))
+    layers.append(Dense(64, 10, activation="softmax"))
+    return Sequential(layers, optimizer=opt, seed=seed)
+
+
+@pytest.mark.slow
+def test_reaches_92_percent_on_mnist_from_10k_samples_in_2_epochs(mnist_small):
+    d = mnist_small
+    m = Sequential([Dense(784, 512, activation="relu"), Dense(512, 128, activation="relu"),
+                    Dense(128, 64, activation="relu"), Dense(64, 10, activation="softmax")])
+    h = m.fit(d.x_train, d.y_train, epochs=2, batch_size=64, validation_data=(d.x_val, d.y_val),
+              verbose=0)
+    acc = m.evaluate(d.x_test, d.y_test)["accuracy"]
+    assert acc >= 0.92, acc
+    assert h.history["val_accuracy"][-1] >= 0.92
+    assert h.history["loss"][1] < h.history["loss"][0]
+
+
+def test_resume_from_checkpoint_is_exact(mnist_small, tmp_path):
+    d = mnist_small
+    x, y = d.x_train[:1200], d.y_train[:1200]
+    straight = mlp(dropout=0.2)
+    straight.fit(x, y, epochs=3, batch_size=100, verbose=0)
+    first = mlp(dropout=0.2)
+    ck = tmp_path / "ck.npz"
+    first.fit(x, y, epochs=1, batch_size=100, verbose=0, checkpoint=ck)
+    resumed = mlp(seed=99, dropout=0.2)            # different init: all must come from the file
+    meta = dpnet.models.load_weights_into(resumed, ck)
+    assert meta["training"]["step"] == 12
+    h = resumed.fit(x, y, epochs=3, batch_size=100, verbose=0, seed=0,
+                    initial_step=meta["training"]["step"])
+    assert h.epochs == [2, 3]
+    assert np.array_equal(resumed.params, straight.params)
+
+
+def test_shuffle_and_seed_change_the_result(mnist_small):
+    x, y = mnist_small.x_train[:500], mnist_small.y_train[:500]
+    runs = {}
+    for key, kw in {"a": {}, "a2": {}, "seed": {"seed": 5}, "noshuf": {"shuffle": False}}.items():
+        m = mlp()
+        m.fit(x, y, epochs=1, batch_size=50, verbose=0, **kw)
+        runs[key] = m.params.copy()
+    assert np.array_equal(runs["a"], runs["a2"])
+    assert not np.array_equal(runs["a"], runs["seed"])
+    assert not np.array_equal(runs["a"], runs["noshuf"])
+
+
+def test_last_partial_batch_is_used(mnist_small):
+    x, y = mnist_small.x_train[:103], mnist_small.y_train[:103]
+    m = mlp()
+    h = m.fit(x, y, epochs=1, batch_size=50, verbose=0)
+    assert m.optimizer.t == 3 and h.samples == 103
+
+
+def test_callback_stops_and_receives_metrics(mnist_small):
+    seen = []
+
+    def cb(epoch, metrics):
+        seen.append((epoch, sorted(metrics)))
+        return epoch == 2
+
+    m = mlp()
+    h = m.fit(mnist_small.x_train[:300], mnist_small.y_train[:300], epochs=10, batch_size=100,
+              validation_data=(mnist_small.x_val[:200], mnist_small.y_val[:200]),
+              callbacks=[cb], verbose=0)
+    assert [e for e, _ in seen] == [1, 2] and h.stopped_early and h.epochs == [1, 2]
+    assert seen[0][1] == ["accuracy", "loss", "lr", "seconds", "val_accuracy", "val_loss"]
+
+
+def test_early_stopping_restores_the_best_weights():
+    es = EarlyStopping(patience=2)
+    m = mlp()
+    es.set_model(m)
+    assert not es(1, {"val_loss": 1.0})
+    best = m.params.copy()
+    m.params += 1
+    assert not es(2, {"val_loss": 1.5})
+    assert es(3, {"val_loss": 1.2})                   # two epochs without improvement
+    assert np.array_equal(m.params, best) and es.best_epoch == 1
+    es1 = EarlyStopping(patience=1)
+    assert not es1(1, {"val_loss": 1.0}) and es1(2, {"val_loss": 1.0})   # no improvement
+    with pytest.raises(ValueError, match="monitors 'val_loss'"):
+        EarlyStopping()(1, {"loss": 1.0})
+
+
+def test_sigint_stops_after_the_current_step_and_keeps_weights(mnist_small):
+    import os
+    import signal
+
+    class Interrupting(dpnet.engines.LocalEngine):
+        def gradient(self, step, idx):
+            if step == 4:
+                os.kill(os.getpid(), signal.SIGINT)   # a real Ctrl-C, mid-epoch
+            return super().gradient(step, idx)
+
+    m = mlp()
+    h = m.fit(mnist_small.x_train[:1000], mnist_small.y_train[:1000], epochs=5, batch_size=100,
+              engine=Interrupting(), verbose=0)
+    assert h.interrupted and h.step == 5 and m.optimizer.t == 5
+    assert np.isfinite(m.params).all()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # restored
+    m.predict(mnist_small.x_val[:10])                  # the model stays usable
+
+
+def test_divergence_is_reported_not_trained_through(mnist_small):
+    m = Sequential([Dense(784, 10, activation="linear")], loss="mse",
+                   optimizer=dpnet.optimizers.SGD(lr=1e6))
+    with pytest.raises(FloatingPointError, match="diverged"):
+        with np.errstate(all="ignore"):
+            m.fit(mnist_small.x_train[:2000] * 1e3, mnist_small.y_train[:2000], epochs=3,
+                  batch_size=100, verbose=0)
+
+
+def test_bad_arguments():
+    m = mlp()
+    x, y = np.zeros((10, 784), np.float32), np.zeros(10, np.int64)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        m.fit(x, y, batch_size=0)
+    with pytest.raises(ValueError, match="10 inputs but 9 targets"):
+        m.fit(x, y[:9])
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 10\), got \[0, 12\]"):
+        m.fit(x, np.r_[y[:9], 12])
+    with pytest.raises(ValueError, match=r"shape \(n, 784\), got \(10, 5\)"):
+        m.fit(np.zeros((10, 5)), y)
+    assert isinstance(m.fit(x, y, epochs=0, verbose=0), History)

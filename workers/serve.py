@@ -1,0 +1,130 @@
+"""The worker's serve loop, the same for every kind of worker.
+
+A worker is this loop over a *binding*: where its weights, data and gradient live
+(``cpu_worker.SharedMemoryBinding``: all in the coordinator's shared memory;
+``gpu_worker.DeviceBinding``: on a CUDA device). The loop introduces the worker with
+HELLO, serves STEP and EVAL until STOP, answers an exception with ERROR (and its
+traceback) and goes on serving, exits when its coordinator is gone, and says BYE.
+A thread with a socket of its own sends a HEARTBEAT every ``HEARTBEAT_S``, busy or
+idle, so that silence means trouble even where the coordinator cannot see a pid.
+
+A binding provides: ``model`` and ``task`` (bound to wherever the arrays live),
+``signature`` (for the handshake), and
+
+    binding.use_weights(header, arrays)  make the model's weights those the header names
+    binding.index(header, arrays)        the shard's sample indices (None for stream tasks)
+    binding.gradient_reply(header)       after the task's step: (reply fields, frames)
+    binding.extra(msg)                   messages beyond STEP/EVAL/STOP: (kind, header,
+                                         *frames) to reply, or None
+    binding.close()
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import traceback
+
+
+def quiet_process():
+    """What every worker process does first. Ctrl-C in a terminal, and SIGTERM from
+    systemd, `timeout` or `kill -- -PGID`, reach the whole process group; only the
+    coordinator decides what they mean (a clean stop, not a crashed worker). It stops
+    workers with STOP, or SIGKILL after 2 s, and a worker whose coordinator is gone
+    exits by itself. A diverging run is the coordinator's to report (a non-finite loss,
+    one line), not a stream of overflow warnings from every worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    import numpy as np
+    np.seterr(over="ignore", invalid="ignore", divide="ignore")
+
+
+class Heartbeat:
+    """A daemon thread that sends HEARTBEAT on its own DEALER until ``stop()``."""
+
+    def __init__(self, endpoint, rank):
+        from dpnet.parallel import protocol as P
+        from dpnet.parallel.transport import HEARTBEAT_S, Dealer
+        self._stop = threading.Event()
+        self._sock = Dealer(endpoint, rank, heartbeat=True)
+        self._rank, self._P, self._interval = rank, P, HEARTBEAT_S
+        self._thread = threading.Thread(target=self._run, name="dpnet-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            while not self._stop.wait(self._interval):
+                self._sock.send(self._P.HEARTBEAT, {"rank": self._rank})
+        except Exception:                  # the coordinator is gone: the main loop sees it
+            pass
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self._sock.close()
+
+
+def serve(binding, endpoint, rank, watch):
+    """Serve the coordinator at ``endpoint`` as ``rank`` until STOP or until ``watch``
+    (a ``CoordinatorWatch``) says it is gone. Returns the process exit code."""
+    from dpnet.parallel import protocol as P
+    from dpnet.parallel.transport import Dealer
+
+    sock = Dealer(endpoint, rank)
+    heartbeat = Heartbeat(endpoint, rank)
+    sock.send(P.HELLO, {"rank": rank, "pid": os.getpid(), "signature": binding.signature})
+    reason = "stopped"
+    try:
+        while True:
+            lost = watch.lost()                   # checked every pass, message or not
+            if lost:
+                reason = lost
+                return 0
+            try:
+                msg = sock.recv_valid(0.5)
+            except Exception:                     # the socket itself failed: give up
+                reason = "socket error"
+                return 1
+            if msg is None:
+                continue
+            watch.saw_message()
+            if msg.kind == P.STOP:
+                return 0
+            reply = _answer(binding, rank, msg, P)
+            if reply is not None:
+                sock.send(*reply)
+    finally:
+        heartbeat.stop()
+        try:
+            sock.send(P.BYE, {"rank": rank, "reason": reason})
+        except Exception:
+            pass
+        sock.close()
+        binding.close()
+
+
+def _answer(binding, rank, msg, P):
+    """The reply to one message (None for those that need none: WELCOME, HEARTBEAT);
+    an exception becomes an ERROR reply with the traceback."""
+    h = msg.header
+    t0 = time.perf_counter()
+    try:
+        if msg.kind == P.STEP:
+            binding.use_weights(h, msg.arrays)
+            loss, n, correct = binding.task.step(h, binding.index(h, msg.arrays))
+            fields, frames = binding.gradient_reply(h)
+            return (P.GRAD, {"step": h["step"], "rank": rank, "n": n, "loss": float(loss),
+                             "correct": int(correct), **fields,
+                             "seconds": time.perf_counter() - t0}, *frames)
+        if msg.kind == P.EVAL:
+            binding.use_weights(h, msg.arrays)
+            loss, n, correct = binding.task.evaluate(h)
+            return (P.EVAL_RESULT, {"step": h["step"], "rank": rank, "n": n,
+                                    "loss": float(loss), "correct": int(correct),
+                                    "seconds": time.perf_counter() - t0})
+        return binding.extra(msg)
+    except Exception as e:
+        return (P.ERROR, {"rank": rank, "step": int(h.get("step", 0)),
+                          "message": f"{type(e).__name__}: {e}",
+                          "traceback": traceback.format_exc()})
