@@ -67,7 +67,8 @@ def main(argv=None):
     cfg = json.loads(argv[0])
     from dpnet.parallel.transport import CoordinatorWatch
     return serve(SharedMemoryBinding(cfg), cfg["endpoint"], int(cfg["rank"]),
-                 CoordinatorWatch(parent_pid=int(cfg["coordinator_pid"])))
+                 CoordinatorWatch(parent_pid=int(cfg["coordinator_pid"])),
+                 heartbeat_s=cfg.get("heartbeat_s"))
 
 
 if __name__ == "__main__":

@@ -43,12 +43,12 @@ def quiet_process():
 class Heartbeat:
     """A daemon thread that sends HEARTBEAT on its own DEALER until ``stop()``."""
 
-    def __init__(self, endpoint, rank):
+    def __init__(self, endpoint, rank, interval_s):
         from dpnet.parallel import protocol as P
-        from dpnet.parallel.transport import HEARTBEAT_S, Dealer
+        from dpnet.parallel.transport import Dealer
         self._stop = threading.Event()
         self._sock = Dealer(endpoint, rank, heartbeat=True)
-        self._rank, self._P, self._interval = rank, P, HEARTBEAT_S
+        self._rank, self._P, self._interval = rank, P, interval_s
         self._thread = threading.Thread(target=self._run, name="dpnet-heartbeat", daemon=True)
         self._thread.start()
 
@@ -65,14 +65,15 @@ class Heartbeat:
         self._sock.close()
 
 
-def serve(binding, endpoint, rank, watch):
+def serve(binding, endpoint, rank, watch, heartbeat_s=None):
     """Serve the coordinator at ``endpoint`` as ``rank`` until STOP or until ``watch``
-    (a ``CoordinatorWatch``) says it is gone. Returns the process exit code."""
+    (a ``CoordinatorWatch``) says it is gone; heartbeats every ``heartbeat_s`` seconds
+    (the coordinator's choice; default ``HEARTBEAT_S``). Returns the exit code."""
     from dpnet.parallel import protocol as P
-    from dpnet.parallel.transport import Dealer
+    from dpnet.parallel.transport import HEARTBEAT_S, Dealer
 
     sock = Dealer(endpoint, rank)
-    heartbeat = Heartbeat(endpoint, rank)
+    heartbeat = Heartbeat(endpoint, rank, heartbeat_s or HEARTBEAT_S)
     sock.send(P.HELLO, {"rank": rank, "pid": os.getpid(), "signature": binding.signature})
     reason = "stopped"
     try:

@@ -32,6 +32,7 @@ from ..models.registry import task_for
 from ..models.tasks import stateful
 from ..parallel import protocol as P
 from ..parallel.shm import SharedArray
+from ..parallel.transport import HEARTBEAT_S
 from .errors import WorkerError
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ class Coordinator:
         return {"task": self.task_cls.name, "task_options": self.task_options,
                 "seed": self.seed, "model": self.model.config(),
                 "eval_batch_size": self.eval_batch_size,
+                # at least four heartbeats within the silence the coordinator tolerates
+                "heartbeat_s": min(HEARTBEAT_S, self.silence_timeout / 4),
                 "shm": {k: s.describe() for k, s in self.shm.items()}}
 
     def _await_ready(self, ranks):

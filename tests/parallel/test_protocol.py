@@ -14,7 +14,8 @@ SIG = P.model_signature(["dense", 784, 512, "relu", 10], 407050, np.float32)
 VALID = {
     P.HELLO: ({"rank": 0, "pid": 1234, "signature": SIG}, ()),
     P.WELCOME: ({"rank": 0, "config": {"params": {"name": "dpnet_1_ab_params"}}}, ()),
-    P.STEP: ({"step": 7, "rank": 1, "start": 0, "stop": 3, "weights_version": 7, "indices": True},
+    P.STEP: ({"step": 7, "rank": 1, "start": 0, "stop": 3, "weights_version": 7, "indices": True,
+              "scale": 0.375, "chunk": 4},
              (np.array([5, 1, 9], dtype=np.int64),)),
     P.GRAD: ({"step": 7, "rank": 1, "n": 3, "loss": 0.25, "correct": 2},
              (np.linspace(-1, 1, 11, dtype=np.float32),)),
@@ -65,6 +66,21 @@ def test_encode_accepts_numpy_scalars_and_noncontiguous_arrays():
     _, h, (got,) = decode(frames)
     assert h["step"] == 3 and h["loss"] == 0.5
     np.testing.assert_array_equal(got, g)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("scale", -0.5, "'scale' must be >= 0"), ("scale", 1.5, r"'scale' must be in \[0, 1\]"),
+    ("scale", float("nan"), r"'scale' must be in \[0, 1\]"), ("scale", "1", "must be float"),
+    ("chunk", -1, "'chunk' must be >= 0"), ("chunk", 2.0, "must be int"),
+])
+def test_step_scale_and_chunk_are_checked(field, value, match):
+    header, arrays = VALID[P.STEP]
+    with pytest.raises(ProtocolError, match=match):
+        encode(P.STEP, dict(header, **{field: value}), *arrays)
+    raw = msgpack.packb(dict(header, **{field: value}, v=P.PROTOCOL_VERSION,
+                             arrays=[["<i8", [3]]]), use_bin_type=True)
+    with pytest.raises(ProtocolError, match=match):
+        decode([P.STEP, raw, arrays[0].tobytes()])
 
 
 def test_grad_may_live_in_shared_memory_instead_of_a_frame():
