@@ -1,6 +1,6 @@
 """CharLSTM: an LSTM character model (one layer, or a stack) over one flat parameter vector.
 
-Layout (DESIGN.md): ``Wx`` (V, 4H), ``Wh`` (H, 4H), ``b`` (4H,), then for each further
+Layout (docs/ARCHITECTURE.md, "The one idea"): ``Wx`` (V, 4H), ``Wh`` (H, 4H), ``b`` (4H,), then for each further
 layer k = 2..L ``Wx<k>`` (H, 4H), ``Wh<k>`` (H, 4H), ``b<k>`` (4H,), then ``Wy`` (H, V),
 ``by`` (V,); gate columns in the order i, f, g, o. Per step and layer, with x_t the
 one-hot character (first layer) or the hidden state of the layer below:

@@ -6,7 +6,7 @@ A task has two sides:
 - the worker side (an instance over a model whose params/grads are already bound):
   ``step(header)`` and ``evaluate(header)`` for a shard ``[start, stop)`` of those units.
 The in-process engine runs the worker side itself on one shard covering everything;
-the multiprocess engine hands shards to worker processes. Same code, same numbers.
+the coordinator hands shards to workers of any kind. Same code, same numbers.
 Tasks know nothing of sockets or shared memory: they see dicts of arrays. Which task
 serves which model is ``dpnet.models.registry``'s to say.
 """

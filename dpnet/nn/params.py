@@ -2,7 +2,7 @@
 
 Every model keeps all its parameters in ONE contiguous array and its gradients in a
 second one of the same layout. A ``ParamLayout`` is the list of (name, shape) in
-order; it hands out the offsets and the views. See DESIGN.md, "The one idea".
+order; it hands out the offsets and the views. See docs/ARCHITECTURE.md, "The one idea".
 """
 from __future__ import annotations
 

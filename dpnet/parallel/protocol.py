@@ -10,7 +10,7 @@ unknown kind or protocol version, or missing a field its kind requires raises
 ``ProtocolError`` naming what is wrong -- and never any other exception, so the
 coordinator can log-and-drop a bad message and carry on.
 
-Imports only msgpack, numpy and the standard library (DESIGN.md: no zmq, no maths here).
+Imports only msgpack, numpy and the standard library (docs/ARCHITECTURE.md, "Layers": no zmq, no maths here).
 """
 from __future__ import annotations
 
