@@ -12,7 +12,7 @@ In one run (variants interleaved, medians reported -- this kind of machine is no
      compute and the rest -- messages, wake-ups, the fold) and the optimizer update,
      which the coordinator runs serially whatever the worker count.
 
-    python scripts/bench_parallel.py [--samples 12800] [--repeats 3]
+    python scripts/bench_parallel.py [--samples 12800] [--repeats 3] [--workers 1 2 4 8 16]
 """
 import argparse
 import os
@@ -87,9 +87,14 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-workers", type=int, default=None,
                    help="largest worker count (default: 2 x physical cores)")
+    p.add_argument("--workers", type=int, nargs="+", default=None, metavar="N",
+                   help="these worker counts instead (e.g. 1 2 4 8 16 for a scaling curve)")
     args = p.parse_args()
     cores = default_workers()
-    counts = list(range(1, (args.max_workers or 2 * cores) + 1))
+    counts = sorted(set(args.workers)) if args.workers else \
+        list(range(1, (args.max_workers or 2 * cores) + 1))
+    if 1 not in counts:
+        counts = [1] + counts             # the "vs 1 worker" column needs it
     d = load_mnist(validation=0)
     x, y = d.x_train[:args.samples], d.y_train[:args.samples]
     print(f"numpy {np.__version__}; {os.cpu_count()} logical CPUs, {cores} physical cores; "
@@ -130,8 +135,9 @@ def main():
                 row += f" {sps:>12,.0f} {sps / one:>11.2f}x"
             print(row)
         print_breakdown(variants, splits)
-        mem = variants[f"{cores} worker{'s' if cores > 1 else ''}"].stats()
-        print(f"\nmemory with {cores} workers (MiB):      USS     PSS     RSS")
+        shown = max(c for c in counts if c <= max(cores, 1))
+        mem = variants[f"{shown} worker{'s' if shown > 1 else ''}"].stats()
+        print(f"\nmemory with {shown} workers (MiB):      USS     PSS     RSS")
         c = mem["coordinator"]
         print(f"{'coordinator':>32} {mib(c['uss'])} {mib(c['pss'])} {mib(c['rss'])}")
         for w in mem["per_worker"]:
@@ -146,7 +152,8 @@ def main():
     tiny_y = np.zeros(64, np.int64)
     overhead = {}
     for name, eng in [("in-process", LocalEngine())] + [
-            (f"{w} workers", MultiprocessEngine(workers=w)) for w in sorted({1, cores})]:
+            (f"{w} workers", MultiprocessEngine(workers=w))
+            for w in sorted({1, min(cores, max(counts))})]:
         m = build([4, 2])
         try:
             eng.start(m, {"train": (tiny_x, tiny_y)}, seed=0)

@@ -33,3 +33,16 @@ def numeric_grad(f, x, eps=1e-6):
 def rel_error(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need a real CUDA device; elsewhere they are skipped (the GPU
+    code path itself runs everywhere on the stand-in device)."""
+    gpu_items = [i for i in items if i.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    from dpnet.backend import gpu_available
+    if not gpu_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (cupy and a device)")
+        for item in gpu_items:
+            item.add_marker(skip)

@@ -11,7 +11,7 @@ PACKAGES = ("dpnet", "workers")
 
 # Layers, bottom up: a module may import its own layer and those below, never above.
 LAYERS = [
-    ("dpnet._version", "dpnet.backend"),
+    ("dpnet._version", "dpnet.backend", "dpnet.strictdevice"),
     ("dpnet.nn", "dpnet.optim", "dpnet.storage", "dpnet.data", "dpnet.parallel"),
     ("dpnet.models",),
     ("dpnet.engines", "workers"),

@@ -43,7 +43,7 @@ class SharedMemoryBinding:
     def index(self, h, arrays):
         return self.arrays["index"][h["start"]:h["stop"]] if "index" in self.arrays else None
 
-    def gradient_reply(self, h):
+    def gradient_reply(self, h, loss):
         scale = h.get("scale", 1.0)
         if scale != 1.0:          # this shard's weight in the batch mean (see the coordinator)
             self.arrays["grads"][self.rank] *= scale
@@ -66,7 +66,7 @@ def main(argv=None):
     quiet_process()
     cfg = json.loads(argv[0])
     from dpnet.parallel.transport import CoordinatorWatch
-    return serve(SharedMemoryBinding(cfg), cfg["endpoint"], int(cfg["rank"]),
+    return serve(lambda: SharedMemoryBinding(cfg), cfg["endpoint"], int(cfg["rank"]),
                  CoordinatorWatch(parent_pid=int(cfg["coordinator_pid"])),
                  heartbeat_s=cfg.get("heartbeat_s"))
 

@@ -13,7 +13,10 @@ A binding provides: ``model`` and ``task`` (bound to wherever the arrays live),
 
     binding.use_weights(header, arrays)  make the model's weights those the header names
     binding.index(header, arrays)        the shard's sample indices (None for stream tasks)
-    binding.gradient_reply(header)       after the task's step: (reply fields, frames)
+    binding.gradient_reply(header, loss) after the task's step: (reply fields, frames)
+    binding.hello()                      optional: more HELLO fields (a device's name)
+    binding.device_errors                optional: exception types that mean the device
+                                         failed (reported in one line, no traceback)
     binding.extra(msg)                   messages beyond STEP/EVAL/STOP: (kind, header,
                                          *frames) to reply, or None
     binding.close()
@@ -65,16 +68,31 @@ class Heartbeat:
         self._sock.close()
 
 
-def serve(binding, endpoint, rank, watch, heartbeat_s=None):
+def serve(make_binding, endpoint, rank, watch, heartbeat_s=None, user_errors=()):
     """Serve the coordinator at ``endpoint`` as ``rank`` until STOP or until ``watch``
     (a ``CoordinatorWatch``) says it is gone; heartbeats every ``heartbeat_s`` seconds
-    (the coordinator's choice; default ``HEARTBEAT_S``). Returns the exit code."""
+    (the coordinator's choice; default ``HEARTBEAT_S``). ``make_binding()`` builds the
+    binding once the socket is up, so that a binding that cannot start (no device,
+    data too large, a segment gone) is reported as an ERROR -- with ``user=True`` for
+    the exception types in ``user_errors`` -- not as a bare exit code. Returns the
+    process exit code."""
     from dpnet.parallel import protocol as P
     from dpnet.parallel.transport import HEARTBEAT_S, Dealer
 
     sock = Dealer(endpoint, rank)
+    try:
+        binding = make_binding()
+    except Exception as e:
+        user = isinstance(e, tuple(user_errors))
+        sock.send(P.ERROR, {"rank": rank, "message": str(e) if user else
+                            f"{type(e).__name__}: {e}", "user": user,
+                            "traceback": "" if user else traceback.format_exc()})
+        sock.close(linger_s=2.0)
+        return 1
     heartbeat = Heartbeat(endpoint, rank, heartbeat_s or HEARTBEAT_S)
-    sock.send(P.HELLO, {"rank": rank, "pid": os.getpid(), "signature": binding.signature})
+    hello = getattr(binding, "hello", dict)()
+    sock.send(P.HELLO, {"rank": rank, "pid": os.getpid(), "signature": binding.signature,
+                        **hello})
     reason = "stopped"
     try:
         while True:
@@ -114,7 +132,7 @@ def _answer(binding, rank, msg, P):
         if msg.kind == P.STEP:
             binding.use_weights(h, msg.arrays)
             loss, n, correct = binding.task.step(h, binding.index(h, msg.arrays))
-            fields, frames = binding.gradient_reply(h)
+            fields, frames = binding.gradient_reply(h, loss)
             return (P.GRAD, {"step": h["step"], "rank": rank, "n": n, "loss": float(loss),
                              "correct": int(correct), **fields,
                              "seconds": time.perf_counter() - t0}, *frames)
@@ -126,6 +144,9 @@ def _answer(binding, rank, msg, P):
                                     "seconds": time.perf_counter() - t0})
         return binding.extra(msg)
     except Exception as e:
+        # a failed device (a CUDA error, out of device memory) is one line for the
+        # user; anything else is a bug, and comes with its traceback
+        device = isinstance(e, getattr(binding, "device_errors", ()))
         return (P.ERROR, {"rank": rank, "step": int(h.get("step", 0)),
-                          "message": f"{type(e).__name__}: {e}",
-                          "traceback": traceback.format_exc()})
+                          "message": f"{type(e).__name__}: {e}", "device": device,
+                          "traceback": "" if device else traceback.format_exc()})

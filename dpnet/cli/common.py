@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from ..engines.errors import WorkerError
+from ..engines.errors import WorkerError, WorkerUserError
 from ..storage.atomic import atomic_write
 
 
@@ -173,6 +173,17 @@ def check_model_size(n_params, dtype, what):
                         f"{have / 2**30:,.1f} GiB")
 
 
+def device_line(prog, say):
+    """An ``on_hello`` for the coordinator: one line naming a worker's device."""
+    def announce(rank, header):
+        d = header.get("device")
+        if isinstance(d, dict):
+            gib = lambda b: f"{b / 2**30:,.1f} GiB"             # noqa: E731
+            say(f"{prog}: device {d.get('index')}: {d.get('name')}, "
+                f"{gib(d.get('memory_total', 0))} ({gib(d.get('memory_free', 0))} free)")
+    return announce
+
+
 def guarded(prog, run, *args):
     """``run(*args)``'s exit code, with every way it can end that is not a bug turned
     into one line on stderr. SIGTERM outside the training loop (which stops gracefully
@@ -183,6 +194,9 @@ def guarded(prog, run, *args):
         # overflow warnings first
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return run(*args)
+    except WorkerUserError as e:            # no usable device, data that does not fit
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
     except WorkerError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         if e.traceback:

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from ..data.text import StreamBatcher, TextError, load_corpus, read_text, split
-from ..engines import make_engine
+from ..engines import gpu_engine, make_engine
 from ..engines.errors import WorkerError
 from ..models.lstm import CharLSTM
 from ..optim.optimizers import get_optimizer
@@ -27,7 +27,7 @@ from ..training.history import LN2, TextHistory
 from ..training.text import fit_text
 from ..training.text_checkpoint import load_text_checkpoint
 from .common import (Parser, UserError, cap_workers, check_model_size, check_output_paths,
-                     float_in, guarded, nonneg_int, path_arg, plot_format, positive_int,
+                     device_line, float_in, guarded, nonneg_int, path_arg, plot_format, positive_int,
                      pyplot, save_figure, write_json)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -50,6 +50,7 @@ EXAMPLE = """examples:
   %(prog)s --layers 2 --hidden 128 --steps 4000             # a stacked LSTM
   %(prog)s --load shakespeare.npz --sample 500 --temperature 0.8 --prime "ROMEO:"
   %(prog)s --text notes.txt --hidden 64 --seq-len 32 --batch-size 8 --steps 200
+  %(prog)s --gpu --hidden 512 --steps 5000 --save big.npz   # on a CUDA GPU
 """
 
 
@@ -97,6 +98,12 @@ def lstm_parser(prog):
            "library's choice in process, 1 per worker)")
     a("--on-failure", choices=["respawn", "abort"], default="respawn",
       help="what to do when a worker dies (default: respawn)")
+    a("--gpu", action="store_true",
+      help="train on a CUDA GPU (one GPU worker process; needs pip install -e \".[gpu]\")")
+    a("--device", type=nonneg_int, default=0, metavar="N",
+      help="with --gpu: the CUDA device (default: 0)")
+    a("--update", choices=["worker", "coordinator"], default="worker",
+      help="with --gpu: the optimizer on the GPU (default) or in this process")
     a("--eval-every", type=nonneg_int, default=500, metavar="N",
       help="validation loss every N steps and at the end (default: 500; 0 = at the end)")
     a("--sample-every", type=nonneg_int, default=500, metavar="N",
@@ -316,6 +323,8 @@ def _train(args, prog):
             print(f"{prog}: note: {note}", file=sys.stderr)
     steps = args.steps if args.steps is not None or args.epochs is not None else DEFAULT_STEPS
     say = (lambda *a, **k: None) if args.quiet else print
+    if args.gpu and args.workers:
+        raise UserError("--gpu trains on one GPU worker: drop --workers")
     workers = cap_workers(args.workers, sizes["batch_size"], "streams", prog) \
         if args.workers else 0
     _announce(args, prog, say, vocab, train, model, sizes, workers, initial_step)
@@ -324,7 +333,10 @@ def _train(args, prog):
         say(f"{prog}: " + (f"the checkpoint is at step {initial_step} already; "
                            if ck is not None else "") +
             "nothing to train (raise --steps or --epochs)")
-    if workers:
+    if args.gpu:
+        engine = gpu_engine(args.device, update=args.update, on_failure="abort",
+                            on_hello=device_line(prog, say))
+    elif workers:
         engine = make_engine(workers, blas_threads=args.blas_threads or 1,
                              on_failure=args.on_failure)
     else:
@@ -385,7 +397,8 @@ def _announce(args, prog, say, vocab, train, model, sizes, workers, initial_step
         f"{len(train)} steps per epoch")
     say(f"{prog}: LSTM H={H}" + (f" x {L} layers" if L > 1 else "")
         + f", {model.n_params:,} parameters, {model.optimizer.name} "
-        f"lr {model.optimizer.lr:g}, " + (f"{workers} worker process"
+        f"lr {model.optimizer.lr:g}, " + (f"on GPU {args.device}" if args.gpu else
+                                          f"{workers} worker process"
                                           f"{'es' if workers > 1 else ''}" if workers
                                           else "in process")
         + (f", starting at step {initial_step}" if initial_step else ""))

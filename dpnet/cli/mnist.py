@@ -1,5 +1,6 @@
 """The MNIST front end: ``scripts/runDnn.py`` (CPU worker processes),
-``scripts/runDnnDebug.py`` (in process). Parse, build, train, report."""
+``scripts/runDnnGPU.py`` (a GPU worker), ``scripts/runDnnDebug.py`` (in process).
+Parse, build, train, report."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,7 @@ import time
 import numpy as np
 
 from ..data import load_mnist
-from ..engines import make_engine
+from ..engines import gpu_engine, make_engine
 from ..engines.errors import WorkerError
 from ..models.loading import load_weights_into
 from ..models.mlp import Sequential
@@ -25,7 +26,7 @@ from ..training.epochs import fit, save_training_checkpoint
 from ..training.fullbatch import minimize
 from ..training.history import History
 from .common import (Parser, UserError, cap_workers, check_model_size, check_output_paths,
-                     float_in, guarded, nonneg_int, path_arg, plot_format, positive_int,
+                     device_line, float_in, guarded, nonneg_int, path_arg, plot_format, positive_int,
                      pyplot, save_figure, write_json)
 
 EXAMPLE_DNN = """example:
@@ -37,9 +38,10 @@ EXAMPLE_DNN = """example:
 FULL_BATCH = {"lbfgs": "L-BFGS-B", "cg": "CG"}
 
 
-def dnn_parser(prog, workers=False):
-    p = Parser(prog=prog, description="Train a fully connected network on MNIST.",
-                epilog=EXAMPLE_DNN, formatter_class=argparse.RawDescriptionHelpFormatter)
+def dnn_parser(prog, workers=False, gpu=False):
+    p = Parser(prog=prog, description="Train a fully connected network on MNIST"
+               + (" on a CUDA GPU." if gpu else "."),
+               epilog=EXAMPLE_DNN, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--hidden", type=positive_int, nargs="*", default=[512, 128, 64], metavar="N",
       help="hidden layer sizes (default: 512 128 64; none for softmax regression)")
@@ -101,6 +103,15 @@ def dnn_parser(prog, workers=False):
         a("--worker-timeout", type=float_in(1), default=300.0, metavar="S",
           help="a worker that has not answered a step after S >= 1 seconds is replaced "
                "(dead or suspended workers are noticed at once; default: 300)")
+    if gpu:
+        a("--device", type=nonneg_int, default=0, metavar="N",
+          help="the CUDA device to train on (default: 0)")
+        a("--update", choices=["worker", "coordinator"], default="worker",
+          help="where the optimizer runs: on the GPU, its state there and only scalars "
+               "crossing per step (default; measured faster, see scripts/bench_gpu.py), "
+               "or in this process, the gradient coming back each step")
+        a("--worker-timeout", type=float_in(1), default=300.0, metavar="S",
+          help="the GPU worker must answer a step within S >= 1 seconds (default: 300)")
     return p
 
 
@@ -236,11 +247,13 @@ def resumed_history(d, path):
 
 
 
-def run_dnn(argv=None, prog=None, workers_flag=False, default_workers=0):
+def run_dnn(argv=None, prog=None, workers_flag=False, default_workers=0, gpu=False):
     """The whole command: exit code 0 (done), 130 (stopped by Ctrl-C / SIGTERM), 2 (a
-    user error, one line), 1 (a worker failed)."""
-    parser = dnn_parser(prog or os.path.basename(sys.argv[0]), workers=workers_flag)
+    user error, one line), 1 (a worker failed). ``gpu``: train on a GPU worker
+    (runDnnGPU.py), else on CPU workers (``workers_flag``) or in process."""
+    parser = dnn_parser(prog or os.path.basename(sys.argv[0]), workers=workers_flag, gpu=gpu)
     args = parser.parse_args(argv)
+    args.gpu = gpu
     return guarded(parser.prog, _run_dnn, args, parser.prog, default_workers)
 
 
@@ -285,7 +298,13 @@ def _resume(args, model, data):
 
 
 def _engine(args, default_workers, prog, say):
-    """(engine, worker count) for --workers (runDnn.py) or in process (runDnnDebug.py)."""
+    """(engine, worker count) for --workers (runDnn.py), a GPU (runDnnGPU.py) or in
+    process (runDnnDebug.py)."""
+    if args.gpu:
+        say(f"{prog}: a GPU worker on device {args.device}, the optimizer "
+            + ("on the GPU" if args.update == "worker" else "in this process"))
+        return gpu_engine(args.device, update=args.update, step_timeout=args.worker_timeout,
+                          on_failure="abort", on_hello=device_line(prog, say)), 1
     workers = getattr(args, "workers", None)
     if workers is None:
         workers = default_workers
@@ -316,8 +335,10 @@ def _train(args, model, data, engine, hist, initial_step, prog, say):
         if args.save:     # the weights are those of the last completed step: keep them
             if args.optimizer in FULL_BATCH:    # (fit has written its checkpoint itself)
                 _save(args, model, data, hist)
-            print(f"{prog}: saved the last weights (step {hist.step}) to {args.save}",
-                  file=sys.stderr)
+                hist.saved_step = hist.step
+            if hist.saved_step is not None:
+                print(f"{prog}: saved the last weights (step {hist.saved_step}) to "
+                      f"{args.save}", file=sys.stderr)
         raise
 
 

@@ -13,11 +13,12 @@ The kinds of worker a coordinator can drive are registered in ``WORKER_KINDS``
 """
 from .local import LocalEngine
 
-__all__ = ["LocalEngine", "make_engine", "WORKER_KINDS"]
+__all__ = ["LocalEngine", "make_engine", "gpu_engine", "worker_group", "WORKER_KINDS"]
 
 # kind name -> "module:class" of its WorkerGroup (imported when first asked for)
 WORKER_KINDS = {
     "cpu": "dpnet.engines.cpu:CpuProcesses",
+    "gpu": "dpnet.engines.gpu:GpuProcesses",
 }
 
 
@@ -39,3 +40,10 @@ def make_engine(workers=0, **kwargs):
         raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
     from .coordinator import MultiprocessEngine
     return MultiprocessEngine(workers=workers, **kwargs)
+
+
+def gpu_engine(devices=(0,), update="worker", **kwargs):
+    """A coordinator over GPU worker processes, one per CUDA device (``update``: where
+    the optimizer runs -- "worker", on the one device, or "coordinator")."""
+    from .coordinator import Coordinator
+    return Coordinator(worker_group("gpu", devices, update=update), **kwargs)

@@ -33,7 +33,7 @@ from ..models.tasks import stateful
 from ..parallel import protocol as P
 from ..parallel.shm import SharedArray
 from ..parallel.transport import HEARTBEAT_S
-from .errors import WorkerError
+from .errors import WorkerError, WorkerUserError
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05
@@ -55,7 +55,8 @@ class Coordinator:
     name = "coordinator"
 
     def __init__(self, group, on_failure="respawn", max_respawns=3, step_timeout=300.0,
-                 start_timeout=60.0, silence_timeout=30.0, eval_batch_size=2048):
+                 start_timeout=60.0, silence_timeout=30.0, eval_batch_size=2048,
+                 on_hello=None):
         if on_failure not in ("respawn", "abort"):
             raise ValueError(f"on_failure must be 'respawn' or 'abort', got {on_failure!r}")
         self.group = group
@@ -65,12 +66,15 @@ class Coordinator:
         self.start_timeout = _seconds("start_timeout", start_timeout)
         self.silence_timeout = _seconds("silence_timeout", silence_timeout)
         self.eval_batch_size = eval_batch_size
+        self.on_hello = on_hello           # on_hello(rank, header): e.g. name the device
+        self.worker_info = {}              # rank -> what its HELLO said beyond the basics
         self.shm, self.arrays = {}, {}
         self.respawns = 0
         self._failures_in_a_row = 0
         self._final_stats = None
         self.model = None
         self._started = False
+        self._sent_version, self._host_stale = {}, False
         # Where a training step's time goes, summed over steps (see step_timing()).
         self._timing = {"steps": 0, "gradient_s": 0.0, "slowest_worker_s": 0.0}
 
@@ -86,17 +90,20 @@ class Coordinator:
             self.task_cls = task_for(model)
             arrays, self.task_options = self.task_cls.shared_arrays(
                 model, {k: v for k, v in datasets.items() if v is not None})
-            if self.task_cls.indexed:
+            if self.task_cls.indexed and self.group.index_in_shm:
                 arrays["index"] = np.zeros(max(len(arrays["train.x"]), 1), np.int64)
             self._place(model, arrays)
             self.version = 0
             self._sent_version = {}        # rank -> weights version it holds (frames)
+            self._host_stale = False       # update_on_worker: the worker's weights are newer
             self._ready = {r: False for r in range(self.n_workers)}
             self._heard = {}
             self._signature = P.signature_of(model)
             self._started = True
             self.group.start(self._worker_config)
             self._await_ready(list(range(self.n_workers)))
+            if self.group.update_on_worker:
+                self._push()
         except BaseException:
             self.close()
             raise
@@ -152,6 +159,10 @@ class Coordinator:
     def _welcome(self, got):
         """The handshake, for a first start and a replacement alike."""
         P.check_signature(self._signature, got.header["signature"])
+        self.worker_info[got.rank] = {k: v for k, v in got.header.items()
+                                      if k in ("host", "device")}
+        if self.on_hello is not None:
+            self.on_hello(got.rank, got.header)
         self.group.send(got.rank, P.WELCOME, {"rank": got.rank,
                                               "weights_version": self.version})
         self._ready[got.rank] = True
@@ -213,12 +224,36 @@ class Coordinator:
 
     def step(self, step, batch):
         """One training step: the mean gradient, the model's update, new weights
-        published. Returns (loss, n, correct)."""
+        published. Returns (loss, n, correct); a non-finite loss updates nothing."""
+        if self.group.update_on_worker:
+            return self._step_on_worker(step, batch)
         out = self.gradient(step, batch)
         if math.isfinite(out[0]):
             self.model.apply_gradients()
             self.weights_changed(step + 1)
         return out
+
+    def _step_on_worker(self, step, batch):
+        """The one worker computes the gradient and applies the optimizer where the
+        weights live; only scalars come back."""
+        t0 = time.perf_counter()
+        units, extra, index = self.task_cls.plan_step(self.arrays, step, batch)
+        self._shards(units, index)
+
+        def message(rank):
+            return self._with_payload(rank, P.STEP, {
+                "step": step, "rank": rank, "start": 0, "stop": units,
+                "weights_version": self.version, "scale": 1.0, "update": True, **extra},
+                index)
+
+        reply = self._round(step, P.GRAD, [0], message)[0]
+        self._timing["steps"] += 1
+        self._timing["gradient_s"] += time.perf_counter() - t0
+        self._timing["slowest_worker_s"] += float(reply.get("seconds", 0.0))
+        if reply.get("updated", False):
+            self.version = self._sent_version[0] = step + 1
+            self._host_stale = True
+        return reply["loss"], reply["n"], reply["correct"]
 
     def _shards(self, units, index):
         shards = {r: b for r, b in enumerate(shard_bounds(units, self.n_workers)) if b[1] > b[0]}
@@ -235,6 +270,8 @@ class Coordinator:
                                                dtype=np.int64))
             header["indices"] = True
         if not self.group.weights_in_shm and self._sent_version.get(rank) != self.version:
+            if self._host_stale:           # never send the host's older weights over
+                raise RuntimeError("the worker holds newer weights than the coordinator")
             frames.append(self.model.params)
             header["weights"] = True
             self._sent_version[rank] = self.version
@@ -243,12 +280,38 @@ class Coordinator:
     def weights_changed(self, step):
         """The model's weights changed (an update, or a load): stamp their version, so
         workers read (shared memory) or are sent (frames) the new ones."""
+        self._host_stale = False           # the host's weights are the ones that count
+        self._sent_version.clear()         # no worker holds them yet (frames kinds)
         self.version = int(step)
         if "version" in self.arrays:
             self.arrays["version"][0] = self.version
 
     def sync_to_host(self):
-        """The coordinator's model is always current here (it applies the updates)."""
+        """Make the coordinator's model current: where the worker applies the updates,
+        PULL its weights and optimizer state (once per change); else nothing to do."""
+        if not self._host_stale:
+            return
+        replies = self._round(self.version, P.STATE, [0],
+                              lambda rank: (P.PULL, {"weights_version": self.version}),
+                              match="weights_version")
+        r = replies[0]
+        opt = self.model.optimizer
+        self.model.params[...] = r.arrays[0]
+        opt.t = int(r["t"])
+        if r.get("state", False):
+            opt.state = {k: np.array(a) for k, a in zip(opt.state_names, r.arrays[1:])}
+        self._host_stale = False
+
+    def _push(self):
+        """The coordinator's weights and optimizer state to the worker that applies the
+        updates (the start of a run, a resumed one included)."""
+        opt = self.model.optimizer
+        frames = [self.model.params]
+        if opt.state:
+            frames += [np.asarray(opt.state[k]) for k in opt.state_names]
+        self._send(0, P.PUSH, {"weights_version": self.version, "t": int(opt.t),
+                               "optimizer": opt.config(), "state": bool(opt.state)}, *frames)
+        self._sent_version[0] = self.version
 
     def evaluate(self, name):
         """(mean loss, n, correct) over a whole dataset, sharded over the workers."""
@@ -276,9 +339,10 @@ class Coordinator:
         stateful(self.task_cls).write_state(self.arrays, chunk, state)
 
     # -- one round of messages, and failures ---------------------------------------------
-    def _round(self, step, reply_kind, ranks, message, on_reply=None):
-        """Send ``message(rank)`` to each rank and collect their replies, surviving
-        failures by the policy. ``on_reply(replies)`` runs after each accepted reply."""
+    def _round(self, step, reply_kind, ranks, message, on_reply=None, match="step"):
+        """Send ``message(rank)`` to each rank and collect their replies -- those of
+        ``reply_kind`` whose ``match`` field is ``step`` -- surviving failures by the
+        policy. ``on_reply(replies)`` runs after each accepted reply."""
         pending = {}                       # rank -> when its current attempt was sent
         for rank in ranks:
             self._send(rank, *message(rank))
@@ -287,12 +351,13 @@ class Coordinator:
         while len(replies) < len(ranks):
             got = self.group.recv(POLL_S)
             if got is not None:
-                self._accept(got, step, reply_kind, pending, replies, message, on_reply)
+                self._accept(got, step, reply_kind, pending, replies, message, on_reply,
+                             match)
             self._check(pending, replies)
         self._failures_in_a_row = 0
         return replies
 
-    def _accept(self, got, step, reply_kind, pending, replies, message, on_reply):
+    def _accept(self, got, step, reply_kind, pending, replies, message, on_reply, match):
         rank = got.rank
         if rank is None:                   # not a worker of this run: never trusted
             log.info("dropped a %s from an unknown peer", got.kind.decode())
@@ -300,7 +365,7 @@ class Coordinator:
         self._heard[rank] = time.monotonic()
         if got.kind == P.ERROR:
             self._raise_worker_error(got)
-        elif (got.kind == reply_kind and got.header["step"] == step and rank in pending
+        elif (got.kind == reply_kind and got.header[match] == step and rank in pending
               and rank not in replies):
             replies[rank] = _Reply(got)
             if on_reply is not None:
@@ -347,6 +412,12 @@ class Coordinator:
         what = f"worker {rank} ({self._who(rank)}) {reason}"
         if self.on_failure == "abort":
             raise WorkerError(what, rank=rank)
+        if self.group.update_on_worker:
+            # its weights and optimizer state lived on the worker: a replacement could
+            # only start from the last ones the coordinator pulled, not go on exactly
+            raise WorkerError(f"{what}; the weights it held since the last checkpoint are "
+                              f"lost (a worker that applies the updates is not replaced)",
+                              rank=rank)
         self._failures_in_a_row += 1
         if self._failures_in_a_row > self.max_respawns:
             raise WorkerError(f"{what}; giving up after {self.max_respawns} respawns in a row",
@@ -366,6 +437,11 @@ class Coordinator:
     def _raise_worker_error(self, got):
         # the rank is the sender's, never what the header claims
         h = got.header
+        if h.get("user", False):
+            raise WorkerUserError(h["message"], rank=got.rank)
+        if h.get("device", False):
+            raise WorkerError(f"worker {got.rank}'s device failed: {h['message']}",
+                              rank=got.rank)
         raise WorkerError(f"worker {got.rank} raised {h['message']}", rank=got.rank,
                           traceback=h["traceback"])
 
@@ -373,6 +449,8 @@ class Coordinator:
     def _collect_stats(self):
         return {"workers": self.n_workers, "kind": self.group.kind,
                 "respawns": self.respawns, "step_seconds": self.step_timing(),
+                **({"worker_info": {str(r): i for r, i in self.worker_info.items() if i}}
+                   if any(self.worker_info.values()) else {}),
                 **self.group.stats()}
 
     def step_timing(self, reset=False):

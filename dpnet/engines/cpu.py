@@ -14,6 +14,7 @@ class CpuProcesses(ProcessGroup):
     module = "workers.cpu_worker"
     weights_in_shm = True
     grads_in_shm = True
+    index_in_shm = True
 
     def __init__(self, size, blas_threads=1, stall_timeout=2.0):
         super().__init__(size, stall_timeout=stall_timeout)

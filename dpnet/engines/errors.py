@@ -9,3 +9,8 @@ class WorkerError(RuntimeError):
         super().__init__(message)
         self.rank = rank
         self.traceback = traceback
+
+
+class WorkerUserError(WorkerError):
+    """A worker could not do what was asked -- no usable device, data that does not fit
+    -- as opposed to a crash: one line for the user, no traceback."""

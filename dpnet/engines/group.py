@@ -17,8 +17,10 @@ and a few facts the coordinator plans by: ``size``; ``local`` (the workers attac
 the coordinator's shared memory for data and stream state); ``weights_in_shm`` (they
 read the weights in place, version-stamped; else each STEP/EVAL carries them as a raw
 frame when they changed); ``grads_in_shm`` (a gradient lands in the rank's shared
-slot; else it comes back as the GRAD reply's raw frame); ``update_on_worker`` (the
-worker applies the optimizer itself; one rank only).
+slot; else it comes back as the GRAD reply's raw frame); ``index_in_shm`` (a step's
+sample indices are read from a shared block; else they are the STEP's frame);
+``update_on_worker`` (the worker holds the weights and applies the optimizer itself;
+one rank only).
 
 Liveness that needs no pid -- heartbeats and silence, step and start deadlines -- is
 the coordinator's, for every kind; ``problem`` adds what a kind can see beyond that.
@@ -75,6 +77,7 @@ class WorkerGroup:
     local = False
     weights_in_shm = False
     grads_in_shm = False
+    index_in_shm = False
     update_on_worker = False
 
     def __init__(self, size):

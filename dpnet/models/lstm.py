@@ -37,7 +37,7 @@ import math
 
 import numpy as np
 
-from ..backend import check_dtype, to_numpy, xp_of
+from ..backend import check_dtype, elementwise_kernel, to_numpy, xp_of
 from ..nn.initializers import get_initializer
 from ..nn.params import ParamLayout
 from ..optim.optimizers import get_optimizer
@@ -82,6 +82,34 @@ def _transpose_into(out, a):
         return
     for j in range(0, a.shape[0], 32):
         out[:, j:j + 32] = a[j:j + 32].T
+
+
+# One time step's element-wise maths as CUDA kernels (used where the arrays are on a
+# CUDA device; the NumPy loops of _steps and _bptt are the reference they are tested
+# against). Pre-activations arrive halved for i, f, o (the weights are scaled), so
+# sigmoid(z) = 0.5 + 0.5 tanh(z / 2) is one tanh, as in the NumPy loop.
+_CELL_IN = "T zi, T zf, T zg, T zo, T ri, T rf, T rg, T ro, T c_prev"
+_CELL_OUT = "T ig, T fg, T gg, T og, T c, T tc, T h"     # ("i" is CuPy's loop index)
+_CELL_OP = """
+    const T half = 0.5;
+    ig = tanh(zi + ri) * half + half;
+    fg = tanh(zf + rf) * half + half;
+    gg = tanh(zg + rg);
+    og = tanh(zo + ro) * half + half;
+    c = fg * c_prev + ig * gg;
+    tc = tanh(c);
+    h = og * tc;
+"""
+_BACK_IN = "T dh, T tc, T k, T ig, T fg, T gg, T c_prev, T Di, T Df, T Dg, T Do"
+_BACK_OUT = "T di, T df, T dg, T d_o, T dc"
+_BACK_OP = """
+    const T dct = dc + dh * k;
+    d_o = (dh * tc) * Do;
+    di = (dct * gg) * Di;
+    dg = (dct * ig) * Dg;
+    df = (dct * c_prev) * Df;
+    dc = dct * fg;
+"""
 
 
 class _LayerWork:
@@ -322,6 +350,9 @@ class CharLSTM:
             C[0] = 0
         else:
             Hs[0], C[0] = state
+        cell = elementwise_kernel(xp, "dpnet_lstm_cell", _CELL_IN, _CELL_OUT, _CELL_OP)
+        if cell is not None:
+            return self._fused_steps(cell, w, lw, state)
         for t in range(T):
             a = A[t]                                 # (B, 4H)
             if t or state is not None:               # h0 = 0 contributes nothing
@@ -336,6 +367,22 @@ class CharLSTM:
             C[t + 1] += lw.tmp
             xp.tanh(C[t + 1], out=TC[t])
             xp.multiply(o, TC[t], out=Hs[t + 1])
+
+    def _fused_steps(self, cell, w, lw, state):
+        """The recurrence with each time step's element-wise gate maths as one CUDA
+        kernel (``_CELL_OP``, the loop above being its reference): a GEMM and a
+        kernel per step."""
+        xp, H = xp_of(self.params), self.hidden_size
+        A, C, Hs, TC, r = lw.A, lw.C, lw.Hs, lw.TC, lw.tmp4
+        gates = lambda a: (a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:])  # noqa
+        if state is None:
+            r[...] = 0                               # h0 = 0 contributes nothing
+        # The gate activations overwrite their pre-activations in A[t] (outputs alias
+        # inputs): each z is read once, in the statement that writes its gate.
+        for t in range(w.T):
+            if t or state is not None:
+                xp.matmul(Hs[t], lw.Wh_s, out=r)
+            cell(*gates(A[t]), *gates(r), C[t], *gates(A[t]), C[t + 1], TC[t], Hs[t + 1])
 
     def _run(self, w, idx, state):
         """All layers, bottom up, over the chunk ``idx`` (T, B)."""
@@ -429,7 +476,19 @@ class CharLSTM:
         K *= A[:, :, 3 * H:]                         # o (1 - tanh^2(c))
         dc[...] = 0                                  # no gradient arrives from beyond T
         state_grad = None
+        back = elementwise_kernel(xp, "dpnet_lstm_cell_back", _BACK_IN, _BACK_OUT, _BACK_OP)
         for t in range(T - 1, -1, -1):
+            if back is not None:                     # the loop body below, as one kernel
+                a, d = A[t], dG[t]
+                back(dH[t], TC[t], K[t], a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], C[t],
+                     *(D[t][:, k * H:(k + 1) * H] for k in range(4)),
+                     *(d[:, k * H:(k + 1) * H] for k in range(4)), dc)
+                if t:
+                    xp.matmul(d, lw.WhT, out=tmp)
+                    dH[t - 1] += tmp
+                elif need_state_grad:
+                    state_grad = (xp.matmul(d, lw.WhT), dc.copy())
+                continue
             a, d, dh = A[t], dG[t], dH[t]
             i, f, g = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H]
             di, df, dg, do = d[:, :H], d[:, H:2 * H], d[:, 2 * H:3 * H], d[:, 3 * H:]

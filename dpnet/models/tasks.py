@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import xp_of
+from ..backend import to_numpy, xp_of
 
 
 def stateful(task_cls):
@@ -152,9 +152,11 @@ class LstmTask:
         x, y = self._chunk(self.arrays["train.streams"], k, rows)
         state = self.arrays["train.state"]
         src, dst = state[k % 2], state[(k + 1) % 2]
+        # the state lives in host memory (shared with the coordinator); a model on a
+        # device takes it up and hands the new one back down explicitly
         loss, n, (h_new, c_new) = self.model.loss_and_grad(x, y, (src[0, rows], src[1, rows]))
-        dst[0, rows] = h_new
-        dst[1, rows] = c_new
+        dst[0, rows] = to_numpy(h_new)
+        dst[1, rows] = to_numpy(c_new)
         return loss, n, 0
 
     def evaluate(self, h):

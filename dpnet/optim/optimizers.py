@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..backend import to_numpy, xp_of
+from ..backend import elementwise_kernel, to_numpy, xp_of
 from .schedules import Schedule, as_schedule, schedule_from_config
 
 BLOCK = 1 << 16
@@ -281,8 +281,26 @@ class Adam(Optimizer):
         p -= tmp
 
     def _update(self, lr, p, g, tmp, m, v):
+        k = elementwise_kernel(xp_of(p), "dpnet_adam", _ADAM_IN, _ADAM_OUT, _ADAM_OP) \
+            if type(self) is Adam else None
+        if k is not None:              # one pass over the four vectors on a CUDA device
+            t = self.t
+            k(g, lr / (1 - self.beta1 ** t), self.beta1, 1 - self.beta1, self.beta2,
+              1 - self.beta2, self.eps, 1.0 / math.sqrt(1 - self.beta2 ** t), p, m, v)
+            return
         self._moments(g, tmp, m, v)
         self._apply(lr, p, tmp, m, v)
+
+
+# Adam's update as one CUDA kernel: the same operations, in the same order, as
+# _moments and _apply above (the reference it is tested against).
+_ADAM_IN = "T g, T lr_c, T b1, T omb1, T b2, T omb2, T eps, T s2"
+_ADAM_OUT = "T p, T m, T v"
+_ADAM_OP = """
+    m = m * b1 + g * omb1;
+    v = v * b2 + (g * g) * omb2;
+    p -= (m / (sqrt(v) * s2 + eps)) * lr_c;
+"""
 
 
 class AMSGrad(Adam):

@@ -33,12 +33,17 @@ HEARTBEAT = b"HEARTBEAT"      # either way: I am alive (any message also counts 
 ERROR = b"ERROR"              # worker -> coord: an exception, with its traceback
 STOP = b"STOP"                # coord -> worker: exit cleanly
 BYE = b"BYE"                  # worker -> coord: I am exiting (after STOP, or on my own)
+PUSH = b"PUSH"                # coord -> worker: weights and optimizer state to hold (a worker
+                              #   that applies the updates itself)
+PULL = b"PULL"                # coord -> worker: send back your weights and optimizer state
+STATE = b"STATE"              # worker -> coord: answer to PULL
 
 # Limits: generous for real traffic, small enough that garbage cannot make us allocate.
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ARRAY_BYTES = 1 << 30     # one gradient of a 268M-parameter float32 model
 MAX_NDIM = 8
 MAX_KIND_BYTES = 16
+MAX_STATE_FRAMES = 4          # optimizer state vectors in a PUSH / STATE (Adam: m, v)
 
 ALLOWED_DTYPES = frozenset(
     np.dtype(t).str for t in (
@@ -59,19 +64,30 @@ _INT, _FLOAT, _STR, _BOOL, _MAP = "int", "float", "str", "bool", "map"
 #   ``scale``: the shard's share of the step's units, in [0, 1]; the worker multiplies
 #   its mean gradient by it, so the coordinator only adds. ``chunk``: the stream chunk
 #   of a character-model step (which buffer of the carried state to read).
+#   ``update``: the worker applies the optimizer to its own weights after the gradient
+#   (it holds the weights and the optimizer state; the GRAD then says ``updated``).
 # GRAD: the gradient is arrays[0] unless ``grad_in_shm=True`` (a local worker wrote it
-#   into its shared-memory gradient slot and sends only this header).
+#   into its shared-memory gradient slot and sends only this header) or ``updated=True``
+#   (the worker applied it itself).
+# PUSH / STATE: arrays[0] is the flat weight vector at ``weights_version``; with
+#   ``state=True`` the optimizer's state vectors follow, in its ``state_names`` order,
+#   and ``t`` is its step count; PUSH's ``optimizer`` is its config (rule, schedule).
+# ERROR: ``user=True`` says the problem is what was asked (no usable device, a dataset
+#   that does not fit), not a crash; ``device=True`` that the device failed (a CUDA
+#   error, out of device memory), not the code.
 _SPEC = {
-    HELLO: ({"rank": _INT, "pid": _INT, "signature": _MAP}, {"host": _STR}, (0, 0)),
+    HELLO: ({"rank": _INT, "pid": _INT, "signature": _MAP}, {"host": _STR, "device": _MAP},
+            (0, 0)),
     WELCOME: ({"rank": _INT}, {"config": _MAP, "weights_version": _INT, "weights": _BOOL}, (0, 1)),
     STEP: (
         {"step": _INT, "rank": _INT, "start": _INT, "stop": _INT, "weights_version": _INT},
-        {"indices": _BOOL, "weights": _BOOL, "epoch": _INT, "scale": _FLOAT, "chunk": _INT},
+        {"indices": _BOOL, "weights": _BOOL, "epoch": _INT, "scale": _FLOAT, "chunk": _INT,
+         "update": _BOOL},
         (0, 2),
     ),
     GRAD: (
         {"step": _INT, "rank": _INT, "n": _INT, "loss": _FLOAT, "correct": _INT},
-        {"grad_in_shm": _BOOL, "metrics": _MAP, "seconds": _FLOAT}, (0, 1),
+        {"grad_in_shm": _BOOL, "updated": _BOOL, "metrics": _MAP, "seconds": _FLOAT}, (0, 1),
     ),
     EVAL: (
         {"step": _INT, "rank": _INT, "start": _INT, "stop": _INT, "weights_version": _INT,
@@ -84,15 +100,21 @@ _SPEC = {
     ),
     SYNC: ({"weights_version": _INT}, {"weights": _BOOL}, (0, 1)),
     HEARTBEAT: ({"rank": _INT}, {"step": _INT, "busy": _BOOL}, (0, 0)),
-    ERROR: ({"rank": _INT, "message": _STR, "traceback": _STR}, {"step": _INT}, (0, 0)),
+    ERROR: ({"rank": _INT, "message": _STR, "traceback": _STR},
+            {"step": _INT, "user": _BOOL, "device": _BOOL}, (0, 0)),
     STOP: ({"reason": _STR}, {}, (0, 0)),
     BYE: ({"rank": _INT}, {"reason": _STR}, (0, 0)),
+    PUSH: ({"weights_version": _INT, "t": _INT, "optimizer": _MAP}, {"state": _BOOL},
+           (1, MAX_STATE_FRAMES + 1)),
+    PULL: ({"weights_version": _INT}, {}, (0, 0)),
+    STATE: ({"rank": _INT, "weights_version": _INT, "t": _INT}, {"state": _BOOL},
+            (1, MAX_STATE_FRAMES + 1)),
 }
 KINDS = frozenset(_SPEC)
 
 # Fields that count things or index arrays: a negative value is always a bug or an attack.
 _NON_NEGATIVE = frozenset({"step", "start", "stop", "n", "correct", "pid", "weights_version",
-                           "chunk", "scale"})
+                           "chunk", "scale", "t"})
 
 
 class ProtocolError(Exception):
@@ -137,7 +159,9 @@ def _check_fields(kind, header, n_arrays):
     elif kind in (WELCOME, SYNC):
         expected = int(header.get("weights", False))
     elif kind == GRAD:
-        expected = 0 if header.get("grad_in_shm", False) else 1
+        expected = 0 if header.get("grad_in_shm", False) or header.get("updated", False) else 1
+    elif kind in (PUSH, STATE) and not header.get("state", False):
+        expected = 1
     if expected is not None and n_arrays != expected:
         raise ProtocolError(f"{name} header announces {expected} array frames, got {n_arrays}")
 

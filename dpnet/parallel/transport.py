@@ -187,10 +187,11 @@ class _Socket:
     def recv_valid(self, timeout_s, on_bad=None):
         return recv_valid(self.socket, timeout_s, on_bad)
 
-    def close(self):
-        """Close the socket and the context. Idempotent."""
+    def close(self, linger_s=0.0):
+        """Close the socket and the context. Idempotent. ``linger_s``: how long queued
+        messages may still take to leave (a last word before exiting)."""
         if self.socket is not None:
-            self.socket.close(linger=0)
+            self.socket.close(linger=int(linger_s * 1000))
             self.socket = None
         if self.context is not None:
             self.context.term()

@@ -19,6 +19,7 @@ class History:
         self.wall_time = 0.0
         self.samples = 0
         self.step = 0                 # updates applied so far (set by fit)
+        self.saved_step = None        # the step of the last checkpoint this run wrote
         self.engine_stats = {}
 
     def append(self, epoch, metrics):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -120,7 +121,7 @@ class Loop:
     def save(self, plan, step):
         self.engine.sync_to_host()       # the weights may live with a worker
         plan.save(step)
-        self.saved_step = step
+        self.saved_step = self.history.saved_step = step
 
     def run(self, plan, datasets, seed, step, end):
         """Train from global step ``step`` to ``end``; returns the step reached."""
@@ -143,7 +144,7 @@ class Loop:
                 except WorkerError:
                     # the weights are those of the last whole step: a resumable checkpoint
                     if self.checkpoint is not None and self.saved_step != self.step:
-                        self.save(plan, self.step)
+                        self._save_after_failure(plan)
                     raise
                 if self.checkpoint is not None and self.saved_step != self.step:
                     self.save(plan, self.step)
@@ -155,6 +156,15 @@ class Loop:
                 self.engine.close()
             self.history.engine_stats = self.engine.stats()
         return self.step
+
+    def _save_after_failure(self, plan):
+        """Best effort: where the weights lived with the failed worker they may be
+        lost; say so, and let the failure itself be what is raised."""
+        try:
+            self.save(plan, self.step)
+        except WorkerError as e:
+            print(f"dpnet: the weights of step {self.step} could not be saved: {e}",
+                  file=sys.stderr)
 
     def _steps(self, plan, end, stop):
         engine = self.engine

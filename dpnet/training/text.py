@@ -223,7 +223,6 @@ class TextPlan(Plan):
         save_text_checkpoint(self.checkpoint, self.model, self.vocab, self.train, step,
                              self.seed, self.hist, st, crc=self.crc,
                              text_path=self.text_path, val_fraction=self.val_fraction)
-        self.hist.saved_step = step
 
     def diverged(self, step, loss):
         return (f"training diverged: loss is {loss} at step {step}; lower the learning "

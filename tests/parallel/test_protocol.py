@@ -26,6 +26,10 @@ VALID = {
     P.ERROR: ({"rank": 1, "message": "ValueError: bad", "traceback": "Traceback ...", "step": 2}, ()),
     P.STOP: ({"reason": "done"}, ()),
     P.BYE: ({"rank": 1}, ()),
+    P.PUSH: ({"weights_version": 3, "t": 3, "state": True, "optimizer": {"name": "adam"}},
+             (np.ones(5, np.float32), np.zeros(5, np.float32), np.zeros(5, np.float32))),
+    P.PULL: ({"weights_version": 3}, ()),
+    P.STATE: ({"rank": 0, "weights_version": 3, "t": 3}, (np.ones(5, np.float32),)),
 }
 
 
@@ -278,3 +282,20 @@ def test_protocol_imports_neither_zmq_nor_the_math():
               if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
     assert names <= {"__future__", "json", "math", "msgpack", "numpy"}, names
     assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
+
+
+def test_frames_follow_the_flags_of_the_new_kinds():
+    g = np.ones(4, np.float32)
+    grad = {"step": 1, "rank": 0, "n": 2, "loss": 0.5, "correct": 1}
+    assert decode(encode(P.GRAD, dict(grad, updated=True)))[2] == []
+    with pytest.raises(ProtocolError, match="announces 0 array frames, got 1"):
+        encode(P.GRAD, dict(grad, updated=True), g)
+    push = {"weights_version": 2, "t": 2, "optimizer": {"name": "sgd"}}
+    with pytest.raises(ProtocolError, match="announces 1 array frames, got 2"):
+        encode(P.PUSH, push, g, g)
+    assert len(decode(encode(P.PUSH, dict(push, state=True), g, g, g))[2]) == 3
+    with pytest.raises(ProtocolError, match="carries 6 array frames"):
+        encode(P.STATE, {"rank": 0, "weights_version": 2, "t": 2, "state": True}, *[g] * 6)
+    with pytest.raises(ProtocolError, match="'t' must be >= 0"):
+        encode(P.PULL, {"weights_version": 1}) and encode(P.STATE, {
+            "rank": 0, "weights_version": 1, "t": -1}, g)
