@@ -108,8 +108,8 @@ def dnn_parser(prog, workers=False, gpu=False):
           help="the CUDA device to train on (default: 0)")
         a("--update", choices=["worker", "coordinator"], default="worker",
           help="where the optimizer runs: on the GPU, its state there and only scalars "
-               "crossing per step (default; measured faster, see scripts/bench_gpu.py), "
-               "or in this process, the gradient coming back each step")
+               "crossing per step (default), or in this process, the gradient coming "
+               "home and the weights going back every step")
         a("--worker-timeout", type=float_in(1), default=300.0, metavar="S",
           help="the GPU worker must answer a step within S >= 1 seconds (default: 300)")
     return p
