@@ -11,7 +11,6 @@ gradient in place, and only a small msgpack header crosses ZeroMQ.
 """
 from __future__ import annotations
 
-import json
 import sys
 
 
@@ -58,17 +57,8 @@ class SharedMemoryBinding:
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m workers.cpu_worker CONFIG_JSON", file=sys.stderr)
-        return 2
-    from workers.serve import quiet_process, serve
-    quiet_process()
-    cfg = json.loads(argv[0])
-    from dpnet.parallel.transport import CoordinatorWatch
-    return serve(lambda: SharedMemoryBinding(cfg), cfg["endpoint"], int(cfg["rank"]),
-                 CoordinatorWatch(parent_pid=int(cfg["coordinator_pid"])),
-                 heartbeat_s=cfg.get("heartbeat_s"))
+    from workers.serve import main as serve_main
+    return serve_main(sys.argv[1:] if argv is None else argv, "workers.cpu_worker", SharedMemoryBinding)
 
 
 if __name__ == "__main__":

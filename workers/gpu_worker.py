@@ -20,11 +20,8 @@ host/device rules): the same code, on machines without a GPU.
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
-
-import numpy as np
 
 # The device's memory a run leaves free for activations, the allocator's pool and
 # CUDA's own: data and model must fit in the rest.
@@ -157,18 +154,8 @@ class DeviceBinding:
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m workers.gpu_worker CONFIG_JSON", file=sys.stderr)
-        return 2
-    from workers.serve import quiet_process, serve
-    quiet_process()
-    cfg = json.loads(argv[0])
-    np.seterr(over="ignore", invalid="ignore", divide="ignore")
-    from dpnet.parallel.transport import CoordinatorWatch
-    return serve(lambda: DeviceBinding(cfg), cfg["endpoint"], int(cfg["rank"]),
-                 CoordinatorWatch(parent_pid=int(cfg["coordinator_pid"])),
-                 heartbeat_s=cfg.get("heartbeat_s"), user_errors=(UserFacing,))
+    from workers.serve import main as serve_main
+    return serve_main(sys.argv[1:] if argv is None else argv, "workers.gpu_worker", DeviceBinding, user_errors=(UserFacing,))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,22 @@ def quiet_process():
     np.seterr(over="ignore", invalid="ignore", divide="ignore")
 
 
+def main(argv, module, binding_cls, user_errors=()):
+    """A worker process's entry point: ``python -m <module> CONFIG_JSON`` serves its
+    coordinator with ``binding_cls(config)``. Returns the exit code."""
+    import json
+    import sys
+    if len(argv) != 1:
+        print(f"usage: python -m {module} CONFIG_JSON", file=sys.stderr)
+        return 2
+    quiet_process()
+    cfg = json.loads(argv[0])
+    from dpnet.parallel.transport import CoordinatorWatch
+    return serve(lambda: binding_cls(cfg), cfg["endpoint"], int(cfg["rank"]),
+                 CoordinatorWatch(parent_pid=int(cfg["coordinator_pid"])),
+                 heartbeat_s=cfg.get("heartbeat_s"), user_errors=user_errors)
+
+
 class Heartbeat:
     """A daemon thread that sends HEARTBEAT on its own DEALER until ``stop()``."""
 

@@ -9,7 +9,6 @@ import pytest
 import dpnet
 from dpnet import Dense, Sequential
 from dpnet.data.text import StreamBatcher, Vocabulary
-from dpnet.engines import LocalEngine
 from dpnet.engines.coordinator import MultiprocessEngine
 from dpnet.engines.errors import WorkerError
 from dpnet.models import load_weights_into
