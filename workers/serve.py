@@ -44,17 +44,20 @@ def quiet_process():
 
 
 def main(argv, module, binding_cls, user_errors=()):
-    """A worker process's entry point: ``python -m <module> CONFIG_JSON`` serves its
-    coordinator with ``binding_cls(config)``. Returns the exit code."""
+    """A worker process's entry point: ``python -m <module> -`` reads its JSON config
+    from stdin (``CONFIG_JSON`` as the argument works too) and serves its coordinator
+    with ``binding_cls(config)``. Returns the exit code."""
     import json
     import sys
     if len(argv) != 1:
-        print(f"usage: python -m {module} CONFIG_JSON", file=sys.stderr)
+        print(f"usage: python -m {module} - (the JSON config on stdin) | CONFIG_JSON",
+              file=sys.stderr)
         return 2
     quiet_process()
-    cfg = json.loads(argv[0])
+    cfg = json.loads(sys.stdin.read() if argv[0] == "-" else argv[0])
     from dpnet.parallel.transport import CoordinatorWatch
     return serve(lambda: binding_cls(cfg), cfg["endpoint"], int(cfg["rank"]),
+                 (cfg["identity"].encode(), cfg["heartbeat_identity"].encode()),
                  CoordinatorWatch(parent_pid=int(cfg["coordinator_pid"])),
                  heartbeat_s=cfg.get("heartbeat_s"), user_errors=user_errors)
 
@@ -62,11 +65,11 @@ def main(argv, module, binding_cls, user_errors=()):
 class Heartbeat:
     """A daemon thread that sends HEARTBEAT on its own DEALER until ``stop()``."""
 
-    def __init__(self, endpoint, rank, interval_s):
+    def __init__(self, endpoint, rank, identity, interval_s):
         from dpnet.parallel import protocol as P
         from dpnet.parallel.transport import Dealer
         self._stop = threading.Event()
-        self._sock = Dealer(endpoint, rank, heartbeat=True)
+        self._sock = Dealer(endpoint, identity)
         self._rank, self._P, self._interval = rank, P, interval_s
         self._thread = threading.Thread(target=self._run, name="dpnet-heartbeat", daemon=True)
         self._thread.start()
@@ -84,7 +87,8 @@ class Heartbeat:
         self._sock.close()
 
 
-def serve(make_binding, endpoint, rank, watch, heartbeat_s=None, user_errors=()):
+def serve(make_binding, endpoint, rank, identities, watch, heartbeat_s=None,
+          user_errors=()):
     """Serve the coordinator at ``endpoint`` as ``rank`` until STOP or until ``watch``
     (a ``CoordinatorWatch``) says it is gone; heartbeats every ``heartbeat_s`` seconds
     (the coordinator's choice; default ``HEARTBEAT_S``). ``make_binding()`` builds the
@@ -95,7 +99,8 @@ def serve(make_binding, endpoint, rank, watch, heartbeat_s=None, user_errors=())
     from dpnet.parallel import protocol as P
     from dpnet.parallel.transport import HEARTBEAT_S, Dealer
 
-    sock = Dealer(endpoint, rank)
+    ident, beat = identities              # given by the coordinator (see new_identity)
+    sock = Dealer(endpoint, ident)
     try:
         binding = make_binding()
     except Exception as e:
@@ -105,7 +110,7 @@ def serve(make_binding, endpoint, rank, watch, heartbeat_s=None, user_errors=())
                             "traceback": "" if user else traceback.format_exc()})
         sock.close(linger_s=2.0)
         return 1
-    heartbeat = Heartbeat(endpoint, rank, heartbeat_s or HEARTBEAT_S)
+    heartbeat = Heartbeat(endpoint, rank, beat, heartbeat_s or HEARTBEAT_S)
     hello = getattr(binding, "hello", dict)()
     sock.send(P.HELLO, {"rank": rank, "pid": os.getpid(), "signature": binding.signature,
                         **hello})

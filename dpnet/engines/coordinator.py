@@ -37,6 +37,7 @@ from .errors import WorkerError, WorkerUserError
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05
+DRAIN = 1000          # queued messages read after a round's replies are all in
 
 
 def _tag(name):
@@ -173,6 +174,10 @@ class Coordinator:
         """Stop the workers and remove every shared-memory segment. Idempotent."""
         if self._started and self._final_stats is None:
             self._final_stats = self._collect_stats()
+            if self.group.drops.count:
+                print(f"dpnet: dropped {self.group.drops.count} message"
+                      f"{'s' if self.group.drops.count > 1 else ''} that no worker of this "
+                      f"run sent, or that answered nothing asked", file=sys.stderr)
         self._started = False
         self.group.stop((P.STOP, {"reason": "done"}))
         if self.model is not None and "weights" in self.shm:
@@ -343,30 +348,50 @@ class Coordinator:
         """Send ``message(rank)`` to each rank and collect their replies -- those of
         ``reply_kind`` whose ``match`` field is ``step`` -- surviving failures by the
         policy. ``on_reply(replies)`` runs after each accepted reply."""
-        pending = {}                       # rank -> when its current attempt was sent
+        pending, sent = {}, {}             # rank -> when / what its attempt was sent
         for rank in ranks:
-            self._send(rank, *message(rank))
-            pending[rank] = time.monotonic()
+            self._send_attempt(rank, message, pending, sent)
         replies = {}
         while len(replies) < len(ranks):
             got = self.group.recv(POLL_S)
             if got is not None:
-                self._accept(got, step, reply_kind, pending, replies, message, on_reply,
-                             match)
+                self._accept(got, step, reply_kind, pending, sent, replies, message,
+                             on_reply, match)
             self._check(pending, replies)
+        # what else is waiting (heartbeats, late or stray messages) is read now, a
+        # bounded number per round, so that nothing piles up between rounds
+        for _ in range(DRAIN):
+            got = self.group.recv(0)
+            if got is None:
+                break
+            self._accept(got, step, reply_kind, pending, sent, replies, message, None,
+                         match)
         self._failures_in_a_row = 0
         return replies
 
-    def _accept(self, got, step, reply_kind, pending, replies, message, on_reply, match):
-        rank = got.rank
+    def _send_attempt(self, rank, message, pending, sent):
+        kind, header, *frames = message(rank)
+        self._send(rank, kind, header, *frames)
+        pending[rank], sent[rank] = time.monotonic(), header
+
+    def _accept(self, got, step, reply_kind, pending, sent, replies, message, on_reply,
+                match):
+        """Act on one message -- only if it comes from a worker of this run and says
+        what the coordinator asked for; the rest is dropped and counted."""
+        rank, h = got.rank, got.header
         if rank is None:                   # not a worker of this run: never trusted
-            log.info("dropped a %s from an unknown peer", got.kind.decode())
+            self.group.drops(f"a {got.kind.decode()} from a peer that is no worker of "
+                             f"this run: {got.msg.identity[:24]!r}")
             return
+        if "rank" in h and h["rank"] != rank:
+            raise WorkerError(f"worker {rank} sent a {got.kind.decode()} that claims to be "
+                              f"from worker {h['rank']}", rank=rank)
         self._heard[rank] = time.monotonic()
         if got.kind == P.ERROR:
             self._raise_worker_error(got)
-        elif (got.kind == reply_kind and got.header[match] == step and rank in pending
+        elif (got.kind == reply_kind and h[match] == step and rank in pending
               and rank not in replies):
+            self._check_count(rank, got, sent[rank])
             replies[rank] = _Reply(got)
             if on_reply is not None:
                 on_reply(replies)
@@ -374,9 +399,18 @@ class Coordinator:
             # a replacement introducing itself: handshake, then give it its shard
             self._welcome(got)
             if rank in pending and rank not in replies:
-                self._send(rank, *message(rank))
-                pending[rank] = time.monotonic()
-        # anything else (heartbeats, BYE, stale replies of an older step): dropped
+                self._send_attempt(rank, message, pending, sent)
+        # anything else (heartbeats, BYE, stale replies of an older step or attempt):
+        # nothing to act on
+
+    def _check_count(self, rank, got, header):
+        """A reply must count the samples (characters) of the shard that was sent."""
+        if got.kind not in (P.GRAD, P.EVAL_RESULT):
+            return
+        want = self.task_cls.expected_n(self.arrays, self.task_options, header)
+        if got.header["n"] != want:
+            raise WorkerError(f"worker {rank} answered for {got.header['n']} samples, its "
+                              f"shard has {want}", rank=rank)
 
     def _check(self, pending, replies):
         """Liveness of the ranks still owing a reply: the group's own view (exited,

@@ -7,7 +7,8 @@ against this small interface. A kind of worker is a ``WorkerGroup`` subclass:
     group.start(config_of)          start ranks 0..n-1; config_of(rank) -> JSON-able dict
     group.send(rank, kind, header, *arrays)
     group.recv(timeout_s)           the next message from any peer, with its rank
-                                    resolved from the sender (None: not a worker of this run)
+                                    resolved from the sender (None: not a worker of this
+                                    run); refused messages are counted in ``group.drops``
     group.problem(rank, now)        what the kind itself knows is wrong with a rank
                                     (exited, suspended), or None
     group.replace(rank)             stop what is left of a rank and start a new one
@@ -32,6 +33,7 @@ worker (``gpu.py``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -39,9 +41,33 @@ import sys
 import time
 
 from ..parallel.monitor import WorkerMonitor, self_stats
-from ..parallel.transport import Router, rank_of_identity
+from ..parallel.transport import Router, new_identity
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+log = logging.getLogger(__name__)
+
+
+class Drops:
+    """Messages refused before use -- undecodable, from a peer that is no worker of the
+    run, or not what was asked for -- counted; the first few logged, then only counted,
+    so that a flood can neither steer a run nor fill a terminal."""
+    LOGGED = 3
+
+    def __init__(self):
+        self.count = 0
+        self.reasons = {}
+
+    def __call__(self, reason):
+        self.count += 1
+        key = reason.split(":")[0]
+        self.reasons[key] = self.reasons.get(key, 0) + 1
+        if self.count <= self.LOGGED:
+            log.warning("dropped a message: %s", reason)
+        elif self.count == self.LOGGED + 1:
+            log.warning("dropping more messages: they are counted, not logged")
+
+    def summary(self):
+        return {"dropped": self.count, "why": dict(self.reasons)} if self.count else {}
 
 
 def exit_reason(code):
@@ -84,6 +110,7 @@ class WorkerGroup:
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise ValueError(f"workers must be a positive integer, got {size!r}")
         self.size = size
+        self.drops = Drops()
 
     def describe(self):
         """A short phrase for the user: "2 CPU worker processes"."""
@@ -114,10 +141,11 @@ class WorkerGroup:
 
 
 class _Child:
-    """One child process and what is known of it."""
+    """One child process (one incarnation of a rank) and what is known of it."""
 
-    def __init__(self, rank, popen):
+    def __init__(self, rank, popen, identity, heartbeat_identity):
         self.rank, self.popen, self.pid = rank, popen, popen.pid
+        self.identity, self.heartbeat_identity = identity, heartbeat_identity
         self.checked_at, self.stopped_since = 0.0, None
 
 
@@ -135,6 +163,7 @@ class ProcessGroup(WorkerGroup):
                              f"got {stall_timeout!r}")
         self.stall_timeout = stall_timeout
         self.children = {}
+        self._rank_of = {}                  # identity -> rank, for live incarnations only
         self.router = None
         self.monitor = WorkerMonitor()
         self._config_of = None
@@ -158,22 +187,31 @@ class ProcessGroup(WorkerGroup):
         env = dict(os.environ)
         env.update(self.env())
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
+        ident, beat = new_identity(rank), new_identity(rank, heartbeat=True)
         cfg = dict(self._config_of(rank), rank=rank, endpoint=self.router.endpoint,
-                   coordinator_pid=os.getpid(), **self.extra_config(rank))
-        popen = subprocess.Popen([sys.executable, "-m", self.module, json.dumps(cfg)],
-                                 env=env, stdin=subprocess.DEVNULL, cwd=_ROOT)
-        self.children[rank] = _Child(rank, popen)
+                   coordinator_pid=os.getpid(), identity=ident.decode(),
+                   heartbeat_identity=beat.decode(), **self.extra_config(rank))
+        # the config (with the worker's identities) goes through a pipe, not the
+        # command line, where any process of the machine could read it
+        popen = subprocess.Popen([sys.executable, "-m", self.module, "-"], env=env,
+                                 stdin=subprocess.PIPE, cwd=_ROOT)
+        try:
+            popen.stdin.write(json.dumps(cfg).encode())
+            popen.stdin.close()
+        except OSError:                     # it died at once: problem() will say so
+            pass
+        self.children[rank] = _Child(rank, popen, ident, beat)
+        self._rank_of[ident] = self._rank_of[beat] = rank
         self.monitor.add(popen.pid)
 
     def send(self, rank, kind, header, *arrays):
-        self.router.send(rank, kind, header, *arrays)
+        self.router.send(self.children[rank].identity, kind, header, *arrays)
 
     def recv(self, timeout_s):
-        msg = self.router.recv_valid(timeout_s)
+        msg = self.router.recv_valid(timeout_s, on_bad=lambda e: self.drops(str(e)))
         if msg is None:
             return None
-        rank = rank_of_identity(msg.identity)
-        return Ranked(rank if rank in self.children else None, msg)
+        return Ranked(self._rank_of.get(msg.identity), msg)
 
     def pid(self, rank):
         return self.children[rank].pid
@@ -207,6 +245,9 @@ class ProcessGroup(WorkerGroup):
             child.popen.kill()
         child.popen.wait()
         self.monitor.remove(child.pid)
+        # the old incarnation's identities die with it: a late message is a stranger's
+        self._rank_of.pop(child.identity, None)
+        self._rank_of.pop(child.heartbeat_identity, None)
         self._spawn(rank)
 
     def stop(self, stop_message=None):
@@ -216,7 +257,7 @@ class ProcessGroup(WorkerGroup):
             for rank, child in self.children.items():
                 if child.popen.poll() is None:
                     try:
-                        self.router.send(rank, *stop_message)
+                        self.router.send(child.identity, *stop_message)
                     except Exception:
                         pass
         deadline = time.monotonic() + 2.0
@@ -226,7 +267,7 @@ class ProcessGroup(WorkerGroup):
             except subprocess.TimeoutExpired:
                 child.popen.kill()
                 child.popen.wait()
-        self.children = {}
+        self.children, self._rank_of = {}, {}
         if self.router is not None:
             self.router.close()
             self.router = None
@@ -235,5 +276,5 @@ class ProcessGroup(WorkerGroup):
         per = self.monitor.stats(full=True)
         workers = [{"rank": rank, "pid": c.pid, **per.get(c.pid, {})}
                    for rank, c in sorted(self.children.items())]
-        return {"per_worker": workers,
+        return {"per_worker": workers, **self.drops.summary(),
                 "coordinator": per.get(os.getpid()) or self_stats(full=True)}

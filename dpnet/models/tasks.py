@@ -51,6 +51,11 @@ class MlpTask:
     def plan_eval(arrays, split):
         return len(arrays[f"{split}.x"]), {}
 
+    @staticmethod
+    def expected_n(arrays, options, header):
+        """The ``n`` a reply to ``header`` (a STEP or EVAL) must report."""
+        return header["stop"] - header["start"]
+
     # -- worker side ---------------------------------------------------------------
     def __init__(self, model, arrays, seed, options=None, eval_batch_size=2048):
         self.model, self.arrays, self.seed = model, arrays, int(seed)
@@ -117,6 +122,14 @@ class LstmTask:
     @staticmethod
     def plan_eval(arrays, split):
         return arrays[f"{split}.streams"].shape[0], {}
+
+    @staticmethod
+    def expected_n(arrays, options, header):
+        """Characters predicted: T per stream and chunk of the shard's rows."""
+        T, rows = int(options["seq_len"]), header["stop"] - header["start"]
+        if "split" not in header:
+            return rows * T
+        return rows * T * ((arrays[f"{header['split']}.streams"].shape[1] - 1) // T)
 
     @staticmethod
     def read_state(arrays, chunk):

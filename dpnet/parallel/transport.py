@@ -7,7 +7,7 @@ run, or after a crash, undelivered messages are worthless and must not block exi
 Liveness (see ``Ticker`` and ``CoordinatorWatch``):
 - the coordinator treats ANY message from a worker as a sign of life;
 - every worker sends a HEARTBEAT every ``HEARTBEAT_S`` from a thread with a socket of
-  its own (``heartbeat_identity``), busy or idle, so that silence means a hung or
+  its own (identity ``h<rank>.<random>``), busy or idle, so that silence means a hung or
   unreachable worker even where the coordinator has no pid to look at (remote
   workers); local workers are also watched by pid (``dpnet.engines.group``);
 - a worker watches its coordinator by parent pid (local) and, optionally, by silence
@@ -34,23 +34,13 @@ SEND_TIMEOUT_S = 5.0          # a send that blocks this long means the peer is g
 _MAX_MSG = protocol.MAX_ARRAY_BYTES + protocol.MAX_HEADER_BYTES
 
 
-def identity(rank):
-    """The DEALER identity of worker ``rank``; the coordinator addresses it by this."""
-    return b"w%d" % rank
-
-
-def heartbeat_identity(rank):
-    """The identity of worker ``rank``'s heartbeat socket (a thread of its own, so that
-    a worker busy in a long computation still shows it is alive)."""
-    return b"h%d" % rank
-
-
-def rank_of_identity(ident):
-    """The rank an identity from ``identity`` or ``heartbeat_identity`` names, else None."""
-    if not ident or ident[:1] not in (b"w", b"h") or not ident[1:].isdigit() \
-            or len(ident) > 12:
-        return None
-    return int(ident[1:])
+def new_identity(rank, heartbeat=False):
+    """A fresh, unguessable identity for one incarnation of worker ``rank`` (``w<rank>.``
+    or, for its heartbeat socket, ``h<rank>.``, then 64 random bits). The coordinator
+    gives it to the worker it starts and acts only on messages from the identities it
+    gave out; a replacement gets new ones, and the ROUTER refuses a second peer that
+    claims an identity in use (no handover), so nobody can take a worker's place."""
+    return b"%s%d.%s" % (b"h" if heartbeat else b"w", rank, secrets.token_hex(8).encode())
 
 
 class Message(tuple):
@@ -92,7 +82,7 @@ def send(sock, kind, header, *arrays, to=None, copy=False):
     frames = protocol.encode(kind, header, *arrays)
     if sock.type == zmq.ROUTER:
         if to is None:
-            raise ValueError("a ROUTER socket needs the peer identity: send(..., to=identity(rank))")
+            raise ValueError("a ROUTER socket needs the peer identity: send(..., to=identity)")
         frames.insert(0, to)
     elif to is not None:
         raise ValueError(f"only a ROUTER socket addresses peers, got to={to!r}")
@@ -216,8 +206,9 @@ class Router(_Socket):
             _configure(self.socket)
             # Sending to a worker that is not connected must fail, not vanish silently.
             self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            # A respawned worker reuses its rank's identity: let it take the old one over.
-            self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            # No handover: a second peer claiming a connected identity is refused, so a
+            # stranger cannot take a worker's routing (replacements get new identities).
+            self.socket.setsockopt(zmq.ROUTER_HANDOVER, 0)
             if transport == "ipc":
                 # A private (0700) directory: no other local user can connect (an
                 # abstract socket would be visible, and connectable, by anyone).
@@ -233,11 +224,9 @@ class Router(_Socket):
             self.close()
             raise
 
-    def send(self, rank_or_identity, kind, header, *arrays, copy=False):
-        to = rank_or_identity
-        if isinstance(to, int):
-            to = identity(to)
-        send(self.socket, kind, header, *arrays, to=to, copy=copy)
+    def send(self, identity, kind, header, *arrays, copy=False):
+        """One message to the peer ``identity`` (bytes)."""
+        send(self.socket, kind, header, *arrays, to=identity, copy=copy)
 
     def close(self):
         """Close the socket and context, remove the ipc directory. Idempotent."""
@@ -248,18 +237,19 @@ class Router(_Socket):
 
 
 class Dealer(_Socket):
-    """A worker's socket, connected to the coordinator's endpoint as ``identity(rank)``
-    (or as ``heartbeat_identity(rank)`` with ``heartbeat=True``)."""
+    """A worker's socket, connected to the coordinator's endpoint as ``identity`` (bytes:
+    the one the coordinator gave this worker, see ``new_identity``)."""
 
-    def __init__(self, endpoint, rank, heartbeat=False):
-        self.rank = rank
+    def __init__(self, endpoint, identity):
+        if not isinstance(identity, bytes) or not 0 < len(identity) <= 255:
+            raise ValueError(f"identity must be 1-255 bytes, got {identity!r}")
+        self.identity = identity
         self.context = zmq.Context()
         self.socket = None
         try:
             self.socket = self.context.socket(zmq.DEALER)
             _configure(self.socket)
-            self.socket.setsockopt(zmq.IDENTITY, (heartbeat_identity if heartbeat
-                                                  else identity)(rank))
+            self.socket.setsockopt(zmq.IDENTITY, identity)
             self.socket.connect(endpoint)
         except BaseException:
             self.close()

@@ -84,3 +84,45 @@ def test_divergence_with_workers_is_one_line_and_idle_workers_are_not_started():
     r = subprocess.run([sys.executable, SCRIPT, "--worker-timeout", "0.5"],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and "--worker-timeout: expected a number in [1" in r.stderr
+
+
+def test_a_flood_on_the_socket_of_a_real_run_changes_nothing(tmp_path):
+    """runDnn.py with 2 workers, and 10,000 hostile messages on its socket from
+    strangers: exit code 0, the very checkpoint of an undisturbed run, every message
+    read refused and counted, nothing left behind."""
+    import glob
+    import tempfile
+
+    import numpy as np
+    from hostile import Flood
+
+    flags = ["--workers", "2", "--limit-train", "3000", "--epochs", "4", "--hidden", "64",
+             "--batch-size", "100", "--quiet", "--on-failure", "abort"]
+    before = shm_segments()
+    r = subprocess.run([sys.executable, SCRIPT, *flags, "--save", str(tmp_path / "a.npz")],
+                       capture_output=True, text=True, timeout=150, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    p = subprocess.Popen([sys.executable, SCRIPT, *flags, "--save", str(tmp_path / "b.npz")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    pattern = os.path.join(tempfile.gettempdir(), f"dpnet_{p.pid}_*", "*.sock")
+    deadline = time.monotonic() + 60
+    while not glob.glob(pattern) and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.01)
+    flood = Flood("ipc://" + glob.glob(pattern)[0], 10_000)
+    flood.start()
+    try:
+        out, err = p.communicate(timeout=150)
+    finally:
+        flood.release.set()
+        flood.join(10)
+    assert p.returncode == 0, err
+    assert flood.error is None and flood.sent == 10_000
+    # most were read while it trained (what is still queued when the run ends is not):
+    # every one of those refused and counted
+    import re
+    dropped = int(re.search(r"dpnet: dropped (\d+) messages", err).group(1))
+    assert 5_000 <= dropped <= 10_000, err
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        for k in ("params", "opt.m", "opt.v"):
+            assert np.array_equal(a[k], b[k]), k
+    assert child_processes() == [] and shm_segments() == before

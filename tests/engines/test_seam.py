@@ -15,7 +15,7 @@ from dpnet.engines.cpu import CpuProcesses
 from dpnet.optim.optimizers import Momentum
 from dpnet.parallel import protocol as P
 from dpnet.parallel.monitor import child_processes
-from dpnet.parallel.transport import rank_of_identity, send
+from dpnet.parallel.transport import new_identity, send
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -132,10 +132,11 @@ def test_messages_from_peers_that_are_not_workers_are_dropped():
     assert np.allclose(m.params, ref.params, rtol=1e-5, atol=1e-7)
 
 
-def test_identities_name_ranks_and_nothing_else():
-    assert rank_of_identity(b"w3") == 3 and rank_of_identity(b"h12") == 12
-    for bad in (b"", b"w", b"x3", b"w-1", b"w3a", b"w" + b"9" * 20, None):
-        assert rank_of_identity(bad) is None
+def test_identities_are_fresh_and_unguessable():
+    ids = {new_identity(3) for _ in range(1000)} | {new_identity(3, heartbeat=True)}
+    assert len(ids) == 1001
+    w = new_identity(12)
+    assert w.startswith(b"w12.") and len(w) == 4 + 16 and new_identity(0, True)[:3] == b"h0."
 
 
 def test_kinds_are_registered_in_one_place():
@@ -154,3 +155,17 @@ def test_the_coordinator_checks_its_timeouts():
         Coordinator(CpuProcesses(1), silence_timeout=0)
     with pytest.raises(ValueError, match="on_failure must be 'respawn' or 'abort'"):
         Coordinator(CpuProcesses(1), on_failure="ignore")
+
+
+def test_close_stops_the_workers_by_message_within_a_second():
+    """STOP reaches every worker (addressed by its own identity) and each exits 0 at
+    once -- not killed after the 2 s grace."""
+    x, y = data()
+    eng = Coordinator(CpuProcesses(2))
+    eng.start(mlp(), {"train": (x, y)})
+    eng.gradient(0, np.arange(50))
+    popens = [c.popen for c in eng.group.children.values()]
+    t0 = time.monotonic()
+    eng.close()
+    assert time.monotonic() - t0 < 1.0
+    assert [p.returncode for p in popens] == [0, 0]

@@ -11,9 +11,9 @@ from dpnet.parallel import protocol as P
 from dpnet.parallel import transport as T
 
 
-def _worker(endpoint, rank):
+def _worker(endpoint, rank, ident):
     # A miniature worker: handshake, one gradient per STEP, exit on STOP.
-    with T.Dealer(endpoint, rank) as d:
+    with T.Dealer(endpoint, ident) as d:
         d.send(P.HELLO, {"rank": rank, "pid": os.getpid(), "signature": P.model_signature("toy", 5, "float32")})
         while True:
             msg = d.recv(10.0)
@@ -31,22 +31,23 @@ def _worker(endpoint, rank):
 def test_round_trip_with_a_spawned_worker(transport):
     ctx = mp.get_context("spawn")
     with T.Router(transport) as r:
-        p = ctx.Process(target=_worker, args=(r.endpoint, 3))
+        ident = T.new_identity(3)
+        p = ctx.Process(target=_worker, args=(r.endpoint, 3, ident))
         p.start()
         try:
             hello = r.recv(20.0)
-            assert hello.identity == T.identity(3) == b"w3" and hello.kind == P.HELLO
+            assert hello.identity == ident and hello.kind == P.HELLO
             assert hello.header["pid"] == p.pid
             P.check_signature(P.model_signature("toy", 5, "float32"), hello.header["signature"])
             for step in (1, 2):
                 idx = np.array([4, 0, 6], np.int64)
-                r.send(3, P.STEP, {"step": step, "rank": 3, "start": 0, "stop": 3,
+                r.send(ident, P.STEP, {"step": step, "rank": 3, "start": 0, "stop": 3,
                                    "weights_version": step, "indices": True}, idx)
                 m = r.recv(10.0)
                 assert m.kind == P.GRAD and m.header["step"] == step and m.header["n"] == 3
                 (g,) = m.arrays
                 np.testing.assert_array_equal(g, np.full(5, 10.0 * step, np.float32))
-            r.send(3, P.STOP, {"reason": "done"})
+            r.send(ident, P.STOP, {"reason": "done"})
             assert r.recv(10.0).kind == P.BYE
             p.join(10)
             assert p.exitcode == 0
@@ -80,7 +81,7 @@ def test_recv_timeout_returns_none_within_the_deadline():
              np.zeros(4, np.float32))[:2],                        # gradient frame lost
 ])
 def test_garbage_is_refused_and_the_next_good_message_still_arrives(garbage):
-    with T.Router() as r, T.Dealer(r.endpoint, 0) as d:
+    with T.Router() as r, T.Dealer(r.endpoint, b"w0") as d:
         d.socket.send_multipart(garbage)
         d.send(P.HEARTBEAT, {"rank": 0})
         with pytest.raises(T.BadMessage) as e:
@@ -99,7 +100,7 @@ def test_garbage_is_refused_and_the_next_good_message_still_arrives(garbage):
 
 @pytest.mark.timeout(10)
 def test_coordinator_to_worker_and_addressing_errors():
-    with T.Router("tcp") as r, T.Dealer(r.endpoint, 1) as d:
+    with T.Router("tcp") as r, T.Dealer(r.endpoint, b"w1") as d:
         d.send(P.HEARTBEAT, {"rank": 1})
         assert r.recv(5.0).identity == b"w1"        # the ROUTER now knows w1
         w = np.arange(6, dtype=np.float64).reshape(2, 3)
@@ -108,7 +109,7 @@ def test_coordinator_to_worker_and_addressing_errors():
         assert m.identity is None and m.header["weights_version"] == 9
         np.testing.assert_array_equal(m.arrays[0], w)
         with pytest.raises(zmq.ZMQError):             # ROUTER_MANDATORY: no such worker
-            r.send(7, P.STOP, {"reason": "x"})
+            r.send(b"w7", P.STOP, {"reason": "x"})
         with pytest.raises(ValueError, match="peer identity"):
             T.send(r.socket, P.STOP, {"reason": "x"})
         with pytest.raises(ValueError, match="only a ROUTER"):
@@ -120,18 +121,23 @@ def test_coordinator_to_worker_and_addressing_errors():
 
 
 @pytest.mark.timeout(10)
-def test_respawned_worker_takes_over_its_identity():
+def test_a_second_peer_cannot_take_a_connected_identity():
+    """No handover: a peer that claims the identity of a connected worker is refused,
+    and messages for that identity still reach the worker."""
+    ident = T.new_identity(2)
     with T.Router() as r:
-        old = T.Dealer(r.endpoint, 2)
-        old.send(P.HEARTBEAT, {"rank": 2})
-        assert r.recv(5.0).identity == b"w2"
-        new = T.Dealer(r.endpoint, 2)                  # the old one has not gone yet
-        new.send(P.HELLO, {"rank": 2, "pid": 1, "signature": {}})
-        assert r.recv(5.0).kind == P.HELLO
-        r.send(2, P.STOP, {"reason": "x"})
-        assert new.recv(5.0).kind == P.STOP
-        old.close()
-        new.close()
+        real = T.Dealer(r.endpoint, ident)
+        real.send(P.HEARTBEAT, {"rank": 2})
+        assert r.recv(5.0).identity == ident
+        thief = T.Dealer(r.endpoint, ident)
+        thief.send(P.HELLO, {"rank": 2, "pid": 1, "signature": {}})
+        assert r.recv(0.5) is None                     # refused at the door
+        r.send(ident, P.STOP, {"reason": "x"})
+        assert real.recv(5.0).kind == P.STOP and thief.recv(0.3) is None
+        with pytest.raises(ValueError, match="identity must be 1-255 bytes"):
+            T.Dealer(r.endpoint, 3)
+        real.close()
+        thief.close()
 
 
 def test_ticker_and_coordinator_watch():
