@@ -31,14 +31,15 @@ import traceback
 
 
 def quiet_process():
-    """What every worker process does first. Ctrl-C in a terminal, and SIGTERM from
-    systemd, `timeout` or `kill -- -PGID`, reach the whole process group; only the
+    """What every worker process does first. Ctrl-C in a terminal, SIGTERM from systemd,
+    `timeout` or `kill -- -PGID`, SIGHUP from a terminal that closes and SIGQUIT reach
+    the whole process group; only the
     coordinator decides what they mean (a clean stop, not a crashed worker). It stops
     workers with STOP, or SIGKILL after 2 s, and a worker whose coordinator is gone
     exits by itself. A diverging run is the coordinator's to report (a non-finite loss,
     one line), not a stream of overflow warnings from every worker."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)
     import numpy as np
     np.seterr(over="ignore", invalid="ignore", divide="ignore")
 

@@ -184,11 +184,53 @@ def device_line(prog, say):
     return announce
 
 
+class SafeStream:
+    """A text stream whose writes never raise: once a terminal has hung up (EIO) or a
+    pipe closed (EPIPE), the rest of the output goes nowhere and the run goes on to
+    its clean stop -- saving, stopping workers, removing shared memory."""
+
+    def __init__(self, stream):
+        self.stream, self.dead = stream, False
+
+    def write(self, text):
+        if not self.dead:
+            try:
+                return self.stream.write(text)
+            except (OSError, ValueError):       # EIO, EPIPE; or a closed file
+                self.dead = True
+        return len(text)
+
+    def flush(self):
+        if not self.dead:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self.dead = True
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def _safe_streams():
+    """Wrap stdout and stderr; returns a function that puts them back (or, if they
+    died, points them at /dev/null, so the interpreter's last flush cannot fail)."""
+    wrapped = [SafeStream(sys.stdout), SafeStream(sys.stderr)]
+    sys.stdout, sys.stderr = wrapped
+
+    def restore():
+        out, err = (open(os.devnull, "w") if w.dead else w.stream for w in wrapped)
+        sys.stdout, sys.stderr = out, err
+    return restore
+
+
 def guarded(prog, run, *args):
     """``run(*args)``'s exit code, with every way it can end that is not a bug turned
-    into one line on stderr. SIGTERM outside the training loop (which stops gracefully
-    on it) still runs the clean-up path: workers stopped, shared memory unlinked."""
-    old_term = signal.signal(signal.SIGTERM, raise_exit)
+    into one line on stderr. SIGTERM, SIGHUP and SIGQUIT outside the training loop
+    (which stops gracefully on them) still run the clean-up path: workers stopped,
+    shared memory unlinked; output to a terminal that hung up is dropped, not fatal."""
+    old = {sig: signal.signal(sig, raise_exit)
+           for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
+    restore = _safe_streams()
     try:
         # a diverging run is reported once, as a non-finite loss, not as a stream of
         # overflow warnings first
@@ -217,4 +259,6 @@ def guarded(prog, run, *args):
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     finally:
-        signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        restore()

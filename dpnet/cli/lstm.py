@@ -23,7 +23,7 @@ from ..engines.errors import WorkerError
 from ..models.lstm import CharLSTM
 from ..optim.optimizers import get_optimizer
 from ..optim.schedules import as_schedule
-from ..training.history import LN2, TextHistory
+from ..training.history import LN2, TextHistory, exit_code
 from ..training.text import fit_text
 from ..training.text_checkpoint import load_text_checkpoint
 from .common import (Parser, UserError, cap_workers, check_model_size, check_output_paths,
@@ -360,7 +360,10 @@ def _train(args, prog):
     finally:
         engine.close()
     _finish(args, prog, say, model, hist, vocab, workers, time.perf_counter() - t_start)
-    return 130 if hist.interrupted else 0
+    if hist.interrupted and args.save and hist.saved_step == hist.step:
+        print(f"{prog}: saved the weights of step {hist.step} to {args.save}",
+              file=sys.stderr)
+    return exit_code(hist)
 
 
 def _setup(args, ck):

@@ -24,7 +24,7 @@ from ..optim.schedules import Anneal
 from ..training.callbacks import EarlyStopping
 from ..training.epochs import fit, save_training_checkpoint
 from ..training.fullbatch import minimize
-from ..training.history import History
+from ..training.history import History, exit_code
 from .common import (Parser, UserError, cap_workers, check_model_size, check_output_paths,
                      device_line, float_in, guarded, nonneg_int, path_arg, plot_format, positive_int,
                      pyplot, save_figure, write_json)
@@ -276,7 +276,10 @@ def _run_dnn(args, prog, default_workers):
     finally:
         engine.close()
     _finish(args, model, data, hist, workers, t_start, initial_step // steps_per_epoch, say)
-    return 130 if hist.interrupted else 0
+    if hist.interrupted and args.save and hist.saved_step == hist.step:
+        print(f"{prog}: saved the last weights (step {hist.step}) to {args.save}",
+              file=sys.stderr)
+    return exit_code(hist)
 
 
 def _resume(args, model, data):

@@ -31,7 +31,8 @@ from ..data.batching import shard_bounds
 from ..models.registry import task_for
 from ..models.tasks import stateful
 from ..parallel import protocol as P
-from ..parallel.shm import SharedArray
+from ..parallel.cleanup import describe, sweep
+from ..parallel.shm import SharedArray, check_room
 from ..parallel.transport import HEARTBEAT_S
 from .errors import WorkerError, WorkerUserError
 
@@ -110,10 +111,21 @@ class Coordinator:
             raise
 
     def _place(self, model, arrays):
-        """Shared memory for what the group's workers read in place."""
+        """Shared memory for what the group's workers read in place: what dead runs
+        left is removed first, and a run that cannot fit is refused in one line before
+        any segment is made (each segment is backed for real when made: no SIGBUS)."""
         if not self.group.local:
             raise NotImplementedError(f"{self.group.kind} workers are not local: "
                                       f"they need their own copy of the data")
+        line = describe(sweep())
+        if line is not None:
+            print(f"dpnet: {line}", file=sys.stderr)
+        need = sum(a.nbytes for a in arrays.values()) + 8
+        if self.group.weights_in_shm:
+            need += model.params.nbytes
+        if self.group.grads_in_shm:
+            need += self.n_workers * model.grads.nbytes
+        check_room(need)
         for name, arr in arrays.items():
             self.shm[name] = SharedArray.from_array(arr, tag=_tag(name))
         if self.group.weights_in_shm:

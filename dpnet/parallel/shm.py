@@ -76,6 +76,42 @@ def _open_untracked(name):
             resource_tracker.register = original
 
 
+class SharedMemoryFull(ValueError):
+    """The shared-memory filesystem has too little room for what a run needs."""
+
+    def __init__(self, need, free, cause=None):
+        self.need, self.free = need, free
+        why = f" ({cause.strerror})" if cause is not None and cause.strerror else ""
+        super().__init__(
+            f"shared memory: this run needs {_mib(need)} in {SHM_DIR}, which has "
+            f"{_mib(free)} free{why}; train in one process (--workers 0), give it a larger "
+            f"{SHM_DIR} (docker run --shm-size=1g ...), or use less data (--limit-train)")
+
+
+SHM_DIR = "/dev/shm"
+
+
+def _mib(n):
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def room(directory=SHM_DIR):
+    """Bytes free in the shared-memory filesystem (0 if it cannot be read)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def check_room(nbytes, directory=SHM_DIR):
+    """SharedMemoryFull, naming both sizes, unless ``nbytes`` fit (with 1% and one page
+    to spare, for the filesystem's own rounding)."""
+    free = room(directory)
+    if nbytes + nbytes // 100 + 4096 > free:
+        raise SharedMemoryFull(nbytes, free)
+
+
 def _normalize(shape, dtype):
     shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
     if any(s < 0 for s in shape):
@@ -116,6 +152,14 @@ class SharedArray:
         nbytes = prod(shape) * dtype.itemsize
         # A segment cannot be empty; an empty array still gets a (1-byte) name to share.
         shm = _Segment(name=name, create=True, size=max(nbytes, 1))
+        try:
+            # Back every page now: a tmpfs segment is sized but filled lazily, and the
+            # first write past the free space would kill the writer with SIGBUS.
+            os.posix_fallocate(shm._fd, 0, max(nbytes, 1))
+        except OSError as e:
+            shm.close()
+            shm.unlink()
+            raise SharedMemoryFull(nbytes, room(), e) from None
         self = cls(shm, shape, dtype, owner=True)
         self.array.fill(0)   # fresh pages are zero on Linux; say so for other systems
         with _owned_lock:
@@ -222,23 +266,26 @@ def _pid_alive(pid):
     return True
 
 
-def sweep_stale(directory="/dev/shm"):
-    """Unlink dpnet segments whose creator process no longer exists; returns their names.
-
-    For leftovers of runs whose resource tracker died too. A reused pid keeps its
-    segments (we cannot tell), which errs on the safe side.
-    """
+def sweep_stale(directory=SHM_DIR, dry_run=False):
+    """Unlink dpnet segments whose creator process no longer exists (a run killed with
+    its resource tracker: SIGKILL to the group, the OOM killer, a closed terminal
+    before SIGHUP was handled); returns [(name, bytes)] of what was (or, with
+    ``dry_run``, would be) removed. A reused pid keeps its segments (we cannot tell),
+    which errs on the safe side."""
     try:
         entries = os.listdir(directory)
     except FileNotFoundError:
         return []
     removed = []
-    for entry in entries:
+    for entry in sorted(entries):
         m = _NAME.fullmatch(entry)
         if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            path = os.path.join(directory, entry)
             try:
-                os.unlink(os.path.join(directory, entry))
-                removed.append(entry)
+                size = os.stat(path).st_blocks * 512
+                if not dry_run:
+                    os.unlink(path)
+                removed.append((entry, size))
             except OSError:
                 pass
     return removed

@@ -131,28 +131,32 @@ def recv_valid(sock, timeout_s, on_bad=None):
 _IPC_PATH_MAX = 100      # sun_path holds 107 bytes; keep a margin for the socket's name
 
 
-def _private_ipc_dir():
-    """A fresh 0700 directory for the ipc socket, named after this pid so that one left
-    by a coordinator killed with SIGKILL can be recognised and removed later. Its path
-    must be short (a Unix socket path is limited to 107 bytes), so a long $TMPDIR is
-    passed over for $XDG_RUNTIME_DIR or /tmp."""
+def _ipc_base():
+    """Where ipc socket directories go: a path short enough for a Unix socket (107
+    bytes), so a long $TMPDIR is passed over for $XDG_RUNTIME_DIR or /tmp."""
     for base in (tempfile.gettempdir(), os.environ.get("XDG_RUNTIME_DIR"), "/tmp"):
         if base and os.path.isdir(base) and len(base) + 40 <= _IPC_PATH_MAX:
-            break
-    else:
-        raise RuntimeError("no directory with a path short enough for an ipc socket; "
-                           "set TMPDIR to a short path")
-    _sweep_stale_dirs(base)
-    return tempfile.mkdtemp(prefix=f"dpnet_{os.getpid()}_", dir=base)
+            return base
+    raise RuntimeError("no directory with a path short enough for an ipc socket; "
+                       "set TMPDIR to a short path")
 
 
-def _sweep_stale_dirs(base):
-    """Remove dpnet_<pid>_* socket directories whose coordinator is gone."""
+def _private_ipc_dir():
+    """A fresh 0700 directory for the ipc socket, named after this pid so that one left
+    by a coordinator killed with SIGKILL can be recognised and removed later."""
+    return tempfile.mkdtemp(prefix=f"dpnet_{os.getpid()}_", dir=_ipc_base())
+
+
+def sweep_stale_dirs(dry_run=False):
+    """Remove dpnet_<pid>_* socket directories whose coordinator is gone; returns their
+    paths (with ``dry_run``, those it would remove)."""
     try:
+        base = _ipc_base()
         names = os.listdir(base)
-    except OSError:
-        return
-    for name in names:
+    except (OSError, RuntimeError):
+        return []
+    removed = []
+    for name in sorted(names):
         parts = name.split("_")
         if len(parts) < 3 or parts[0] != "dpnet" or not parts[1].isdigit():
             continue
@@ -164,7 +168,13 @@ def _sweep_stale_dirs(base):
             pass
         except PermissionError:
             continue                      # someone else's, and alive
-        shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        path = os.path.join(base, name)
+        if not os.path.isdir(path):
+            continue
+        if not dry_run:
+            shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 class _Socket:

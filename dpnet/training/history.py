@@ -8,13 +8,26 @@ import math
 LN2 = math.log(2.0)
 
 
+def exit_code(history):
+    """The process exit code a run's history calls for: 0, or 128 + the number of the
+    signal that stopped it (130 for Ctrl-C, 143 for SIGTERM, 129 for a hang-up)."""
+    import signal
+    if not history.interrupted:
+        return 0
+    try:
+        return 128 + signal.Signals[history.stop_signal].value
+    except (KeyError, TypeError):
+        return 130
+
+
 class History:
     """Per-epoch metrics: ``history.history["val_loss"][-1]`` as in Keras."""
 
     def __init__(self):
         self.history = {}
         self.epochs = []
-        self.interrupted = False      # stopped by Ctrl-C / SIGTERM
+        self.interrupted = False      # stopped by Ctrl-C / SIGTERM / SIGHUP / SIGQUIT
+        self.stop_signal = None       # ... and by which: "SIGINT", ...
         self.stopped_early = False    # stopped by a callback
         self.wall_time = 0.0
         self.samples = 0
@@ -59,7 +72,8 @@ class TextHistory:
         self.wall_time = 0.0
         self.step = 0
         self.saved_step = None         # the step of the last checkpoint this run wrote
-        self.interrupted = False       # stopped by Ctrl-C / SIGTERM
+        self.interrupted = False       # stopped by Ctrl-C / SIGTERM / SIGHUP / SIGQUIT
+        self.stop_signal = None        # ... and by which: "SIGINT", ...
         self.stopped_early = False     # stopped by a callback
         self.engine_stats = {}
 

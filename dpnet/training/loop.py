@@ -32,10 +32,14 @@ from ..engines import make_engine
 from ..engines.errors import WorkerError
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
 class GracefulStop:
-    """While active, the first SIGINT/SIGTERM only sets ``requested``: the loop ends
-    after the current step, with whole weights (never half an update). A second
-    SIGINT raises KeyboardInterrupt at once, for a user who really means it."""
+    """While active, the first SIGINT, SIGTERM, SIGHUP (a closed terminal) or SIGQUIT
+    only sets ``requested`` (the signal's name): the loop ends after the current step,
+    with whole weights (never half an update). A second SIGINT raises
+    KeyboardInterrupt at once, for a user who really means it."""
 
     def __init__(self):
         self.requested = None
@@ -43,7 +47,7 @@ class GracefulStop:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -137,6 +141,7 @@ class Loop:
                     self.engine.sync_to_host()
                     interrupted = stop.requested is not None
                     self.history.interrupted = interrupted
+                    self.history.stop_signal = stop.requested
                     if interrupted:
                         self.say(f"stopped by {stop.requested} after step {self.step}; "
                                  f"the model keeps its last weights")

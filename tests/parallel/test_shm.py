@@ -197,8 +197,11 @@ def test_sweep_stale_removes_only_dead_creators_segments():
     stale.write_bytes(b"\0" * 8)
     try:
         with SharedArray.create((2,), np.float32) as mine:
-            removed = sweep_stale()
+            assert stale.name in [n for n, _ in sweep_stale(dry_run=True)]
+            assert stale.exists()
+            removed = dict(sweep_stale())
             assert stale.name in removed and mine.name not in removed
+            assert removed[stale.name] == 4096          # the page it holds
             assert (SHM / mine.name).exists() and not stale.exists()
     finally:
         stale.unlink(missing_ok=True)

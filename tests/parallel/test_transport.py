@@ -174,5 +174,9 @@ def test_ipc_dir_is_short_private_and_stale_ones_are_swept(tmp_path, monkeypatch
         base = os.path.dirname(d)
     stale = os.path.join(base, "dpnet_999999999_abc")       # no such pid
     os.mkdir(stale)
-    with Router("ipc"):
-        assert not os.path.exists(stale)
+    from dpnet.parallel.transport import sweep_stale_dirs
+    with Router("ipc") as live:
+        live_dir = os.path.dirname(live.endpoint[len("ipc://"):])
+        assert sweep_stale_dirs(dry_run=True) == [stale] and os.path.exists(stale)
+        assert sweep_stale_dirs() == [stale]
+        assert not os.path.exists(stale) and os.path.isdir(live_dir)
