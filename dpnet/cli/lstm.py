@@ -17,7 +17,8 @@ import time
 
 import numpy as np
 
-from ..data.text import StreamBatcher, TextError, load_corpus, read_text, split
+from ..data.text import (MAX_TEXT_BYTES, StreamBatcher, TextError, load_corpus, read_text,
+                         split)
 from ..engines import gpu_engine, make_engine
 from ..engines.errors import WorkerError
 from ..models.lstm import CharLSTM
@@ -62,6 +63,8 @@ def lstm_parser(prog):
     a("--text", type=path_arg, default=None, metavar="PATH",
       help="UTF-8 training text (default: the --load checkpoint's, else "
            "data/tinyshakespeare/input.txt)")
+    a("--max-text-mb", type=positive_int, default=MAX_TEXT_BYTES >> 20, metavar="MB",
+      help=f"refuse a --text larger than this (default: {MAX_TEXT_BYTES >> 20})")
     a("--val-fraction", type=float_in(0, 1, hi_open=True), default=None, metavar="F",
       help="the last F of the text is the validation set (default: 0.1, or the "
            "checkpoint's; 0 = none)")
@@ -244,10 +247,10 @@ def _val_batcher(val_ids, B, T, val_fraction):
 def _corpus(args, ck):
     """(vocab, train ids, val ids): a loaded checkpoint's vocabulary must cover the text."""
     if ck is None:
-        return load_corpus(args.text, args.val_fraction)
+        return load_corpus(args.text, args.val_fraction, args.max_text_mb << 20)
     if ck.vocab is None:
         raise UserError(f"checkpoint {args.load!r} holds no vocabulary")
-    text = read_text(args.text)
+    text = read_text(args.text, args.max_text_mb << 20)
     try:
         ids = ck.vocab.encode(text)
     except TextError as e:

@@ -25,32 +25,61 @@ class DataError(ValueError):
     """A data file that is missing, corrupt or inconsistent."""
 
 
-def read_idx(path):
-    """The array stored in an IDX file of unsigned bytes (gzip-compressed or not)."""
+MAX_IDX_BYTES = 1 << 31          # 2 GiB: MNIST's largest file holds 47 MB
+
+
+def read_idx(path, max_bytes=MAX_IDX_BYTES):
+    """The array stored in an IDX file of unsigned bytes (gzip-compressed or not).
+
+    The header is read first and nothing beyond what it declares: a file (or a gzip
+    that inflates) shorter or longer than its header says, or a header that claims more
+    than ``max_bytes``, is refused naming the sizes, without allocating the claim."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
-            raise DataError(f"{path} is a corrupt gzip file: {e}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
-    if raw[2] != _UBYTE:
-        raise DataError(f"{path}: IDX type code 0x{raw[2]:02x} is not unsigned byte (0x08)")
-    ndim = raw[3]
-    if ndim == 0 or len(raw) < 4 + 4 * ndim:
+        with open(path, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            f = gzip.GzipFile(fileobj=raw) if gz else raw
+            return _read_idx(path, f, gz, max_bytes)
+    except OSError as e:                     # gzip.BadGzipFile is an OSError too
+        what = "a corrupt gzip file" if isinstance(e, gzip.BadGzipFile) else None
+        raise DataError(f"{path} is {what}: {e}" if what else
+                        f"cannot read {path}: {e.strerror or e}") from None
+    except EOFError as e:
+        raise DataError(f"{path} is a corrupt gzip file: {e}") from None
+
+
+def _read_idx(path, f, gz, max_bytes):
+    head = f.read(4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0:
+        raise DataError(f"{path} is not an IDX file (bad magic number {head.hex() or 'empty'})")
+    if head[2] != _UBYTE:
+        raise DataError(f"{path}: IDX type code 0x{head[2]:02x} is not unsigned byte (0x08)")
+    ndim = head[3]
+    dims = f.read(4 * ndim)
+    if ndim == 0 or len(dims) < 4 * ndim:
         raise DataError(f"{path}: IDX header is truncated ({ndim} dimensions)")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape))
-    have = len(raw) - 4 - 4 * ndim
-    if have != expected:
-        raise DataError(f"{path}: header says shape {shape} ({expected} bytes of data), "
-                        f"file has {have}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    shape = tuple(int(d) for d in np.frombuffer(dims, dtype=">u4"))
+    expected = int(np.prod(shape, dtype=np.int64))
+    if expected > max_bytes:
+        raise DataError(f"{path}: header says shape {shape} ({expected:,} bytes of data), "
+                        f"more than the {max_bytes:,} a dataset may have")
+    if not gz:                               # a plain file: its size says it all
+        have = os.fstat(f.fileno()).st_size - 4 - 4 * ndim
+        if have != expected:
+            raise DataError(f"{path}: header says shape {shape} ({expected} bytes of "
+                            f"data), file has {have}")
+    data = bytearray()                       # grows with what is really there
+    while len(data) < expected:
+        chunk = f.read(min(1 << 22, expected - len(data)))
+        if not chunk:
+            raise DataError(f"{path}: header says shape {shape} ({expected} bytes of data), "
+                            f"file has {len(data)}")
+        data += chunk
+    if f.read(1):
+        raise DataError(f"{path}: the data goes on past the {expected} bytes its header "
+                        f"declares (shape {shape})")
+    return np.frombuffer(bytes(data), dtype=np.uint8).reshape(shape)
 
 
 def default_mnist_dir():

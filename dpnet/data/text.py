@@ -17,18 +17,26 @@ class TextError(ValueError):
     """A text file or encoded corpus that cannot be used (one-line message)."""
 
 
-def read_text(path):
+MAX_TEXT_BYTES = 256 << 20           # a corpus is held four times over (UTF-32 ids)
+
+
+def read_text(path, max_bytes=MAX_TEXT_BYTES):
     """The whole file at ``path`` as a ``str``, decoded as UTF-8 (a leading BOM is dropped).
 
-    Raises ``TextError`` (a ValueError) naming the file when it is missing, empty, or
-    not valid UTF-8 (with the offending byte offset)."""
+    Raises ``TextError`` (a ValueError) naming the file when it is missing, larger than
+    ``max_bytes`` (before reading it), empty, or not valid UTF-8 (with the offending
+    byte offset)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise TextError(f"text file {path!r} does not exist")
     if not os.path.isfile(path):
         raise TextError(f"text file {path!r} is not a regular file")
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        raise TextError(f"text file {path!r} is {size / 2**20:,.1f} MiB, more than the "
+                        f"{max_bytes / 2**20:,.0f} MiB limit (raise it: --max-text-mb)")
     with open(path, "rb") as f:
-        raw = f.read()
+        raw = f.read(max_bytes + 1)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -144,11 +152,11 @@ def split(ids, val_fraction=0.1):
     return ids[:n - n_val], ids[n - n_val:]
 
 
-def load_corpus(path, val_fraction=0.1):
+def load_corpus(path, val_fraction=0.1, max_bytes=MAX_TEXT_BYTES):
     """(vocabulary, train ids, validation ids) for the text at ``path``.
 
     The vocabulary is built from the whole text, so validation characters are known."""
-    text = read_text(path)
+    text = read_text(path, max_bytes)
     vocab = Vocabulary(text)
     train, val = split(vocab.encode(text), val_fraction)
     return vocab, train, val

@@ -73,9 +73,18 @@ def test_truncated_and_corrupt_files_give_one_line_errors(tmp_path):
 
 
 def test_object_arrays_in_a_file_are_refused_not_unpickled(tmp_path):
+    import json
     p = tmp_path / "evil.npz"
-    np.savez(p, __meta__=np.frombuffer(b"{}", np.uint8), params=np.array([{"a": 1}], dtype=object))
-    with pytest.raises(CheckpointError, match="truncated or corrupt|pickle"):
+    meta = {"format": "dpnet-checkpoint", "format_version": 1, "crc32": {"params": 0},
+            "arrays": {"params": ["<f4", [1]]}}
+    np.savez(p, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+             params=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(CheckpointError, match=r"member 'params' is \|O\[1\], its metadata "
+                                              r"says <f4\[1\]"):
+        read_checkpoint(p)
+    np.savez(p, __meta__=np.frombuffer(b"{}", np.uint8), params=np.array([{"a": 1}],
+                                                                         dtype=object))
+    with pytest.raises(CheckpointError, match="not a dpnet checkpoint"):
         read_checkpoint(p)
 
 
