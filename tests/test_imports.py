@@ -14,7 +14,7 @@ LAYERS = [
     ("dpnet._version", "dpnet.backend", "dpnet.strictdevice"),
     ("dpnet.nn", "dpnet.optim", "dpnet.storage", "dpnet.data", "dpnet.parallel"),
     ("dpnet.models",),
-    ("dpnet.engines", "workers"),
+    ("dpnet.engines", "dpnet.workers", "workers"),
     ("dpnet.training",),
     ("dpnet.cli",),
     ("dpnet",),                                  # the public facade, dpnet/__init__.py
@@ -93,8 +93,18 @@ def layer_of(name):
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
-def test_every_module_imports(name):
+def test_every_module_imports(name, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))      # the workers/ launchers: a checkout only
     importlib.import_module(name)
+
+
+def test_the_checkout_launchers_start_the_installed_workers():
+    import subprocess
+    import sys
+    for kind in ("cpu", "gpu"):
+        r = subprocess.run([sys.executable, "-m", f"workers.{kind}_worker"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and f"python -m dpnet.workers.{kind}_worker" in r.stderr
 
 
 def find_cycles(graph):

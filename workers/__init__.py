@@ -1,1 +1,3 @@
-"""Process entry points: thin loops around ``model.loss_and_grad``."""
+"""Where the worker processes were in the first layout; they live in ``dpnet.workers``
+now (installed with dpnet). These launchers keep ``python -m workers.<kind>_worker``
+working from a checkout."""

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from ..data.bundled import bundled
 from ..data.text import (MAX_TEXT_BYTES, StreamBatcher, TextError, load_corpus, read_text,
                          split)
 from ..engines import gpu_engine, make_engine
@@ -31,8 +32,7 @@ from .common import (Parser, UserError, cap_workers, check_model_size, check_out
                      device_line, float_in, guarded, nonneg_int, path_arg, plot_format, positive_int,
                      pyplot, save_figure, write_json)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_TEXT = os.path.join(ROOT, "data", "tinyshakespeare", "input.txt")
+DEFAULT_TEXT = str(bundled("tinyshakespeare", "input.txt"))
 DEFAULTS = {"hidden": 256, "layers": 1, "seq_len": 64, "batch_size": 32, "optimizer": "adam"}
 DEFAULT_LR = {"adam": 2e-3, "adagrad": 0.1}
 DEFAULT_STEPS = 3000
@@ -61,8 +61,8 @@ def lstm_parser(prog):
                 epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--text", type=path_arg, default=None, metavar="PATH",
-      help="UTF-8 training text (default: the --load checkpoint's, else "
-           "data/tinyshakespeare/input.txt)")
+      help="UTF-8 training text (default: the --load checkpoint's, else the bundled "
+           "tiny Shakespeare)")
     a("--max-text-mb", type=positive_int, default=MAX_TEXT_BYTES >> 20, metavar="MB",
       help=f"refuse a --text larger than this (default: {MAX_TEXT_BYTES >> 20})")
     a("--val-fraction", type=float_in(0, 1, hi_open=True), default=None, metavar="F",
@@ -450,3 +450,8 @@ def _write_json(args, model, hist, train_loss, val_loss, rate, wall, workers, vo
                      "machine": platform.machine()},
     }
     write_json(args.json, summary)
+
+
+def main():
+    """The ``runLstm`` console command (installed by pip)."""
+    sys.exit(run_lstm(prog="runLstm"))

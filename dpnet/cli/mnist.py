@@ -389,3 +389,19 @@ def _summary(args, model, hist, results, per_class, wall, workers, epochs_before
         "platform": {"python": platform.python_version(), "numpy": np.__version__,
                      "machine": platform.machine()},
     }
+
+
+def main_dnn():
+    """The ``runDnn`` console command: CPU worker processes (default: one per core)."""
+    from ..engines.coordinator import default_workers
+    sys.exit(run_dnn(prog="runDnn", workers_flag=True, default_workers=default_workers()))
+
+
+def main_debug():
+    """The ``runDnnDebug`` console command: in this one process."""
+    sys.exit(run_dnn(prog="runDnnDebug"))
+
+
+def main_gpu():
+    """The ``runDnnGPU`` console command: a GPU worker."""
+    sys.exit(run_dnn(prog="runDnnGPU", gpu=True))

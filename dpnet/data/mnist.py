@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .bundled import bundled, missing
+
 FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -83,13 +85,13 @@ def _read_idx(path, f, gz, max_bytes):
 
 
 def default_mnist_dir():
-    """$DPNET_DATA (or its mnist/ subfolder), else the repository's data/mnist."""
+    """$DPNET_DATA (or its mnist/ subfolder), else the bundled MNIST (a checkout's
+    data/mnist, or the installed package's copy), wherever the current directory is."""
     env = os.environ.get("DPNET_DATA")
     if env:
         p = Path(env)
         return p / "mnist" if (p / "mnist").is_dir() else p
-    here = Path(__file__).resolve().parents[2] / "data" / "mnist"
-    return here if here.is_dir() else Path("data") / "mnist"
+    return bundled("mnist")
 
 
 def _find(directory, stem):
@@ -122,6 +124,9 @@ def load_mnist(path=None, scale=True, standardize=False, validation=10_000,
     """
     directory = Path(path) if path is not None else default_mnist_dir()
     if not directory.is_dir():
+        if path is None and not os.environ.get("DPNET_DATA"):
+            raise DataError(f"the bundled MNIST is {missing('mnist')}; give a directory "
+                            f"(--data DIR, or DPNET_DATA)")
         raise DataError(f"MNIST directory {directory} does not exist")
     arr = {k: read_idx(_find(directory, stem)) for k, stem in FILES.items()}
     for part in ("train", "test"):

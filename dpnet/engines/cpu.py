@@ -1,4 +1,4 @@
-"""The first kind of worker: CPU processes on this machine (``workers/cpu_worker.py``).
+"""The first kind of worker: CPU processes on this machine (``dpnet/workers/cpu_worker.py``).
 
 They attach the coordinator's shared memory for everything: the data, the weights
 (read in place, version-stamped), the step's indices and their own gradient slot, so
@@ -11,7 +11,7 @@ from .group import ProcessGroup
 
 class CpuProcesses(ProcessGroup):
     kind = "cpu"
-    module = "workers.cpu_worker"
+    module = "dpnet.workers.cpu_worker"
     weights_in_shm = True
     grads_in_shm = True
     index_in_shm = True

@@ -1,4 +1,4 @@
-"""The GPU kind of worker: one process per CUDA device (``workers/gpu_worker.py``), the
+"""The GPU kind of worker: one process per CUDA device (``dpnet/workers/gpu_worker.py``), the
 only process of a run that imports cupy.
 
 The data goes to the device once, through shared memory; each step's indices, and the
@@ -18,7 +18,7 @@ UPDATES = ("worker", "coordinator")
 
 class GpuProcesses(ProcessGroup):
     kind = "gpu"
-    module = "workers.gpu_worker"
+    module = "dpnet.workers.gpu_worker"
 
     def __init__(self, devices=(0,), update="worker", stall_timeout=2.0):
         devices = [devices] if isinstance(devices, int) else list(devices)
