@@ -80,7 +80,7 @@ def check_output_paths(args, flags, inputs=()):
     seen = {}
     for flag in list(flags) + list(inputs):
         path = getattr(args, flag, None)
-        if path is None:
+        if path is None or (flag == "json" and path == "-"):
             continue
         real = os.path.realpath(path)
         other = seen.get(real)
@@ -90,7 +90,7 @@ def check_output_paths(args, flags, inputs=()):
         seen.setdefault(real, flag)
     for flag in flags:
         path = getattr(args, flag, None)
-        if path is None:
+        if path is None or (flag == "json" and path == "-"):
             continue
         if os.path.isdir(path):
             raise UserError(f"--{flag} {path!r} is a directory; give a file name")
@@ -104,8 +104,30 @@ def check_output_paths(args, flags, inputs=()):
 
 
 def write_json(path, obj):
-    """Atomically write ``obj`` as JSON to ``path``."""
-    atomic_write(path, lambda f: json.dump(obj, f, indent=2, default=float), binary=False)
+    """Atomically write ``obj`` as JSON to ``path`` ("-": standard output). A file
+    that cannot be written is named in the error (a full disk, a read-only place)."""
+    if path == "-":
+        json.dump(obj, sys.stdout, indent=2, default=float)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        return
+    try:
+        atomic_write(path, lambda f: json.dump(obj, f, indent=2, default=float), binary=False)
+    except OSError as e:
+        raise OSError(f"cannot write --json {path!r}: {e.strerror or e}") from None
+
+
+def json_on_stdout(path):
+    """Whether --json ``path`` is standard output ("-", /dev/stdout): the human-readable
+    lines then go to stderr, so that stdout holds the JSON alone."""
+    if path is None:
+        return False
+    if path == "-":
+        return True
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def pyplot():
@@ -151,13 +173,25 @@ def raise_exit(signum, frame):
     raise SystemExit(128 + signum)
 
 
+MAX_WORKERS_PER_CPU = 4
+
+
 def cap_workers(workers, per_step, unit, prog):
     """More workers than a step has samples (streams) would sit idle, each a whole
-    interpreter to start: use as many as there is work for, and say so."""
+    interpreter to start: use as many as there is work for, and say so. More workers
+    than CPUs share them (a note); more than four per CPU is refused: each is a whole
+    process, and they would only wait for each other."""
+    cpus = os.cpu_count() or 1
+    if workers > MAX_WORKERS_PER_CPU * cpus:
+        raise UserError(f"--workers {workers} is more than {MAX_WORKERS_PER_CPU} per CPU "
+                        f"({cpus} here); use at most {MAX_WORKERS_PER_CPU * cpus}")
     if workers > per_step:
         print(f"{prog}: note: --workers {workers} is more than the {per_step} {unit} of a "
               f"step; using {per_step}", file=sys.stderr)
-        return per_step
+        workers = per_step
+    if workers > cpus:
+        print(f"{prog}: note: --workers {workers} is more than this machine's {cpus} CPUs; "
+              f"they will share them", file=sys.stderr)
     return workers
 
 
@@ -221,6 +255,36 @@ def _safe_streams():
         out, err = (open(os.devnull, "w") if w.dead else w.stream for w in wrapped)
         sys.stdout, sys.stderr = out, err
     return restore
+
+
+class SaveLock:
+    """An exclusive lock on a checkpoint path for the length of a run, so that two runs
+    with the same --save cannot both write it (the last one silently winning): a
+    ``PATH.lock`` file, flock()ed, holding the owner's pid. The kernel drops the lock
+    when its process ends, however it ends."""
+
+    def __init__(self, path):
+        import fcntl
+        self.path = os.path.abspath(os.fspath(path)) + ".lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise UserError(f"--save {os.fspath(path)!r} is being written by another run "
+                            f"(pid {holder}); give this run its own file") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self):
+        if self.fd is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = None
 
 
 def guarded(prog, run, *args):

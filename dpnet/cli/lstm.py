@@ -28,9 +28,10 @@ from ..optim.schedules import as_schedule
 from ..training.history import LN2, TextHistory, exit_code
 from ..training.text import fit_text
 from ..training.text_checkpoint import load_text_checkpoint
-from .common import (Parser, UserError, cap_workers, check_model_size, check_output_paths,
-                     device_line, float_in, guarded, nonneg_int, path_arg, plot_format, positive_int,
-                     pyplot, save_figure, write_json)
+from .common import (Parser, SaveLock, UserError, cap_workers, check_model_size,
+                     check_output_paths, device_line, float_in, guarded, json_on_stdout,
+                     nonneg_int, path_arg, plot_format, positive_int, pyplot,
+                     save_figure, write_json)
 
 DEFAULT_TEXT = str(bundled("tinyshakespeare", "input.txt"))
 DEFAULTS = {"hidden": 256, "layers": 1, "seq_len": 64, "batch_size": 32, "optimizer": "adam"}
@@ -129,10 +130,15 @@ def lstm_parser(prog):
            "stream state (exact, on the same text and batch layout)")
     a("--sample", type=nonneg_int, default=None, metavar="N",
       help="with --load: print N generated characters after --prime and exit")
-    a("--json", type=path_arg, default=None, metavar="PATH", help="write the run summary as JSON")
+    a("--json", type=path_arg, default=None, metavar="PATH",
+      help="write the run summary as JSON (- for standard output)")
     a("--plot", type=path_arg, default=None, metavar="PATH",
       help="save the loss curves (per step, smoothed, validation) as a PNG (matplotlib)")
-    a("--quiet", action="store_true", help="no progress lines or samples")
+    a("--quiet", action="store_true",
+      help="no progress lines or samples (the final result is still shown)")
+    a("--allow-divergence", action="store_true",
+      help="train on when the smoothed loss exceeds 2 ln V, twice where it started (by "
+           "default the run stops there: exit 2; a non-finite loss always stops it)")
     return p
 
 
@@ -228,7 +234,12 @@ def _run(args, prog):
     _check_output_dirs(args)
     if args.sample is not None:
         return generate(args)
-    return _train(args, prog)
+    lock = SaveLock(args.save) if args.save else None
+    try:
+        return _train(args, prog)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _val_batcher(val_ids, B, T, val_fraction):
@@ -315,6 +326,8 @@ def _model(args, ck, vocab, H, L):
 
 def _train(args, prog):
     t_start = time.perf_counter()
+    if json_on_stdout(args.json):            # stdout is for the JSON alone
+        args.quiet = True
     ck = load_text_checkpoint(args.load) if args.load else None
     vocab, train, val, model, sizes = _setup(args, ck)
     prime, _ = _prime(vocab, args.prime)          # a bad --prime fails before training
@@ -354,7 +367,8 @@ def _train(args, prog):
                         save_every=args.save_every, initial_step=initial_step,
                         initial_state=state, history=hist, verbose=not args.quiet,
                         text_path=_recorded_text(args.text),
-                        val_fraction=args.val_fraction)
+                        val_fraction=args.val_fraction,
+                        divergence=None if args.allow_divergence else 2.0)
     except WorkerError:
         if args.save and hist.saved_step is not None:
             print(f"{prog}: saved the weights of step {hist.saved_step} to {args.save}",
@@ -414,15 +428,21 @@ def _finish(args, prog, say, model, hist, vocab, workers, wall):
     """The closing lines, the JSON summary and the plot."""
     train_loss = hist.recent_loss(100)
     val_loss = hist.val_loss[-1] if hist.val_loss else None
+    val_step = hist.val_steps[-1] if hist.val_steps else None
     rate = hist.mean_chars_per_s
+    # the result is shown with --quiet too (it hides the progress lines and samples);
+    # a validation loss measured before the last step says when it was measured
+    show = (lambda line: print(line, file=sys.stderr)) if json_on_stdout(args.json) else print
     if train_loss is not None:
-        say(f"train loss {train_loss:.4f} nats/char ({train_loss / LN2:.4f} bits/char, "
-            f"mean of the last {min(100, len(hist.loss))} steps)"
-            + (f"; val loss {val_loss:.4f} nats/char ({val_loss / LN2:.4f} bits/char)"
-               if val_loss is not None else ""))
-    say(f"{hist.step} steps, {rate:,.0f} chars/s training; {wall:.1f} s in all")
+        show(f"train loss {train_loss:.4f} nats/char ({train_loss / LN2:.4f} bits/char, "
+              f"mean of the last {min(100, len(hist.loss))} steps)"
+              + (f"; val loss {val_loss:.4f} nats/char ({val_loss / LN2:.4f} bits/char)"
+                 + (f", measured at step {val_step}" if val_step != hist.step else "")
+                 if val_loss is not None else ""))
+    show(f"{hist.step} steps, {rate:,.0f} chars/s training; {wall:.1f} s in all")
     if args.json:
-        _write_json(args, model, hist, train_loss, val_loss, rate, wall, workers, vocab)
+        _write_json(args, model, hist, train_loss, (val_loss, val_step), rate, wall,
+                    workers, vocab)
     if args.plot:
         if hist.steps:
             plot_text_history(hist, args.plot)
@@ -430,11 +450,16 @@ def _finish(args, prog, say, model, hist, vocab, workers, wall):
             say(f"{prog}: no training step: no plot written")
 
 
-def _write_json(args, model, hist, train_loss, val_loss, rate, wall, workers, vocab):
+def _write_json(args, model, hist, train_loss, val, rate, wall, workers, vocab):
     def per_char(v):
         return None if v is None else {"nats_per_char": v, "bits_per_char": v / math.log(2)}
+    val_loss, val_step = val
+    val = per_char(val_loss)
+    if val is not None:
+        val["step"] = val_step             # when it was measured (maybe before the last step)
     summary = {
-        "train": per_char(train_loss), "val": per_char(val_loss),
+        "train": per_char(train_loss), "val": val,
+        "train_losses": hist.loss, "train_steps": hist.steps,
         "smoothed_train_loss": hist.smooth_loss[-1] if hist.smooth_loss else None,
         "steps": hist.step, "chars": hist.chars, "chars_per_second": rate,
         "train_seconds": hist.train_time, "wall_seconds": wall,

@@ -25,9 +25,10 @@ from ..training.callbacks import EarlyStopping
 from ..training.epochs import fit, save_training_checkpoint
 from ..training.fullbatch import minimize
 from ..training.history import History, exit_code
-from .common import (Parser, UserError, cap_workers, check_model_size, check_output_paths,
-                     device_line, float_in, guarded, nonneg_int, path_arg, plot_format, positive_int,
-                     pyplot, save_figure, write_json)
+from .common import (Parser, SaveLock, UserError, cap_workers, check_model_size,
+                     check_output_paths, device_line, float_in, guarded, json_on_stdout,
+                     nonneg_int, path_arg, plot_format, positive_int, pyplot,
+                     save_figure, write_json)
 
 EXAMPLE_DNN = """example:
   %(prog)s --hidden 512 128 64 --activation relu --optimizer adam --lr 1e-3 \\
@@ -88,10 +89,18 @@ def dnn_parser(prog, workers=False, gpu=False):
     a("--dtype", default="float32", choices=["float32", "float64"], help="(default: float32)")
     a("--save", type=path_arg, default=None, metavar="PATH", help="write a checkpoint after each epoch")
     a("--load", type=path_arg, default=None, metavar="PATH",
-      help="start from this checkpoint (same architecture); resumes its epoch count")
-    a("--json", type=path_arg, default=None, metavar="PATH", help="write the run summary as JSON")
+      help="start from this checkpoint and resume its epoch count; the model, data "
+           "(--standardize, --validation, --limit-train, --dtype), --seed, --batch-size "
+           "and --optimizer must be the same; --lr, --lr-final, --epochs and --patience "
+           "may change (a changed learning rate is noted)")
+    a("--json", type=path_arg, default=None, metavar="PATH",
+      help="write the run summary as JSON (- for standard output)")
     a("--plot", type=path_arg, default=None, metavar="PATH", help="save learning curves as a PNG (matplotlib)")
-    a("--quiet", action="store_true", help="no per-epoch lines or progress bar")
+    a("--quiet", action="store_true",
+      help="no per-epoch lines or progress bar (the final result is still shown)")
+    a("--allow-divergence", action="store_true",
+      help="train on when an epoch's loss exceeds 100x where it started (by default the "
+           "run stops there: exit 2; a non-finite loss always stops it)")
     if workers:
         a("--workers", type=nonneg_int, default=None,
           help="worker processes (default: physical cores; 0 = in process)")
@@ -149,9 +158,21 @@ def build_model(args, steps_per_epoch):
                       seed=args.seed)
 
 
-def check_resume(path, training, now):
+def data_recipe(args):
+    """How this run prepared its data: what a resumed run must repeat (the weights were
+    fitted to exactly that data)."""
+    return {"standardize": bool(args.standardize), "validation": int(args.validation),
+            "limit_train": args.limit_train, "dtype": args.dtype}
+
+
+RECIPE_FLAGS = {"standardize": "--standardize", "validation": "--validation",
+                "limit_train": "--limit-train", "dtype": "--dtype"}
+
+
+def check_resume(path, training, now, recipe=None):
     """The step to resume from, after checking that the checkpoint's step count means
-    the same thing in this run (same seed, batch size, training set, optimizer)."""
+    the same thing in this run (same seed, batch size, training set, optimizer) and that
+    its data was prepared the same way (checkpoints that recorded it)."""
     flags = {"seed": "--seed", "batch_size": "--batch-size", "n_train": "training-set size",
              "optimizer": "--optimizer"}
     for key, value in now.items():
@@ -159,11 +180,28 @@ def check_resume(path, training, now):
         if then is not None and then != value:
             raise UserError(f"--load {path!r} was trained with {flags[key]} {then}, this run "
                             f"has {value}; resuming needs the same settings")
+    then = training.get("data")
+    if isinstance(then, dict) and recipe is not None:
+        for key, value in recipe.items():
+            if key in then and then[key] != value:
+                raise UserError(f"--load {path!r} was trained with {RECIPE_FLAGS[key]} "
+                                f"{then[key]}, this run has {value}: the same weights on "
+                                f"other data; resuming needs the same data settings")
     return int(training.get("step", 0))
 
 
+def note_changes(prog, path, meta, model):
+    """What may change on a continuation, said in one line when it does: the learning
+    rate's schedule (--lr, --lr-final, and --epochs, which stretches the annealing)."""
+    then = ((meta.get("optimizer") or {}).get("config") or {}).get("schedule")
+    now = model.optimizer.config().get("schedule")
+    if then is not None and then != now:
+        print(f"{prog}: note: --load {path!r} was trained with learning rate {then}; "
+              f"continuing with {now}", file=sys.stderr)
+
+
 def per_class_accuracy(model, x, y, n_classes=10):
-    pred = model.predict(x)
+    pred = model.predict_proba(x).argmax(axis=1)      # MNIST is single-label, any loss
     return [float((pred[y == k] == k).mean()) if (y == k).any() else float("nan")
             for k in range(n_classes)]
 
@@ -210,7 +248,7 @@ def _run_full_batch(args, model, data, val, engine, hist, say):
         if args.save:
             save_training_checkpoint(args.save, model, hist.step, args.seed,
                                      len(data.x_train), hist, n_train=len(data.x_train),
-                                     optimizer=args.optimizer)
+                                     optimizer=args.optimizer, data=data_recipe(args))
         return False
 
     if args.epochs <= done:
@@ -258,8 +296,19 @@ def run_dnn(argv=None, prog=None, workers_flag=False, default_workers=0, gpu=Fal
 
 
 def _run_dnn(args, prog, default_workers):
-    t_start = time.perf_counter()
     check_output_paths(args, ("save", "json", "plot"), inputs=("load", "data"))
+    lock = SaveLock(args.save) if args.save else None
+    try:
+        return _run_dnn_locked(args, prog, default_workers)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_dnn_locked(args, prog, default_workers):
+    t_start = time.perf_counter()
+    if json_on_stdout(args.json):            # stdout is for the JSON alone
+        args.quiet = True
     if args.plot:
         plot_format(args.plot)
     data = load_mnist(args.data, standardize=args.standardize, validation=args.validation,
@@ -293,7 +342,9 @@ def _resume(args, model, data):
     step = check_resume(args.load, training,
                         {"seed": args.seed,
                          "batch_size": len(data.x_train) if full else args.batch_size,
-                         "n_train": len(data.x_train), "optimizer": args.optimizer})
+                         "n_train": len(data.x_train), "optimizer": args.optimizer},
+                        data_recipe(args))
+    note_changes(os.path.basename(sys.argv[0]) or "dpnet", args.load, meta, model)
     past = training.get("history")
     hist = resumed_history(past, args.load) if past else History()
     hist.step = step
@@ -333,7 +384,9 @@ def _train(args, model, data, engine, hist, initial_step, prog, say):
             fit(model, data.x_train, data.y_train, epochs=args.epochs,
                 batch_size=args.batch_size, validation_data=val, callbacks=callbacks,
                 seed=args.seed, verbose=not args.quiet, engine=engine,
-                checkpoint=args.save, initial_step=initial_step, history=hist)
+                checkpoint=args.save, initial_step=initial_step, history=hist,
+                divergence=None if args.allow_divergence else 100.0,
+                checkpoint_extra={"optimizer": args.optimizer, "data": data_recipe(args)})
     except WorkerError:
         if args.save:     # the weights are those of the last completed step: keep them
             if args.optimizer in FULL_BATCH:    # (fit has written its checkpoint itself)
@@ -347,7 +400,8 @@ def _train(args, model, data, engine, hist, initial_step, prog, say):
 
 def _save(args, model, data, hist):
     save_training_checkpoint(args.save, model, hist.step, args.seed, args.batch_size, hist,
-                             n_train=len(data.x_train), optimizer=args.optimizer)
+                             n_train=len(data.x_train), optimizer=args.optimizer,
+                             data=data_recipe(args))
 
 
 def _finish(args, model, data, hist, workers, t_start, epochs_before, say):
@@ -359,8 +413,11 @@ def _finish(args, model, data, hist, workers, t_start, epochs_before, say):
         results["val"] = model.evaluate(*val)
     per_class = per_class_accuracy(model, data.x_test, data.y_test)
     wall = time.perf_counter() - t_start
-    if not args.quiet:
-        report(model, hist, results, per_class, wall)
+    # the result is shown with --quiet too (it hides the epochs and the progress bar),
+    # on stderr when stdout carries the JSON summary
+    report(model, hist, results, per_class, wall,
+           out=(lambda line: print(line, file=sys.stderr)) if json_on_stdout(args.json)
+           else print)
     if args.save and (hist.step == 0 or not hist.epochs):
         _save(args, model, data, hist)
     if args.json:

@@ -42,8 +42,11 @@ def check_data(model, x, y, what="data"):
     if y.dtype.kind == "f" and not np.isfinite(y).all():
         raise ValueError(f"{what} targets hold NaN or infinite values")
     k = model.n_outputs
+    # binary cross-entropy takes 0/1 targets -- or, with several outputs, class labels
+    # that become one-hot targets (one independent sigmoid per class)
+    labels = y.ndim == 1 and k > 1
     if getattr(model.loss, "name", "") == "binary_crossentropy" and y.size \
-            and (y.min() < 0 or y.max() > 1):
+            and not labels and (y.min() < 0 or y.max() > 1):
         raise ValueError(f"{what} targets for binary cross-entropy must be in [0, 1], "
                          f"got [{y.min()}, {y.max()}]")
     if y.ndim == 2:

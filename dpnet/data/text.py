@@ -152,6 +152,13 @@ def split(ids, val_fraction=0.1):
     return ids[:n - n_val], ids[n - n_val:]
 
 
+def tiny_shakespeare():
+    """The path of the bundled tiny Shakespeare corpus (a checkout's data/ or the
+    installed package's copy)."""
+    from .bundled import bundled
+    return str(bundled("tinyshakespeare", "input.txt"))
+
+
 def load_corpus(path, val_fraction=0.1, max_bytes=MAX_TEXT_BYTES):
     """(vocabulary, train ids, validation ids) for the text at ``path``.
 

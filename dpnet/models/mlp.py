@@ -174,15 +174,26 @@ class Sequential:
         return self.loss.value(out.copy(), y), int(x.shape[0]), correct
 
     def _correct(self, out, y):
+        """Samples predicted right: class labels by argmax; a single output, or binary
+        cross-entropy's 0/1 targets, by thresholding each output (a sample is right
+        when all its outputs are); for regression targets the count means nothing, and
+        the reports leave it out (``classifies``)."""
         xp = xp_of(out)
-        if out.shape[1] == 1:      # one sigmoid unit: threshold (logit 0 == probability 0.5)
-            thr = 0 if self._fused else 0.5
-            pred = (out[:, 0] > thr)
-            truth = (y.reshape(-1) > 0.5)
-        else:
-            pred = out.argmax(axis=1)
-            truth = y if y.ndim == 1 else y.argmax(axis=1)
-        return int(xp.count_nonzero(pred == truth))
+        thr = 0 if self._fused else 0.5          # a logit of 0 is a probability of 0.5
+        if out.shape[1] == 1:
+            return int(xp.count_nonzero((out[:, 0] > thr) == (y.reshape(-1) > 0.5)))
+        if y.ndim == 2 and self.loss.name == "binary_crossentropy":
+            return int(xp.count_nonzero(((out > thr) == (y > 0.5)).all(axis=1)))
+        truth = y if y.ndim == 1 else y.argmax(axis=1)
+        return int(xp.count_nonzero(out.argmax(axis=1) == truth))
+
+    def classifies(self, y):
+        """Whether targets ``y`` are classes, so that an accuracy means something: a
+        cross-entropy loss, or integer class labels (MNIST trained with mse)."""
+        if self.loss.name in ("categorical_crossentropy", "binary_crossentropy"):
+            return True
+        y = np.asarray(y) if not hasattr(y, "dtype") else y
+        return y.ndim == 1 and y.dtype.kind in "iub" and self.n_outputs > 1
 
     # -- the update ------------------------------------------------------------------
     def apply_gradients(self, grads=None):
@@ -218,7 +229,8 @@ class Sequential:
 
     # -- inference -------------------------------------------------------------------
     def predict_proba(self, x, batch_size=1024):
-        """Output activations (class probabilities for a softmax output), as NumPy."""
+        """Output activations (class probabilities for a softmax output; the values of
+        a regression), as NumPy."""
         if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         x = self._as_input(x)
@@ -233,14 +245,26 @@ class Sequential:
         return np.concatenate(outs) if outs else np.zeros((0, self.n_outputs), self.dtype)
 
     def predict(self, x, batch_size=1024):
-        """Class labels (argmax; 0/1 for a single sigmoid output)."""
+        """What the model predicts: for a cross-entropy classifier the class labels
+        (argmax; 0/1 for a single sigmoid output; a 0/1 matrix, one column per output,
+        for several sigmoid outputs); for a regression (mse) the output values."""
         p = self.predict_proba(x, batch_size)
+        if self.loss.name == "mse":
+            return p
         if p.shape[1] == 1:
             return (p[:, 0] > 0.5).astype(np.int64)
+        if self.loss.name == "binary_crossentropy":
+            return (p > 0.5).astype(np.int64)
         return p.argmax(axis=1)
 
+    def __call__(self, x, batch_size=1024):
+        """``model(x)``: the output activations, as ``predict_proba`` (PyTorch's and
+        Keras's way of asking)."""
+        return self.predict_proba(x, batch_size)
+
     def evaluate(self, x, y, batch_size=1024):
-        """{"loss", "accuracy", "n"} over (x, y), in batches."""
+        """{"loss", "n"} over (x, y), in batches, and "accuracy" when the targets are
+        classes (see ``classifies``)."""
         x, y = check_data(self, x, y, "evaluation data")
         if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -252,7 +276,10 @@ class Sequential:
             correct += c
         if n_tot == 0:
             raise ValueError("cannot evaluate on an empty dataset")
-        return {"loss": loss_sum / n_tot, "accuracy": correct / n_tot, "n": n_tot}
+        out = {"loss": loss_sum / n_tot, "n": n_tot}
+        if self.classifies(y):
+            out["accuracy"] = correct / n_tot
+        return out
 
     # -- persistence -----------------------------------------------------------------
     def config(self):

@@ -18,7 +18,7 @@ from ..data.batching import batch_slices, epoch_order
 from ..data.check import check_data
 from ..models.saving import save_model
 from .history import History
-from .loop import Loop, Plan, call_all
+from .loop import Diverged, Loop, Plan, call_all
 
 
 def check_validation(model, validation_data):
@@ -43,7 +43,8 @@ def check_training_data(model, x, y):
 
 def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=(),
         shuffle=True, seed=None, verbose=1, engine=None, workers=0, checkpoint=None,
-        initial_step=0, history=None, print_fn=print, progress=None):
+        initial_step=0, history=None, print_fn=print, progress=None, divergence=100.0,
+        checkpoint_extra=None):
     """Train ``model`` on (x, y).
 
     epochs: the epoch to stop after (counting from 0, as Keras's ``epochs`` with
@@ -53,9 +54,12 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
     seed: shuffling and dropout seed (default: the model's seed).
     engine / workers: who computes gradients (default: in process).
     checkpoint: a path rewritten (atomically) after every epoch, when stopped, and
-      when a worker fails.
+      when a worker fails; ``checkpoint_extra`` (a dict) goes into its training
+      metadata (the CLI records how the data was prepared).
     initial_step: resume after this many updates (from a checkpoint's metadata).
     progress: show a tqdm bar per epoch (default: when stderr is a terminal).
+    divergence: stop (``Diverged``, a FloatingPointError) when an epoch's loss is more
+      than this many times the first epoch's; None lets a run go where it goes.
     Ctrl-C or SIGTERM stops after the current step; the model keeps its weights and
     the returned History has ``interrupted = True``.
     """
@@ -77,6 +81,12 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
     plan = EpochPlan(model, loop, x.shape[0], int(batch_size), int(epochs), seed, shuffle,
                      "val" in datasets, list(callbacks), checkpoint, say,
                      progress=verbose and sys.stderr.isatty() if progress is None else progress)
+    plan.classify = model.classifies(y)          # else a regression: no accuracy reported
+    if divergence is not None and not (isinstance(divergence, (int, float))
+                                       and divergence > 1):
+        raise ValueError(f"divergence must be a factor > 1 or None, got {divergence!r}")
+    plan.divergence = divergence
+    plan.extra = dict(checkpoint_extra or {})
     loop.run(plan, datasets, seed, int(initial_step), plan.end)
     return history
 
@@ -96,6 +106,10 @@ class EpochPlan(Plan):
         self.steps_per_epoch = len(self.slices)
         self.end = epochs * self.steps_per_epoch
         self.epoch = self.order = self.bar = None
+        self.classify = True
+        self.divergence = 100.0
+        self.first_loss = None
+        self.extra = {}
 
     def batch(self, step):
         epoch, k = divmod(step, self.steps_per_epoch)
@@ -114,6 +128,8 @@ class EpochPlan(Plan):
                             desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch")
 
     def after_step(self, step, loss, n, correct, seconds):
+        if self.first_loss is None:
+            self.first_loss = loss
         self.loss_sum += loss * n
         self.correct += correct
         self.seen += n
@@ -128,11 +144,15 @@ class EpochPlan(Plan):
     def _end_epoch(self, step):
         self.close()
         self.loop.engine.sync_to_host()  # the learning rate, and callbacks, read the model
-        metrics = {"loss": self.loss_sum / max(self.seen, 1),
-                   "accuracy": self.correct / max(self.seen, 1)}
+        metrics = {"loss": self.loss_sum / max(self.seen, 1)}
+        self._check_divergence(step, metrics["loss"])
+        if self.classify:
+            metrics["accuracy"] = self.correct / max(self.seen, 1)
         if self.validate:
             vl, vn, vc = self.loop.engine.evaluate("val")
-            metrics.update(val_loss=vl, val_accuracy=vc / max(vn, 1))
+            metrics["val_loss"] = vl
+            if self.classify:
+                metrics["val_accuracy"] = vc / max(vn, 1)
         metrics["lr"] = self.model.optimizer.lr
         metrics["seconds"] = time.perf_counter() - self.t0
         epoch = self.epoch + 1
@@ -144,6 +164,15 @@ class EpochPlan(Plan):
             self.loop.save(self, step)
         return stop
 
+    def _check_divergence(self, step, loss):
+        """An epoch's loss far above where training started: the first epoch's (of a
+        resumed training too), else this run's first step's."""
+        first = self.history.history.get("loss", [self.first_loss])[0]
+        if self.divergence is not None and loss > self.divergence * max(first, 1e-12):
+            raise Diverged(f"training diverged: epoch {self.epoch + 1}'s loss {loss:.4g} is "
+                           f"over {self.divergence:g}x the {first:.4g} it started from (step "
+                           f"{step}); lower the learning rate")
+
     def close(self):
         if self.bar is not None:
             self.bar.close()
@@ -151,7 +180,7 @@ class EpochPlan(Plan):
 
     def save(self, step):
         save_training_checkpoint(self.checkpoint, self.model, step, self.seed,
-                                 self.batch_size, self.history, n_train=self.n)
+                                 self.batch_size, self.history, n_train=self.n, **self.extra)
 
     def diverged(self, step, loss):
         return (f"training diverged: loss is {loss} at step {step} (epoch "
@@ -159,9 +188,13 @@ class EpochPlan(Plan):
 
 
 def format_epoch(epoch, epochs, m):
-    parts = [f"epoch {epoch:>3}/{epochs}", f"loss {m['loss']:.4f}", f"acc {m['accuracy']:.4f}"]
+    parts = [f"epoch {epoch:>3}/{epochs}", f"loss {m['loss']:.4f}"]
+    if "accuracy" in m:
+        parts.append(f"acc {m['accuracy']:.4f}")
     if "val_loss" in m:
-        parts += [f"val_loss {m['val_loss']:.4f}", f"val_acc {m['val_accuracy']:.4f}"]
+        parts.append(f"val_loss {m['val_loss']:.4f}")
+    if "val_accuracy" in m:
+        parts.append(f"val_acc {m['val_accuracy']:.4f}")
     parts += [f"lr {m['lr']:.2e}", f"{m['seconds']:.1f}s"]
     return "  ".join(parts)
 

@@ -56,10 +56,14 @@ class _Objective:
         self.model.params[...] = theta
         self.engine.weights_changed(self.evals)
         tl, tn, tc = self.engine.evaluate("train")
-        metrics = {"loss": tl, "accuracy": tc / max(tn, 1)}
+        metrics = {"loss": tl}
+        if self.classify:
+            metrics["accuracy"] = tc / max(tn, 1)
         if self.validate:
             vl, vn, vc = self.engine.evaluate("val")
-            metrics.update(val_loss=vl, val_accuracy=vc / max(vn, 1))
+            metrics["val_loss"] = vl
+            if self.classify:
+                metrics["val_accuracy"] = vc / max(vn, 1)
         metrics["seconds"] = time.perf_counter() - self.t0
         if self.print_fn is not None:
             self.print_fn(f"iter {self.iterations:>4}/{self.maxiter}  " + "  ".join(
@@ -90,6 +94,7 @@ def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
     try:
         engine.start(model, datasets)
         f = _Objective(model, engine, len(x), "val" in datasets, maxiter, callback, print_fn)
+        f.classify = model.classifies(y)
         try:
             result = scipy_minimize(f.value_and_grad, model.params.astype(np.float64),
                                     jac=True, method=method, tol=tol, callback=f.iteration,

@@ -62,6 +62,11 @@ class GracefulStop:
         return False
 
 
+class Diverged(FloatingPointError):
+    """The loss ran away: not finite, or far above where training started. The run
+    stops; the last checkpoint written (if any) keeps the weights before it."""
+
+
 def check_checkpoint_path(checkpoint):
     """An unusable checkpoint path fails now, not after the first epoch."""
     if checkpoint is None:
@@ -179,7 +184,7 @@ class Loop:
             # where the weights live); a non-finite loss leaves the weights untouched
             loss, n, correct = engine.step(self.step, plan.batch(self.step))
             if not math.isfinite(loss):
-                raise FloatingPointError(plan.diverged(self.step, loss))
+                raise Diverged(plan.diverged(self.step, loss))
             self.step += 1
             if plan.after_step(self.step, loss, n, correct, time.perf_counter() - t0):
                 self.history.stopped_early = True

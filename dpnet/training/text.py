@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from .history import LN2, TextHistory
-from .loop import Loop, Plan, call_all
+from .loop import Diverged, Loop, Plan, call_all
 from .text_checkpoint import save_text_checkpoint, stream_crc
 
 
@@ -83,7 +83,7 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
              vocab=None, prime=None, log_every=10, smoothing=0.99, checkpoint=None,
              save_every=None, initial_step=0, initial_state=None, history=None,
              print_fn=print, verbose=True, callbacks=(), text_path=None,
-             val_fraction=None):
+             val_fraction=None, divergence=2.0):
     """Train a CharLSTM on ``train`` (a StreamBatcher) for global steps.
 
     steps / epochs: the global step to stop at, counted from 0 like the checkpoint's
@@ -105,9 +105,14 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
     callbacks: ``cb(step, record) -> bool`` after every progress line and validation
       (record: {"kind": "train" | "val", ...}); every callback sees every record, and
       True from any stops training after it.
+    divergence: stop (``Diverged``) when the smoothed loss exceeds this many times
+      ln V, the loss of a uniform guess that training starts from; None: never.
     Ctrl-C or SIGTERM stops after the current step with whole weights; the returned
     TextHistory then has ``interrupted = True``.
     """
+    if divergence is not None and not (isinstance(divergence, (int, float))
+                                       and divergence > 1):
+        raise ValueError(f"divergence must be a factor > 1 or None, got {divergence!r}")
     end = _check_options(train, val, steps, epochs, temperature, smoothing)
     counts = {k: _count(k, v) for k, v in (("eval_every", eval_every),
                                            ("sample_every", sample_every),
@@ -123,6 +128,7 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
     plan = TextPlan(model, loop, train, val, end, seed, vocab, prime_ids, temperature,
                     smoothing, checkpoint, save_every, initial_state, list(callbacks), say,
                     text_path=text_path, val_fraction=val_fraction, **counts)
+    plan.divergence = divergence
     loop.run(plan, {"train": train, "val": val}, seed, step, end)
     return hist
 
@@ -149,6 +155,7 @@ class TextPlan(Plan):
         self.smooth = h.smooth_loss[-1] if h.smooth_loss else math.log(model.vocab_size)
         self.crc = stream_crc(train) if checkpoint is not None else None
         self.t_log, self.chars_log = 0.0, 0
+        self.divergence = 2.0
 
     def start(self, engine):
         self.engine = engine
@@ -166,6 +173,13 @@ class TextPlan(Plan):
         h.train_time += dt
         h.chars += n_chars
         self.smooth = self.smoothing * self.smooth + (1.0 - self.smoothing) * loss
+        limit = None if self.divergence is None else \
+            self.divergence * math.log(self.model.vocab_size)
+        if limit is not None and self.smooth > limit:
+            raise Diverged(f"training diverged: the smoothed loss {self.smooth:.4g} nats/char "
+                           f"at step {step} is over {self.divergence:g}x ln V = {limit:.4g} "
+                           f"(a uniform guess: where training started); lower the learning "
+                           f"rate or clip the gradient")
         h.steps.append(step)
         h.loss.append(loss)
         h.smooth_loss.append(self.smooth)

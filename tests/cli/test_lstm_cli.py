@@ -259,3 +259,39 @@ def test_load_of_a_file_that_is_not_a_checkpoint(tmp_path, text):
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and "truncated or corrupt" in r.stderr
     assert "pickle" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_runaway_loss_stops_the_lstm_with_one_line(text):
+    r = subprocess.run([sys.executable, SCRIPT, "--text", str(text), *SMALL, "--steps", "50",
+                        "--lr", "1e9", "--clip", "0"], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "diverged" in r.stderr
+
+
+def test_a_stale_validation_loss_says_when_it_was_measured(tmp_path, text):
+    js = tmp_path / "s.json"
+    r = subprocess.run([sys.executable, SCRIPT, "--text", str(text), *SMALL, "--steps", "12",
+                        "--eval-every", "5", "--print-every", "4", "--sample-every", "0",
+                        "--json", str(js)], capture_output=True, text=True, timeout=60,
+                       cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(js.read_text())
+    assert s["val"]["step"] == 12 and len(s["train_losses"]) == 12   # the end validates
+    ck = tmp_path / "c.npz"
+    subprocess.run([sys.executable, SCRIPT, "--text", str(text), *SMALL, "--steps", "10",
+                    "--eval-every", "5", "--save", str(ck), "--quiet"], check=True,
+                   capture_output=True, timeout=60, cwd=ROOT)
+    p = subprocess.Popen([sys.executable, SCRIPT, "--text", str(text), "--load", str(ck),
+                          "--steps", "1000000", "--eval-every", "0", "--print-every", "1",
+                          "--sample-every", "0", "--json", str(js)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    for line in p.stdout:
+        if line.startswith("step") and "smooth" in line:
+            break
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    assert "measured at step 10" in out
+    assert json.loads(js.read_text())["val"]["step"] == 10

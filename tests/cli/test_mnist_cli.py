@@ -138,3 +138,67 @@ def test_resume_through_the_cli_is_exact_and_refuses_other_settings(tmp_path):
     assert r.returncode == 2 and "resume with the same optimizer" in r.stderr
     r = run(*common, "--epochs", "3", "--save", str(tmp_path))
     assert r.returncode == 2 and "is a directory" in r.stderr
+
+
+def test_a_run_whose_loss_runs_away_stops_with_one_line_unless_allowed(tmp_path):
+    small = ("--limit-train", "1000", "--epochs", "2", "--hidden", "16", "--optimizer", "sgd",
+             "--lr", "1e6", "--lr-final", "1e6")
+    r = run(*small)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "diverged" in r.stderr and "over 100x the" in r.stderr
+    r = run(*small, "--allow-divergence", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "test accuracy:" in r.stdout                 # --quiet keeps the result
+
+
+def test_binary_cross_entropy_on_mnist_takes_the_labels_as_one_hot_targets():
+    r = run("--output-activation", "sigmoid", "--loss", "binary_crossentropy",
+            "--limit-train", "5000", "--epochs", "3", "--lr-final", "1e-3", "--hidden", "64")
+    assert r.returncode == 0, r.stderr
+    acc = float(r.stdout.split("test accuracy: ")[1].split("%")[0])
+    assert acc > 75, r.stdout
+
+
+def test_json_minus_is_standard_output_alone(tmp_path):
+    r = run("--limit-train", "300", "--epochs", "1", "--hidden", "8", "--json", "-")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["epochs"] == 1           # nothing else on stdout
+    assert "test accuracy:" in r.stderr
+
+
+def test_two_runs_cannot_write_one_checkpoint(tmp_path):
+    import subprocess
+    import sys
+    import time
+    ck = tmp_path / "shared.npz"
+    first = subprocess.Popen([sys.executable, SCRIPT, "--limit-train", "20000", "--epochs",
+                              "50", "--save", str(ck)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "shared.npz.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = run("--limit-train", "300", "--epochs", "1", "--save", str(ck))
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert f"is being written by another run (pid {first.pid})" in r.stderr
+    finally:
+        first.kill()
+        first.wait()
+    # the holder is gone (even killed): the lock goes with it
+    assert run("--limit-train", "300", "--epochs", "1", "--hidden", "8", "--save", str(ck),
+               "--quiet").returncode == 0
+    assert not (tmp_path / "shared.npz.lock").exists()
+
+
+def test_load_refuses_other_data_and_notes_another_learning_rate(tmp_path):
+    ck = tmp_path / "d.npz"
+    small = ("--limit-train", "500", "--hidden", "16")
+    assert run(*small, "--epochs", "1", "--save", str(ck), "--quiet").returncode == 0
+    r = run(*small, "--epochs", "2", "--load", str(ck), "--standardize")
+    assert r.returncode == 2 and "--standardize False, this run has True" in r.stderr
+    r = run("--limit-train", "500", "--hidden", "16", "--validation", "5000", "--epochs", "2",
+            "--load", str(ck))
+    assert r.returncode == 2 and "--validation 10000, this run has 5000" in r.stderr
+    r = run(*small, "--epochs", "2", "--load", str(ck), "--lr", "0.01", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "note: --load" in r.stderr and "continuing with" in r.stderr

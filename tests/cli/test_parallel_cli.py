@@ -81,6 +81,10 @@ def test_divergence_with_workers_is_one_line_and_idle_workers_are_not_started():
                        timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "--workers 6 is more than the 2 samples of a step; using 2" in r.stderr
+    r = subprocess.run([sys.executable, SCRIPT, "--workers", str(5 * (os.cpu_count() or 1)),
+                        "--limit-train", "100"], capture_output=True, text=True, timeout=60,
+                       cwd=ROOT)
+    assert r.returncode == 2 and "per CPU" in r.stderr
     r = subprocess.run([sys.executable, SCRIPT, "--worker-timeout", "0.5"],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and "--worker-timeout: expected a number in [1" in r.stderr

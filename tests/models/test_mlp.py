@@ -3,6 +3,7 @@ import pytest
 
 import dpnet
 from dpnet import Dense, Dropout, Sequential
+from dpnet.optim.optimizers import SGD
 from conftest import numeric_grad, rel_error
 
 
@@ -206,3 +207,50 @@ def test_train_on_batch_draws_fresh_dropout_masks():
         m.train_on_batch(x, y)
         masks.append(m.layers[1].mask.copy())
     assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[1], masks[2])
+
+
+def test_a_regression_predicts_values_and_reports_no_accuracy():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5, 3.0], np.float32) + 0.25)[:, None]
+    m = Sequential([Dense(4, 1, activation="linear")], loss="mse",
+                   optimizer=SGD(lr=0.05), seed=1)
+    h = m.fit(x, y, epochs=30, batch_size=20, validation_data=(x[:50], y[:50]), verbose=0)
+    assert sorted(h.history) == ["loss", "lr", "seconds", "val_loss"]
+    pred = m.predict(x[:5])
+    assert pred.dtype == np.float32 and pred.shape == (5, 1)
+    assert np.allclose(pred, y[:5], atol=0.05)             # values, not 0/1 labels
+    assert np.array_equal(m(x[:5]), pred)
+    r = m.evaluate(x, y)
+    assert sorted(r) == ["loss", "n"] and r["loss"] < 1e-3
+    from dpnet.training.epochs import format_epoch
+    line = format_epoch(1, 2, {"loss": 0.5, "val_loss": 0.4, "lr": 0.1, "seconds": 1.0})
+    assert "acc" not in line and "val_loss 0.4000" in line
+
+
+def test_mse_on_class_labels_still_reports_accuracy():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0)
+    m = Sequential([Dense(6, 3, activation="linear")], loss="mse", seed=2)
+    h = m.fit(x, y, epochs=2, batch_size=30, verbose=0)
+    assert "accuracy" in h.history and "accuracy" in m.evaluate(x, y)
+    assert m.predict(x).shape == (120, 3)                  # mse predicts the outputs
+
+
+def test_several_sigmoid_outputs_take_labels_or_multi_label_targets():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 5)).astype(np.float32)
+    labels = (x[:, 0] > 0).astype(np.int64) * 2 + (x[:, 1] > 0)          # 4 classes
+    m = Sequential([Dense(5, 4, activation="sigmoid")], loss="binary_crossentropy",
+                   optimizer=SGD(lr=0.5), seed=3)
+    m.fit(x, labels, epochs=20, batch_size=30, verbose=0)    # labels -> one-hot targets
+    assert m.evaluate(x, labels)["accuracy"] > 0.9
+    multi = np.stack([x[:, 0] > 0, x[:, 1] > 0, x[:, 2] > 0], axis=1).astype(np.float32)
+    mm = Sequential([Dense(5, 3, activation="sigmoid")], loss="binary_crossentropy",
+                    optimizer=SGD(lr=0.5), seed=4)
+    mm.fit(x, multi, epochs=20, batch_size=30, verbose=0)
+    pred = mm.predict(x)
+    assert pred.shape == (300, 3) and set(np.unique(pred)) <= {0, 1}
+    exact = float((pred == multi).all(axis=1).mean())
+    assert mm.evaluate(x, multi)["accuracy"] == pytest.approx(exact)   # all outputs right
