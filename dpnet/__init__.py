@@ -10,7 +10,7 @@ from .models import CharLSTM, Sequential, load
 from .nn.layers import Dense, Dropout
 from .optim import optimizers, schedules
 from .storage.checkpoint import CheckpointError
-from .training import EarlyStopping, History, fit, fit_text, minimize
+from .training import EarlyStopping, History, ModelCheckpoint, fit, fit_text, minimize
 
 
 def _fit(self, x, y, epochs=1, batch_size=32, **kwargs):
@@ -26,5 +26,5 @@ def _fit(self, x, y, epochs=1, batch_size=32, **kwargs):
 Sequential.fit = _fit
 
 __all__ = ["Dense", "Dropout", "Sequential", "CharLSTM", "load", "one_hot", "CheckpointError",
-           "EarlyStopping", "History", "fit", "fit_text", "minimize", "optimizers",
+           "EarlyStopping", "ModelCheckpoint", "History", "fit", "fit_text", "minimize", "optimizers",
            "schedules", "data", "__version__"]

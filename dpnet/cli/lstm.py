@@ -96,7 +96,9 @@ def lstm_parser(prog):
     g.add_argument("--epochs", type=nonneg_int, default=None,
                    help="train until this many epochs are done, counting --load's")
     a("--workers", type=nonneg_int, default=0,
-      help="worker processes sharing each batch's streams (default: 0 = in process)")
+      help="worker processes sharing each batch's streams (default: 0 = in process: "
+           "unlike the MLP's, the LSTM's step is a serial recurrence that workers do not "
+           "speed up on a few cores; see scripts/bench_lstm.py)")
     a("--blas-threads", type=positive_int, default=None, metavar="N",
       help="BLAS threads in this process (workers=0) or per worker (default: the BLAS "
            "library's choice in process, 1 per worker)")
@@ -230,9 +232,21 @@ def run_lstm(argv=None, prog=None):
     return guarded(parser.prog, _run, args, parser.prog)
 
 
+# What generating text uses; any other flag given with --sample would be ignored.
+SAMPLE_FLAGS = {"load", "sample", "prime", "temperature", "seed", "hidden", "layers",
+                "quiet", "max_text_mb"}
+
+
 def _run(args, prog):
     _check_output_dirs(args)
     if args.sample is not None:
+        defaults = vars(lstm_parser(prog).parse_args([]))
+        extra = sorted(k for k, v in vars(args).items()
+                       if k not in SAMPLE_FLAGS and v != defaults.get(k))
+        if extra:
+            raise UserError("--sample generates text from --load's checkpoint; it takes "
+                            "--prime, --temperature and --seed, not "
+                            + ", ".join("--" + k.replace("_", "-") for k in extra))
         return generate(args)
     lock = SaveLock(args.save) if args.save else None
     try:

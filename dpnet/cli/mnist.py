@@ -60,8 +60,9 @@ def dnn_parser(prog, workers=False, gpu=False):
       help="minibatch: " + ", ".join(OPTIMIZERS) + "; full-batch via scipy: lbfgs, cg "
            "(--epochs is then the iteration limit; no --lr, --batch-size, --dropout) "
            "(default: adam)")
-    a("--lr", type=float_in(0, lo_open=True), default=1e-3, help="learning rate (default: 1e-3)")
-    a("--lr-final", type=float_in(0, lo_open=True), default=1e-5,
+    a("--lr", type=float_in(0, lo_open=True), default=None,
+      help="learning rate (default: 1e-3; not with lbfgs/cg)")
+    a("--lr-final", type=float_in(0, lo_open=True), default=None,
       help="anneal the learning rate geometrically from --lr to this value over the "
            "run (default: 1e-5; give the same value as --lr for a constant rate)")
     a("--momentum", type=float_in(0, 1, hi_open=True), default=0.9,
@@ -140,6 +141,14 @@ def build_model(args, steps_per_epoch):
         if args.dropout:
             layers.append(Dropout(args.dropout))
     layers.append(Dense(sizes[-1], 10, activation=args.output_activation, init=args.init))
+    if args.optimizer in FULL_BATCH:
+        given = [f for f, v in (("--lr", args.lr), ("--lr-final", args.lr_final))
+                 if v is not None]
+        if given:
+            raise UserError(f"--optimizer {args.optimizer} is full-batch: scipy chooses its "
+                            f"own steps; drop {' and '.join(given)}")
+    args.lr = 1e-3 if args.lr is None else args.lr
+    args.lr_final = 1e-5 if args.lr_final is None else args.lr_final
     lr = args.lr
     if args.lr_final != args.lr:
         lr = Anneal(args.lr, args.lr_final, total_steps=max(1, args.epochs * steps_per_epoch))
@@ -212,7 +221,9 @@ def report(model, hist, results, per_class, wall, out=print):
         f"(loss {results['test']['loss']:.4f})")
     out("per-digit accuracy: " + "  ".join(f"{k}: {a * 100:.1f}%" for k, a in enumerate(per_class)))
     sps = hist.samples / hist.wall_time if hist.wall_time > 0 else 0.0
-    out(f"execution time: {wall:.1f} s ({hist.wall_time:.1f} s training, {sps:,.0f} samples/s)")
+    out(f"execution time: {wall:.1f} s ("
+        + (f"{hist.wall_time:.1f} s training, {sps:,.0f} samples/s)" if hist.samples
+           else "nothing trained)"))
     dense = [l for l in model.layers if isinstance(l, Dense)]
     out("nodes per layer: " + " -> ".join(str(n) for n in [dense[0].n_in] +
                                           [l.n_out for l in dense]))
@@ -223,6 +234,7 @@ def report(model, hist, results, per_class, wall, out=print):
 
 def plot_history(hist, path):
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
     h = hist.history
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for key, ax in (("loss", ax1), ("accuracy", ax2)):
@@ -230,6 +242,7 @@ def plot_history(hist, path):
         if f"val_{key}" in h:
             ax.plot(hist.epochs, h[f"val_{key}"], "s-", label="validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))     # no epoch 1.5
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -262,7 +275,8 @@ def _run_full_batch(args, model, data, val, engine, hist, say):
     t0 = time.perf_counter()
     result = minimize(model, data.x_train, data.y_train, method=FULL_BATCH[args.optimizer],
                       maxiter=args.epochs - done, validation_data=val, engine=engine,
-                      callback=record, print_fn=None if args.quiet else say)
+                      callback=record, print_fn=None if args.quiet else say,
+                      iterations_done=done)
     hist.wall_time = time.perf_counter() - t0
     hist.samples = len(data.x_train) * (result.nfev if result is not None else hist.step)
     say(f"scipy {FULL_BATCH[args.optimizer]}: {result.message if result is not None else ''}"
@@ -380,6 +394,9 @@ def _train(args, model, data, engine, hist, initial_step, prog, say):
     try:
         if args.optimizer in FULL_BATCH:
             _run_full_batch(args, model, data, val, engine, hist, say)
+        elif initial_step >= args.epochs * -(-len(data.x_train) // args.batch_size):
+            say(f"{prog}: the checkpoint has trained {len(hist.epochs) or '?'} epochs "
+                f"(step {initial_step}) already: nothing to train (raise --epochs)")
         else:
             fit(model, data.x_train, data.y_train, epochs=args.epochs,
                 batch_size=args.batch_size, validation_data=val, callbacks=callbacks,

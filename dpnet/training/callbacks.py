@@ -45,3 +45,32 @@ class EarlyStopping:
                 self.model.params[...] = self.best_params
             return True
         return False
+
+
+class ModelCheckpoint:
+    """Save the model (weights and optimizer state, ``model.save``'s checkpoint) after an
+    epoch -- with ``save_best_only`` only when ``monitor`` improved, as Keras's
+    ModelCheckpoint; ``path`` may hold ``{epoch}``. Never stops training."""
+
+    def __init__(self, path, monitor="val_loss", save_best_only=True):
+        self.path, self.monitor, self.save_best_only = path, monitor, save_best_only
+        self.mode = "max" if "acc" in monitor else "min"
+        self.best, self.model, self.saved = None, None, []
+
+    def set_model(self, model):
+        self.model, self.best, self.saved = model, None, []
+
+    def __call__(self, epoch, metrics):
+        if self.save_best_only:
+            if self.monitor not in metrics:
+                raise ValueError(f"ModelCheckpoint monitors {self.monitor!r}, which this run "
+                                 f"does not report (has: {', '.join(metrics)})")
+            v = metrics[self.monitor]
+            if self.best is not None and not (v < self.best if self.mode == "min"
+                                              else v > self.best):
+                return False
+            self.best = v
+        path = str(self.path).format(epoch=epoch)
+        self.model.save(path, epoch=int(epoch), metrics=dict(metrics))
+        self.saved.append(path)
+        return False

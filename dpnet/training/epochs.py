@@ -44,7 +44,7 @@ def check_training_data(model, x, y):
 def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=(),
         shuffle=True, seed=None, verbose=1, engine=None, workers=0, checkpoint=None,
         initial_step=0, history=None, print_fn=print, progress=None, divergence=100.0,
-        checkpoint_extra=None):
+        checkpoint_extra=None, validation_split=None, initial_epoch=None):
     """Train ``model`` on (x, y).
 
     epochs: the epoch to stop after (counting from 0, as Keras's ``epochs`` with
@@ -56,7 +56,10 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
     checkpoint: a path rewritten (atomically) after every epoch, when stopped, and
       when a worker fails; ``checkpoint_extra`` (a dict) goes into its training
       metadata (the CLI records how the data was prepared).
-    initial_step: resume after this many updates (from a checkpoint's metadata).
+    initial_step: resume after this many updates (from a checkpoint's metadata);
+      ``initial_epoch`` (Keras's name) resumes at the start of that epoch instead.
+    validation_split: hold out this fraction of (x, y) -- the last samples, before any
+      shuffling, as Keras does -- as validation data (not with ``validation_data``).
     progress: show a tqdm bar per epoch (default: when stderr is a terminal).
     divergence: stop (``Diverged``, a FloatingPointError) when an epoch's loss is more
       than this many times the first epoch's; None lets a run go where it goes.
@@ -68,9 +71,27 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
     if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     x, y = check_training_data(model, x, y)
+    if validation_split is not None:
+        if validation_data is not None:
+            raise ValueError("give validation_data or validation_split, not both")
+        if not isinstance(validation_split, (int, float)) or not 0 < validation_split < 1:
+            raise ValueError(f"validation_split must be a fraction in (0, 1), got "
+                             f"{validation_split!r}")
+        cut = x.shape[0] - int(round(x.shape[0] * validation_split))
+        if not 0 < cut < x.shape[0]:
+            raise ValueError(f"validation_split {validation_split} of {x.shape[0]} samples "
+                             f"leaves no training or no validation data")
+        x, y, validation_data = x[:cut], y[:cut], (x[cut:], y[cut:])
     datasets = {"train": (x, y)}
     if validation_data is not None:
         datasets["val"] = check_validation(model, validation_data)
+    if initial_epoch is not None:
+        if initial_step:
+            raise ValueError("give initial_step or initial_epoch, not both")
+        if not isinstance(initial_epoch, (int, np.integer)) or initial_epoch < 0:
+            raise ValueError(f"initial_epoch must be a non-negative integer, got "
+                             f"{initial_epoch!r}")
+        initial_step = int(initial_epoch) * len(batch_slices(x.shape[0], int(batch_size)))
     history = history if history is not None else History()
     for cb in callbacks:
         if hasattr(cb, "set_model"):
@@ -118,6 +139,7 @@ class EpochPlan(Plan):
         return self.order[self.slices[k]]
 
     def _begin_epoch(self, epoch, first):
+        self.first_step_of_epoch = first
         self.t0 = time.perf_counter()
         self.epoch = epoch
         self.order = epoch_order(self.n, epoch, self.seed, self.shuffle)
@@ -157,7 +179,11 @@ class EpochPlan(Plan):
         metrics["seconds"] = time.perf_counter() - self.t0
         epoch = self.epoch + 1
         self.history.append(epoch, metrics)
-        self.say(format_epoch(epoch, self.epochs, metrics))
+        line = format_epoch(epoch, self.epochs, metrics)
+        if self.first_step_of_epoch:          # a run resumed mid-epoch: say what it covers
+            line += (f"  (resumed: the last {self.steps_per_epoch - self.first_step_of_epoch}"
+                     f" of {self.steps_per_epoch} steps)")
+        self.say(line)
         self.epoch = None
         stop = call_all(self.callbacks, epoch, metrics)
         if self.checkpoint is not None:

@@ -35,9 +35,10 @@ class _Objective:
     """scipy's view of the model: ``value_and_grad(theta)`` for the line searches and
     ``iteration(theta)`` after each accepted step (metrics, printing, the callback)."""
 
-    def __init__(self, model, engine, n, validate, maxiter, callback, print_fn):
+    def __init__(self, model, engine, n, validate, maxiter, callback, print_fn, offset=0):
         self.model, self.engine, self.validate = model, engine, validate
         self.maxiter, self.callback, self.print_fn = maxiter, callback, print_fn
+        self.offset = offset
         self.all_idx = np.arange(n)
         self.evals = self.iterations = 0
         self.t0 = time.perf_counter()
@@ -66,19 +67,22 @@ class _Objective:
                 metrics["val_accuracy"] = vc / max(vn, 1)
         metrics["seconds"] = time.perf_counter() - self.t0
         if self.print_fn is not None:
-            self.print_fn(f"iter {self.iterations:>4}/{self.maxiter}  " + "  ".join(
+            self.print_fn(f"iter {self.offset + self.iterations:>4}/"
+                          f"{self.offset + self.maxiter}  " + "  ".join(
                 f"{k} {v:.4f}" for k, v in metrics.items()))
         if self.callback is not None and self.callback(self.iterations, metrics):
             raise _Stop
 
 
 def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
-             engine=None, workers=0, callback=None, tol=None, print_fn=None):
+             engine=None, workers=0, callback=None, tol=None, print_fn=None,
+             iterations_done=0):
     """Minimize the mean training loss (plus the model's L2 penalty) over all of (x, y).
 
     Returns scipy's OptimizeResult (None when ``callback`` stopped it); the model ends
     with the best parameters found. ``callback(iteration, metrics) -> bool`` runs after
-    every iteration; True stops.
+    every iteration; True stops. ``iterations_done``: how many a resumed run ran
+    before (the progress lines count on from there).
     """
     try:
         from scipy.optimize import minimize as scipy_minimize
@@ -93,7 +97,8 @@ def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
     engine = make_engine(workers) if own else engine
     try:
         engine.start(model, datasets)
-        f = _Objective(model, engine, len(x), "val" in datasets, maxiter, callback, print_fn)
+        f = _Objective(model, engine, len(x), "val" in datasets, maxiter, callback, print_fn,
+                       offset=int(iterations_done))
         f.classify = model.classifies(y)
         try:
             result = scipy_minimize(f.value_and_grad, model.params.astype(np.float64),

@@ -94,8 +94,9 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
     sample_every / sample_length / temperature / prime: a sample printed every
       ``sample_every`` steps (0 = never; needs ``vocab`` to decode), seeded by (seed, step).
     log_every: a progress line (loss, smoothed loss, chars/s) every this many steps.
-    smoothing: the EMA factor of the smoothed loss, which starts at ln(V) (the loss of
-      a uniform guess) as in char-rnn.
+    smoothing: the factor of the smoothed loss, an exponential moving average of the
+      steps' losses bias-corrected as Adam's moments are (so it follows the per-step
+      losses from the first step, rather than lagging from a starting guess).
     checkpoint / save_every: a path rewritten atomically every ``save_every`` steps,
       at the end, when interrupted and when a worker fails; it holds what an exact
       resume needs (``text_checkpoint.load_text_checkpoint``), plus ``text_path`` and
@@ -152,6 +153,9 @@ class TextPlan(Plan):
         self.sample_length, self.log_every = sample_length, log_every
         self.width = len(str(end))
         h = self.hist
+        # the raw moving average, recovered from the corrected one of a resumed history
+        self.n_avg = len(h.smooth_loss)
+        self.ema = h.smooth_loss[-1] * (1 - smoothing ** self.n_avg) if h.smooth_loss else 0.0
         self.smooth = h.smooth_loss[-1] if h.smooth_loss else math.log(model.vocab_size)
         self.crc = stream_crc(train) if checkpoint is not None else None
         self.t_log, self.chars_log = 0.0, 0
@@ -172,7 +176,9 @@ class TextPlan(Plan):
         self.chars_log += n_chars
         h.train_time += dt
         h.chars += n_chars
-        self.smooth = self.smoothing * self.smooth + (1.0 - self.smoothing) * loss
+        self.ema = self.smoothing * self.ema + (1.0 - self.smoothing) * loss
+        self.n_avg += 1
+        self.smooth = self.ema / (1.0 - self.smoothing ** self.n_avg)
         limit = None if self.divergence is None else \
             self.divergence * math.log(self.model.vocab_size)
         if limit is not None and self.smooth > limit:

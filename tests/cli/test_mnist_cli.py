@@ -202,3 +202,17 @@ def test_load_refuses_other_data_and_notes_another_learning_rate(tmp_path):
     r = run(*small, "--epochs", "2", "--load", str(ck), "--lr", "0.01", "--quiet")
     assert r.returncode == 0, r.stderr
     assert "note: --load" in r.stderr and "continuing with" in r.stderr
+
+
+def test_resumed_runs_count_on_and_say_when_there_is_nothing_to_do(tmp_path):
+    ck = tmp_path / "r.npz"
+    small = ("--limit-train", "500", "--hidden", "8")
+    assert run(*small, "--epochs", "1", "--save", str(ck), "--quiet").returncode == 0
+    r = run(*small, "--epochs", "1", "--load", str(ck))
+    assert r.returncode == 0 and "nothing to train (raise --epochs)" in r.stdout
+    assert "(nothing trained)" in r.stdout
+    lb = tmp_path / "lb.npz"
+    assert run(*small, "--optimizer", "lbfgs", "--epochs", "2", "--save", str(lb),
+               "--quiet").returncode == 0
+    r = run(*small, "--optimizer", "lbfgs", "--epochs", "4", "--load", str(lb))
+    assert r.returncode == 0 and "iter    3/4" in r.stdout and "iter    4/4" in r.stdout

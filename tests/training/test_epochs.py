@@ -134,3 +134,34 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match=r"shape \(n, 784\), got \(10, 5\)"):
         m.fit(np.zeros((10, 5)), y)
     assert isinstance(m.fit(x, y, epochs=0, verbose=0), History)
+
+
+def test_keras_style_validation_split_initial_epoch_and_model_checkpoint(tmp_path):
+    from dpnet.training import ModelCheckpoint
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 400)
+    a, b = mlp(opt="sgd"), mlp(opt="sgd")
+    ha = a.fit(x, y, epochs=1, batch_size=50, validation_split=0.25, verbose=0)
+    hb = b.fit(x[:300], y[:300], epochs=1, batch_size=50, validation_data=(x[300:], y[300:]),
+               verbose=0)
+    assert np.array_equal(a.params, b.params) and ha.history == hb.history | {
+        "seconds": ha.history["seconds"]}
+    # initial_epoch=1 of 3 is the run resumed after epoch 1's 8 steps
+    c, d = mlp(opt="sgd"), mlp(opt="sgd")
+    assert c.fit(x, y, epochs=3, batch_size=50, initial_epoch=1, verbose=0).epochs == [2, 3]
+    d.fit(x, y, epochs=3, batch_size=50, initial_step=8, verbose=0)
+    assert np.array_equal(c.params, d.params)
+    with pytest.raises(ValueError, match="not both"):
+        c.fit(x, y, validation_split=0.2, validation_data=(x, y), verbose=0)
+    with pytest.raises(ValueError, match="validation_split must be a fraction"):
+        c.fit(x, y, validation_split=1.5, verbose=0)
+    # the best epoch by validation loss is what the file holds
+    best = ModelCheckpoint(tmp_path / "best.npz")
+    e = mlp(opt=dpnet.optimizers.SGD(lr=0.5))
+    h = e.fit(x, y, epochs=4, batch_size=50, validation_split=0.25, callbacks=[best],
+              verbose=0)
+    k = int(np.argmin(h.history["val_loss"])) + 1
+    saved = dpnet.load(tmp_path / "best.npz")
+    assert saved.checkpoint_meta["epoch"] == k
+    assert saved.checkpoint_meta["metrics"]["val_loss"] == min(h.history["val_loss"])

@@ -129,3 +129,27 @@ def test_a_run_that_ends_writes_its_checkpoint_once_at_the_end(tmp_path):
     ck = tmp_path / "zero.npz"
     mlp().fit(x, y, epochs=0, batch_size=60, verbose=0, checkpoint=ck)
     assert dpnet.load(ck).optimizer.t == 0
+
+
+def test_a_resumed_text_run_continues_the_smoothed_loss(tmp_path):
+    vocab, train = text_setup()
+
+    def model():
+        return CharLSTM(len(vocab), 8, seed=0, optimizer=SGD(lr=0.3))
+    straight = fit_text(model(), train, steps=20, eval_every=0, sample_every=0,
+                        verbose=False)
+    ck = tmp_path / "half.npz"
+    fit_text(model(), train, steps=9, eval_every=0, sample_every=0, verbose=False,
+             checkpoint=ck)
+    c = load_text_checkpoint(ck)
+    resumed = fit_text(c.model, train, steps=20, eval_every=0, sample_every=0,
+                       verbose=False, initial_step=c.step, initial_state=c.state,
+                       history=c.history)
+    assert np.allclose(resumed.smooth_loss, straight.smooth_loss, rtol=1e-9)
+
+
+def test_the_first_epoch_line_after_a_mid_epoch_resume_says_what_it_covers():
+    x, y = xy()
+    lines = []
+    mlp().fit(x, y, epochs=3, batch_size=60, initial_step=6, print_fn=lines.append)
+    assert "(resumed: the last 2 of 4 steps)" in lines[0] and "resumed" not in lines[1]
