@@ -327,6 +327,10 @@ def _run_dnn_locked(args, prog, default_workers):
         plot_format(args.plot)
     data = load_mnist(args.data, standardize=args.standardize, validation=args.validation,
                       limit_train=args.limit_train, dtype=np.dtype(args.dtype))
+    if args.limit_train is not None and args.limit_train > len(data.x_train):
+        print(f"{prog}: note: --limit-train {args.limit_train} is more than the "
+              f"{len(data.x_train):,} training images there are; using them all",
+              file=sys.stderr)
     steps_per_epoch = -(-len(data.x_train) // args.batch_size)
     model = build_model(args, steps_per_epoch)
     initial_step, hist = _resume(args, model, data)

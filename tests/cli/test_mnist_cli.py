@@ -216,3 +216,10 @@ def test_resumed_runs_count_on_and_say_when_there_is_nothing_to_do(tmp_path):
                "--quiet").returncode == 0
     r = run(*small, "--optimizer", "lbfgs", "--epochs", "4", "--load", str(lb))
     assert r.returncode == 0 and "iter    3/4" in r.stdout and "iter    4/4" in r.stdout
+
+
+def test_a_limit_beyond_the_data_is_noted():
+    r = run("--limit-train", "100000", "--validation", "59000", "--epochs", "1", "--hidden",
+            "8", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "--limit-train 100000 is more than the 1,000 training images" in r.stderr
