@@ -61,6 +61,12 @@ def load(path):
     model.params[...] = _to_backend(model.params, _check_params(path, arrays, meta,
                                                                  model.n_params, model.dtype))
     _restore_optimizer(path, model, arrays, meta)
+    if meta.get("vocabulary") is not None and hasattr(model, "vocab"):
+        from ..data.text import TextError, Vocabulary
+        try:
+            model.vocab = Vocabulary.from_list(meta["vocabulary"])
+        except TextError as e:
+            raise CheckpointError(f"checkpoint {path!r}: {e}") from None
     model.checkpoint_meta = meta
     return model
 

@@ -187,6 +187,7 @@ class CharLSTM:
         self.clip_norm = None if clip_norm is None else float(clip_norm)
         self.clip_value = None if clip_value is None else float(clip_value)
         self.optimizer = get_optimizer(optimizer)
+        self.vocab = None            # a dpnet.data.text.Vocabulary, once one is given
 
         V, H = self.vocab_size, self.hidden_size
         self._names = [(f"Wx{k}", f"Wh{k}", f"b{k}") for k in
@@ -622,9 +623,23 @@ class CharLSTM:
         return out
 
     def save(self, path, **extra):
-        """Weights, optimizer state and config to an .npz checkpoint (``dpnet.load``
-        reads it back); a training run's position is saved by ``fit_text``."""
+        """Weights, optimizer state, config and (when it has one) the vocabulary to an
+        .npz checkpoint (``dpnet.load`` reads it back); a training run's position is
+        saved by ``fit_text``."""
+        if self.vocab is not None and "vocabulary" not in extra:
+            extra["vocabulary"] = self.vocab.to_list()
         save_model(path, self, **extra)
+
+    def generate(self, prime, length, temperature=1.0, seed=0):
+        """``length`` characters after the text ``prime``, as a str -- for a model that
+        knows its vocabulary (``fit_text`` with ``vocab`` gives it one; ``dpnet.load``
+        restores it)."""
+        if self.vocab is None:
+            raise ValueError("this model has no vocabulary to turn text into ids and back: "
+                             "train it with fit_text(..., vocab=...) or set model.vocab")
+        ids = self.sample([int(i) for i in self.vocab.encode(prime)], length, temperature,
+                          seed=seed)
+        return self.vocab.decode(ids)
 
     # -- description ------------------------------------------------------------------
     def config(self):

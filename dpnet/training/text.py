@@ -53,6 +53,19 @@ def _prime_ids(prime, vocab, train):
 
 
 
+def _batchers(corpus, val, vocab, batch_size, seq_len):
+    """(vocab, train, val) StreamBatchers from a ``load_corpus`` answer."""
+    from ..data.text import StreamBatcher
+    cvocab, train_ids, val_ids = corpus
+    if val is not None:
+        raise ValueError("with a corpus (vocab, train ids, validation ids) the validation "
+                         "streams come from it: give no val")
+    train = StreamBatcher(train_ids, batch_size, seq_len)
+    b = min(batch_size, len(val_ids) // (seq_len + 1))
+    val = StreamBatcher(val_ids, b, seq_len) if b else None
+    return (vocab if vocab is not None else cvocab), train, val
+
+
 def _check_options(train, val, steps, epochs, temperature, smoothing):
     """The global step to end at, after checking the options that are not counts."""
     for label, b in (("train", train), ("val", val)):
@@ -83,8 +96,10 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
              vocab=None, prime=None, log_every=10, smoothing=0.99, checkpoint=None,
              save_every=None, initial_step=0, initial_state=None, history=None,
              print_fn=print, verbose=True, callbacks=(), text_path=None,
-             val_fraction=None, divergence=2.0):
-    """Train a CharLSTM on ``train`` (a StreamBatcher) for global steps.
+             val_fraction=None, divergence=2.0, batch_size=32, seq_len=64):
+    """Train a CharLSTM on ``train`` (a StreamBatcher) for global steps. ``train`` may
+    also be what ``load_corpus`` returns, (vocab, train ids, validation ids): the
+    streams are then ``batch_size`` x ``seq_len`` and the vocabulary is the corpus's.
 
     steps / epochs: the global step to stop at, counted from 0 like the checkpoint's
       step (``epochs`` means ``epochs * len(train)``); at most one; neither = 1 epoch.
@@ -114,6 +129,10 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
     if divergence is not None and not (isinstance(divergence, (int, float))
                                        and divergence > 1):
         raise ValueError(f"divergence must be a factor > 1 or None, got {divergence!r}")
+    if isinstance(train, tuple) and len(train) == 3:          # load_corpus's answer
+        vocab, train, val = _batchers(train, val, vocab, batch_size, seq_len)
+    if vocab is not None and getattr(model, "vocab", None) is None:
+        model.vocab = vocab                  # so the model can sample strings, and save
     end = _check_options(train, val, steps, epochs, temperature, smoothing)
     counts = {k: _count(k, v) for k, v in (("eval_every", eval_every),
                                            ("sample_every", sample_every),

@@ -280,3 +280,22 @@ def test_validation_batches_must_match_seq_len():
     vocab, train, _ = corpus()
     with pytest.raises(ValueError, match="8 steps long"):
         fit_text(model(vocab), train, StreamBatcher(vocab.encode(TEXT), 2, 8), **QUIET)
+
+
+def test_a_corpus_goes_straight_in_and_the_model_keeps_its_vocabulary(tmp_path):
+    import dpnet
+    from dpnet.data.text import load_corpus
+    p = tmp_path / "t.txt"
+    p.write_text("the cat sat on the mat. the dog sat on the log. " * 40)
+    corpus = load_corpus(p, 0.1)
+    m = CharLSTM(len(corpus[0]), 16, seed=0)
+    h = fit_text(m, corpus, steps=30, batch_size=4, seq_len=16, eval_every=0,
+                 sample_every=0, verbose=False)
+    assert h.step == 30 and h.val_loss              # validated on the corpus's held-out part
+    text = m.generate("the ", 30, temperature=0.5, seed=1)
+    assert isinstance(text, str) and len(text) == 30 and set(text) <= set(corpus[0].chars)
+    m.save(tmp_path / "m.npz")
+    back = dpnet.load(tmp_path / "m.npz")
+    assert back.generate("the ", 30, temperature=0.5, seed=1) == text
+    with pytest.raises(ValueError, match="no vocabulary"):
+        CharLSTM(5, 4).generate("ab", 3)
