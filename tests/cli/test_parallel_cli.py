@@ -49,6 +49,7 @@ def test_signal_stops_cleanly_saves_and_leaves_nothing(tmp_path, sig, group):
         if line.startswith("epoch   1/50"):
             break
     worker_pids = [c.pid for c in child_processes() if c.ppid() == p.pid]
+    assert len(worker_pids) == 2, worker_pids       # else "they are gone" would prove nothing
     time.sleep(0.1)          # mid-step (batch 1000: the workers compute ~90% of the time)
     if group:
         os.killpg(p.pid, sig)                   # the session leader's group

@@ -254,3 +254,22 @@ def test_several_sigmoid_outputs_take_labels_or_multi_label_targets():
     assert pred.shape == (300, 3) and set(np.unique(pred)) <= {0, 1}
     exact = float((pred == multi).all(axis=1).mean())
     assert mm.evaluate(x, multi)["accuracy"] == pytest.approx(exact)   # all outputs right
+
+
+def test_float32_gradients_agree_with_float64():
+    """The float32 model is the float64 one to float32 rounding (the maths is the same;
+    only the precision differs): relative error ~1e-6, far below what a bug gives."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(32, 20))
+    y = rng.integers(0, 4, 32)
+    layers = lambda: [Dense(20, 16, activation="tanh"), Dense(16, 8, activation="relu"),   # noqa
+                      Dense(8, 4, activation="softmax")]
+    m64 = Sequential(layers(), dtype=np.float64, seed=7, l2=1e-3)
+    m32 = Sequential(layers(), dtype=np.float32, seed=7, l2=1e-3)
+    m32.params[...] = m64.params.astype(np.float32)
+    m64.params[...] = m32.params.astype(np.float64)            # the same starting point
+    l64, _ = m64.loss_and_grad(x, y)
+    l32, _ = m32.loss_and_grad(x.astype(np.float32), y)
+    assert l32 == pytest.approx(l64, rel=1e-5)
+    big = np.abs(m64.grads) > 1e-4
+    assert rel_error(m32.grads[big], m64.grads[big]) < 1e-4

@@ -197,3 +197,41 @@ def test_a_text_larger_than_the_limit_is_refused_before_it_is_read(tmp_path):
                         "--max-text-mb", "2", "--steps", "1"], capture_output=True, text=True,
                        timeout=60, cwd=ROOT)
     assert r.returncode == 2 and "more than the 2 MiB limit" in r.stderr
+
+
+def test_each_integrity_check_is_reached_and_named(ck):
+    """dpnet's own checks, past the zip layer's: a member rewritten with a valid zip CRC
+    but not the metadata's checksum, a missing member, another format version,
+    metadata that is not JSON."""
+    from dpnet.storage.checkpoint import CheckpointError, read_checkpoint
+    good = members(ck)
+    p = params(ck)
+
+    def variant(**changes):
+        ms = dict(good)
+        for k, v in changes.items():
+            if v is None:
+                ms.pop(k)
+            else:
+                ms[k] = v
+        rezip(ck, ms)
+
+    def meta_with(**kv):
+        meta = json.loads(np.load(io.BytesIO(good["__meta__.npy"])).tobytes())
+        meta.update(kv)
+        return npy(np.frombuffer(json.dumps(meta).encode(), np.uint8))
+
+    variant(**{"params.npy": npy(p + 1)})
+    with pytest.raises(CheckpointError, match="array 'params' fails its checksum"):
+        read_checkpoint(ck)
+    variant(**{"params.npy": None})
+    with pytest.raises(CheckpointError, match="lacks array 'params'"):
+        read_checkpoint(ck)
+    variant(**{"__meta__.npy": meta_with(format_version=2)})
+    with pytest.raises(CheckpointError, match="format version 2; this dpnet reads 1"):
+        read_checkpoint(ck)
+    variant(**{"__meta__.npy": npy(np.frombuffer(b"{not json", np.uint8))})
+    with pytest.raises(CheckpointError, match="unreadable metadata"):
+        read_checkpoint(ck)
+    variant()
+    assert np.array_equal(read_checkpoint(ck)[0]["params"], p)     # the untouched file
