@@ -46,3 +46,15 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="needs a CUDA GPU (cupy and a device)")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def no_workers_left():
+    """After the test: every worker process it started has exited (within 5 s)."""
+    yield
+    import time
+    from dpnet.parallel.monitor import child_processes
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and child_processes():
+        time.sleep(0.05)
+    assert child_processes() == [], "worker processes left running"

@@ -3,7 +3,6 @@ rules) where there is no GPU: the same results as the in-process engine, both up
 placements, resuming, pulling the weights home, and its failures."""
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -15,20 +14,14 @@ from dpnet.engines.errors import WorkerError, WorkerUserError
 from dpnet.models import load_weights_into
 from dpnet.models.lstm import CharLSTM
 from dpnet.optim.optimizers import Adam, Momentum
-from dpnet.parallel.monitor import child_processes
 from dpnet.training import fit_text
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(autouse=True)
-def standin(monkeypatch):
+def standin(monkeypatch, no_workers_left):
     monkeypatch.setenv("DPNET_DEVICE", "standin")
-    yield
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and child_processes():
-        time.sleep(0.05)
-    assert child_processes() == [], "worker processes left running"
 
 
 def mlp(opt=None, dropout=0.2, l2=1e-3):

@@ -14,19 +14,9 @@ from dpnet.engines.coordinator import Coordinator
 from dpnet.engines.cpu import CpuProcesses
 from dpnet.optim.optimizers import Momentum
 from dpnet.parallel import protocol as P
-from dpnet.parallel.monitor import child_processes
 from dpnet.parallel.transport import new_identity, send
 
-pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers():
-    yield
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and child_processes():
-        time.sleep(0.05)
-    assert child_processes() == [], "worker processes left running"
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_workers_left")]
 
 
 class PidBlind(CpuProcesses):

@@ -15,20 +15,10 @@ from dpnet.engines.errors import WorkerError
 from dpnet.models.lstm import CharLSTM
 from dpnet.optim.optimizers import SGD, Momentum
 from dpnet.parallel import protocol as P
-from dpnet.parallel.monitor import child_processes
 from dpnet.training import fit_text
 from hostile import Flood
 
-pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(autouse=True)
-def nothing_behind():
-    yield
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and child_processes():
-        time.sleep(0.05)
-    assert child_processes() == [], "worker processes left running"
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("no_workers_left")]
 
 
 class Flooded(MultiprocessEngine):
