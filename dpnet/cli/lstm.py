@@ -17,9 +17,8 @@ import time
 
 import numpy as np
 
-from ..data.bundled import bundled
 from ..data.text import (MAX_TEXT_BYTES, StreamBatcher, TextError, load_corpus, read_text,
-                         split)
+                         split, tiny_shakespeare)
 from ..engines import gpu_engine, make_engine
 from ..engines.errors import WorkerError
 from ..models.lstm import CharLSTM
@@ -33,7 +32,7 @@ from .common import (Parser, SaveLock, UserError, cap_workers, check_model_size,
                      nonneg_int, path_arg, plot_format, positive_int, pyplot,
                      save_figure, write_json)
 
-DEFAULT_TEXT = str(bundled("tinyshakespeare", "input.txt"))
+DEFAULT_TEXT = tiny_shakespeare()
 DEFAULTS = {"hidden": 256, "layers": 1, "seq_len": 64, "batch_size": 32, "optimizer": "adam"}
 DEFAULT_LR = {"adam": 2e-3, "adagrad": 0.1}
 DEFAULT_STEPS = 3000

@@ -339,7 +339,7 @@ def _run_dnn_locked(args, prog, default_workers):
         f"{len(data.x_val):,} validation / {len(data.x_test):,} test images")
     engine, workers = _engine(args, default_workers, prog, say)
     try:
-        _train(args, model, data, engine, hist, initial_step, prog, say)
+        _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog, say)
     finally:
         engine.close()
     _finish(args, model, data, hist, workers, t_start, initial_step // steps_per_epoch, say)
@@ -373,24 +373,23 @@ def _engine(args, default_workers, prog, say):
     """(engine, worker count) for --workers (runDnn.py), a GPU (runDnnGPU.py) or in
     process (runDnnDebug.py)."""
     if args.gpu:
-        say(f"{prog}: a GPU worker on device {args.device}, the optimizer "
-            + ("on the GPU" if args.update == "worker" else "in this process"))
-        return gpu_engine(args.device, update=args.update, step_timeout=args.worker_timeout,
-                          on_failure="abort", on_hello=device_line(prog, say)), 1
+        engine = gpu_engine(args.device, update=args.update, step_timeout=args.worker_timeout,
+                            on_failure="abort", on_hello=device_line(prog, say))
+        say(f"{prog}: {engine.group.describe()}")
+        return engine, 1
     workers = getattr(args, "workers", None)
     if workers is None:
         workers = default_workers
     workers = cap_workers(workers, args.batch_size, "samples", prog)
-    engine_kw = {}
-    if workers:
-        engine_kw = {"blas_threads": args.blas_threads, "on_failure": args.on_failure,
-                     "step_timeout": args.worker_timeout}
-        say(f"{prog}: {workers} worker process{'es' if workers > 1 else ''}, "
-            f"{args.blas_threads} BLAS thread{'s' if args.blas_threads > 1 else ''} each")
-    return make_engine(workers, **engine_kw), workers
+    if not workers:
+        return make_engine(0), 0
+    engine = make_engine(workers, blas_threads=args.blas_threads, on_failure=args.on_failure,
+                         step_timeout=args.worker_timeout)
+    say(f"{prog}: {engine.group.describe()}")
+    return engine, workers
 
 
-def _train(args, model, data, engine, hist, initial_step, prog, say):
+def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog, say):
     callbacks = [EarlyStopping(patience=args.patience)] if args.patience is not None else []
     val = (data.x_val, data.y_val) if len(data.x_val) else None
     if callbacks and val is None:
@@ -398,7 +397,7 @@ def _train(args, model, data, engine, hist, initial_step, prog, say):
     try:
         if args.optimizer in FULL_BATCH:
             _run_full_batch(args, model, data, val, engine, hist, say)
-        elif initial_step >= args.epochs * -(-len(data.x_train) // args.batch_size):
+        elif initial_step >= args.epochs * steps_per_epoch:
             say(f"{prog}: the checkpoint has trained {len(hist.epochs) or '?'} epochs "
                 f"(step {initial_step}) already: nothing to train (raise --epochs)")
         else:

@@ -564,7 +564,6 @@ class MultiprocessEngine(Coordinator):
                          on_failure=on_failure, max_respawns=max_respawns,
                          step_timeout=step_timeout, start_timeout=start_timeout,
                          silence_timeout=silence_timeout, eval_batch_size=eval_batch_size)
-        self.blas_threads = blas_threads
 
 
 def default_workers():

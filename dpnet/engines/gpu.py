@@ -34,10 +34,10 @@ class GpuProcesses(ProcessGroup):
         self.update_on_worker = update == "worker"
 
     def describe(self):
-        where = "on the device" if self.update_on_worker else "in the coordinator"
-        return (f"GPU worker{'s' if self.size > 1 else ''} on device"
-                f"{'s' if self.size > 1 else ''} {', '.join(map(str, self.devices))}, "
-                f"updates {where}")
+        where = "on the GPU" if self.update_on_worker else "in this process"
+        return (f"{'a GPU worker' if self.size == 1 else f'{self.size} GPU workers'} on "
+                f"device{'s' if self.size > 1 else ''} {', '.join(map(str, self.devices))}, "
+                f"the optimizer {where}")
 
     def extra_config(self, rank):
         return {"device": self.devices[rank]}
