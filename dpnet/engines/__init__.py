@@ -19,6 +19,7 @@ __all__ = ["LocalEngine", "make_engine", "gpu_engine", "worker_group", "WORKER_K
 WORKER_KINDS = {
     "cpu": "dpnet.engines.cpu:CpuProcesses",
     "gpu": "dpnet.engines.gpu:GpuProcesses",
+    "remote": "dpnet.engines.remote:RemoteWorkers",
 }
 
 

@@ -77,6 +77,8 @@ class Coordinator:
         self.model = None
         self._started = False
         self._sent_version, self._host_stale = {}, False
+        self._attempt = 0                  # numbers each sending of a shard (see _accept)
+        self.stale_replies = 0             # replies to an earlier sending, or repeated
         # Where a training step's time goes, summed over steps (see step_timing()).
         self._timing = {"steps": 0, "gradient_s": 0.0, "slowest_worker_s": 0.0}
 
@@ -102,7 +104,7 @@ class Coordinator:
             self._heard = {}
             self._signature = P.signature_of(model)
             self._started = True
-            self.group.start(self._worker_config)
+            self.group.start(self._worker_config, self.arrays)
             self._await_ready(list(range(self.n_workers)))
             if self.group.update_on_worker:
                 self._push()
@@ -115,8 +117,14 @@ class Coordinator:
         left is removed first, and a run that cannot fit is refused in one line before
         any segment is made (each segment is backed for real when made: no SIGBUS)."""
         if not self.group.local:
-            raise NotImplementedError(f"{self.group.kind} workers are not local: "
-                                      f"they need their own copy of the data")
+            # workers elsewhere get the data from the group (their own copy): nothing
+            # to share here, the coordinator's model keeps its own weights
+            if not self.task_cls.indexed:
+                raise ValueError(f"the {self.task_cls.name!r} model carries state between "
+                                 f"steps in shared memory: it cannot use {self.group.kind} "
+                                 f"workers yet")
+            self.arrays = dict(arrays)
+            return
         line = describe(sweep())
         if line is not None:
             print(f"dpnet: {line}", file=sys.stderr)
@@ -155,23 +163,35 @@ class Coordinator:
             got = self.group.recv(POLL_S)
             if got is not None and got.rank is not None:
                 if got.kind == P.HELLO and got.rank in waiting:
-                    self._welcome(got)
-                    waiting.discard(got.rank)
+                    if self._welcome(got):
+                        waiting.discard(got.rank)
                 elif got.kind == P.ERROR:
                     self._raise_worker_error(got)
             now = time.monotonic()
-            for rank in sorted(waiting):
+            for rank in sorted(waiting) if not getattr(self.group, "elastic", False) else ():
                 why = self.group.problem(rank, now)
                 if why is not None:
                     raise WorkerError(f"worker {rank} ({self._who(rank)}) failed to start: "
                                       f"{why}", rank=rank)
             if now > deadline:
+                if getattr(self.group, "elastic", False):
+                    joined = self.n_workers - len(waiting)
+                    raise WorkerError(f"{joined} of {self.n_workers} remote workers joined "
+                                      f"within {self.start_timeout:g} s", rank=min(waiting))
                 raise WorkerError(f"workers {sorted(waiting)} did not start within "
                                   f"{self.start_timeout:g} s", rank=min(waiting))
 
     def _welcome(self, got):
-        """The handshake, for a first start and a replacement alike."""
-        P.check_signature(self._signature, got.header["signature"])
+        """The handshake, for a first start and a replacement alike. Returns whether
+        the worker was welcomed (an elastic group's peer with another model is refused
+        and the run goes on; a worker this coordinator started must match)."""
+        try:
+            P.check_signature(self._signature, got.header["signature"])
+        except P.ProtocolError as e:
+            if not getattr(self.group, "elastic", False):
+                raise
+            self.group.refuse(got.rank, str(e))
+            return False
         self.worker_info[got.rank] = {k: v for k, v in got.header.items()
                                       if k in ("host", "device")}
         if self.on_hello is not None:
@@ -181,6 +201,7 @@ class Coordinator:
         self._ready[got.rank] = True
         self._heard[got.rank] = time.monotonic()
         self._sent_version.pop(got.rank, None)
+        return True
 
     def close(self):
         """Stop the workers and remove every shared-memory segment. Idempotent."""
@@ -212,6 +233,21 @@ class Coordinator:
         """Mean gradient of one step into model.grads: (loss, n, correct)."""
         t0 = time.perf_counter()
         units, extra, index = self.task_cls.plan_step(self.arrays, step, batch)
+        while True:
+            try:
+                replies, order = self._gradient_round(step, units, extra, index)
+                break
+            except _Reshard:               # a worker of an elastic group was lost:
+                continue                   # the same units over those that remain
+        tm = self._timing
+        tm["steps"] += 1
+        tm["gradient_s"] += time.perf_counter() - t0
+        tm["slowest_worker_s"] += max(float(replies[r].get("seconds", 0.0)) for r in order)
+        n = sum(replies[r]["n"] for r in order)
+        loss = sum(replies[r]["n"] * replies[r]["loss"] for r in order) / n
+        return loss, n, sum(replies[r]["correct"] for r in order)
+
+    def _gradient_round(self, step, units, extra, index):
         shards = self._shards(units, index)
         # Each unit (a sample, or a stream of T characters) weighs the same, so shard
         # r's weight n_r / n is its share of the units, known before it is sent. The
@@ -231,13 +267,7 @@ class Coordinator:
 
         replies = self._round(step, P.GRAD, order, message, on_reply=fold)
         fold(replies)
-        tm = self._timing
-        tm["steps"] += 1
-        tm["gradient_s"] += time.perf_counter() - t0
-        tm["slowest_worker_s"] += max(float(replies[r].get("seconds", 0.0)) for r in order)
-        n = sum(replies[r]["n"] for r in order)
-        loss = sum(replies[r]["n"] * replies[r]["loss"] for r in order) / n
-        return loss, n, sum(replies[r]["correct"] for r in order)
+        return replies, order
 
     def step(self, step, batch):
         """One training step: the mean gradient, the model's update, new weights
@@ -272,8 +302,28 @@ class Coordinator:
             self._host_stale = True
         return reply["loss"], reply["n"], reply["correct"]
 
+    def _live(self):
+        """The ranks to shard over: all of them, or for an elastic group those present
+        now (waiting up to ``start_timeout`` for one to join if none is)."""
+        if not getattr(self.group, "elastic", False):
+            return list(range(self.n_workers))
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            live = [r for r in range(self.n_workers) if self._ready.get(r)]
+            if live:
+                return live
+            if time.monotonic() > deadline:
+                raise WorkerError(f"no {self.group.kind} worker left, and none joined "
+                                  f"within {self.start_timeout:g} s", rank=0)
+            got = self.group.recv(POLL_S)
+            if got is not None and got.rank is not None and got.kind == P.HELLO \
+                    and not self._ready.get(got.rank, True):
+                self._welcome(got)
+
     def _shards(self, units, index):
-        shards = {r: b for r, b in enumerate(shard_bounds(units, self.n_workers)) if b[1] > b[0]}
+        ranks = self._live()
+        shards = {ranks[i]: b for i, b in enumerate(shard_bounds(units, len(ranks)))
+                  if b[1] > b[0]}
         if index is not None and "index" in self.arrays:
             self.arrays["index"][:len(index)] = index
         return shards
@@ -333,15 +383,20 @@ class Coordinator:
     def evaluate(self, name):
         """(mean loss, n, correct) over a whole dataset, sharded over the workers."""
         units, extra = self.task_cls.plan_eval(self.arrays, name)
-        shards = {r: b for r, b in enumerate(shard_bounds(units, self.n_workers)) if b[1] > b[0]}
+        while True:
+            shards = self._shards(units, None)
 
-        def message(rank):
-            start, stop = shards[rank]
-            return self._with_payload(rank, P.EVAL, {
-                "step": self.version, "rank": rank, "start": start, "stop": stop,
-                "weights_version": self.version, "split": name, **extra})
+            def message(rank, shards=shards):
+                start, stop = shards[rank]
+                return self._with_payload(rank, P.EVAL, {
+                    "step": self.version, "rank": rank, "start": start, "stop": stop,
+                    "weights_version": self.version, "split": name, **extra})
 
-        replies = self._round(self.version, P.EVAL_RESULT, list(shards), message)
+            try:
+                replies = self._round(self.version, P.EVAL_RESULT, list(shards), message)
+                break
+            except _Reshard:
+                continue
         total = sum(r["n"] for r in replies.values())
         loss = sum(replies[r]["n"] * replies[r]["loss"] for r in sorted(replies)) / max(total, 1)
         return loss, total, sum(r["correct"] for r in replies.values())
@@ -383,6 +438,9 @@ class Coordinator:
 
     def _send_attempt(self, rank, message, pending, sent):
         kind, header, *frames = message(rank)
+        if kind in (P.STEP, P.EVAL):
+            self._attempt += 1
+            header["attempt"] = self._attempt
         self._send(rank, kind, header, *frames)
         pending[rank], sent[rank] = time.monotonic(), header
 
@@ -401,16 +459,19 @@ class Coordinator:
         self._heard[rank] = time.monotonic()
         if got.kind == P.ERROR:
             self._raise_worker_error(got)
-        elif (got.kind == reply_kind and h[match] == step and rank in pending
-              and rank not in replies):
-            self._check_count(rank, got, sent[rank])
-            replies[rank] = _Reply(got)
-            if on_reply is not None:
-                on_reply(replies)
+        elif got.kind == reply_kind:
+            if (h[match] == step and rank in pending and rank not in replies
+                    and h.get("attempt") == sent[rank].get("attempt")):
+                self._check_count(rank, got, sent[rank])
+                replies[rank] = _Reply(got)
+                if on_reply is not None:
+                    on_reply(replies)
+            else:                          # late, repeated, or for an earlier sending
+                self.stale_replies += 1
         elif got.kind == P.HELLO and not self._ready.get(rank, True):
-            # a replacement introducing itself: handshake, then give it its shard
-            self._welcome(got)
-            if rank in pending and rank not in replies:
+            # a replacement (or, elastic, a newcomer) introducing itself: handshake,
+            # then give it its shard if it owes one (a newcomer waits for the next round)
+            if self._welcome(got) and rank in pending and rank not in replies:
                 self._send_attempt(rank, message, pending, sent)
         # anything else (heartbeats, BYE, stale replies of an older step or attempt):
         # nothing to act on
@@ -464,6 +525,15 @@ class Coordinator:
             raise WorkerError(f"{what}; the weights it held since the last checkpoint are "
                               f"lost (a worker that applies the updates is not replaced)",
                               rank=rank)
+        if getattr(self.group, "elastic", False):
+            # nothing to restart: the rank is vacated (whoever joins next takes it)
+            # and the round starts over, its units cut among the workers that remain
+            print(f"dpnet: {what}; its share goes to the other workers", file=sys.stderr)
+            self.respawns += 1
+            self._ready[rank] = False
+            self._sent_version.pop(rank, None)
+            self.group.replace(rank)
+            raise _Reshard(rank)
         self._failures_in_a_row += 1
         if self._failures_in_a_row > self.max_respawns:
             raise WorkerError(f"{what}; giving up after {self.max_respawns} respawns in a row",
@@ -477,6 +547,9 @@ class Coordinator:
         self.group.replace(rank)
 
     def _who(self, rank):
+        who = getattr(self.group, "who", None)
+        if who is not None:
+            return who(rank)
         pid = getattr(self.group, "pid", None)
         return f"pid {pid(rank)}" if pid is not None else self.group.kind
 
@@ -494,7 +567,7 @@ class Coordinator:
     # -- reporting -------------------------------------------------------------------
     def _collect_stats(self):
         return {"workers": self.n_workers, "kind": self.group.kind,
-                "respawns": self.respawns, "step_seconds": self.step_timing(),
+                "respawns": self.respawns, "stale_replies": self.stale_replies, "step_seconds": self.step_timing(),
                 **({"worker_info": {str(r): i for r, i in self.worker_info.items() if i}}
                    if any(self.worker_info.values()) else {}),
                 **self.group.stats()}
@@ -517,6 +590,10 @@ class Coordinator:
     def stats(self):
         return self._final_stats if self._final_stats is not None else (
             self._collect_stats() if self._started else {})
+
+
+class _Reshard(Exception):
+    """Internal: an elastic group lost a worker mid-round; plan the round again."""
 
 
 class _Reply(dict):

@@ -4,7 +4,9 @@ The coordinator (``coordinator.py``) writes a step once -- send each rank its sh
 collect the replies, fold the gradients in rank order, apply the failure policy --
 against this small interface. A kind of worker is a ``WorkerGroup`` subclass:
 
-    group.start(config_of)          start ranks 0..n-1; config_of(rank) -> JSON-able dict
+    group.start(config_of, arrays)  start ranks 0..n-1; config_of(rank) -> JSON-able dict;
+                                    arrays: the run's data (name -> array), for kinds
+                                    whose workers do not read it in shared memory
     group.send(rank, kind, header, *arrays)
     group.recv(timeout_s)           the next message from any peer, with its rank
                                     resolved from the sender (None: not a worker of this
@@ -21,7 +23,9 @@ frame when they changed); ``grads_in_shm`` (a gradient lands in the rank's share
 slot; else it comes back as the GRAD reply's raw frame); ``index_in_shm`` (a step's
 sample indices are read from a shared block; else they are the STEP's frame);
 ``update_on_worker`` (the worker holds the weights and applies the optimizer itself;
-one rank only).
+one rank only); ``elastic`` (ranks come and go: the group cannot restart a lost
+worker, so the coordinator re-shards a round over the ranks that remain and a
+newcomer takes a free rank -- workers on other machines).
 
 Liveness that needs no pid -- heartbeats and silence, step and start deadlines -- is
 the coordinator's, for every kind; ``problem`` adds what a kind can see beyond that.
@@ -105,6 +109,7 @@ class WorkerGroup:
     grads_in_shm = False
     index_in_shm = False
     update_on_worker = False
+    elastic = False
 
     def __init__(self, size):
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
@@ -116,7 +121,7 @@ class WorkerGroup:
         """A short phrase for the user: "2 CPU worker processes"."""
         return f"{self.size} {self.kind} worker{'s' if self.size > 1 else ''}"
 
-    def start(self, config_of):
+    def start(self, config_of, arrays=None):
         raise NotImplementedError
 
     def send(self, rank, kind, header, *arrays):
@@ -176,8 +181,8 @@ class ProcessGroup(WorkerGroup):
         return {}
 
     # -- the interface ----------------------------------------------------------------
-    def start(self, config_of):
-        self._config_of = config_of
+    def start(self, config_of, arrays=None):
+        self._config_of = config_of        # (arrays: the workers find them in shared memory)
         self.monitor.add(os.getpid())      # primes CPU% so the summary covers the run
         self.router = Router("ipc")
         for rank in range(self.size):

@@ -37,6 +37,10 @@ PUSH = b"PUSH"                # coord -> worker: weights and optimizer state to 
                               #   that applies the updates itself)
 PULL = b"PULL"                # coord -> worker: send back your weights and optimizer state
 STATE = b"STATE"              # worker -> coord: answer to PULL
+JOIN = b"JOIN"                # remote worker -> coord: let me serve this run
+ADMIT = b"ADMIT"              # coord -> remote worker: your rank and the run's config
+FETCH = b"FETCH"              # remote worker -> coord: a chunk of one of the run's arrays
+DATA = b"DATA"                # coord -> remote worker: the chunk (one raw uint8 frame)
 
 # Limits: generous for real traffic, small enough that garbage cannot make us allocate.
 MAX_HEADER_BYTES = 64 * 1024
@@ -44,6 +48,7 @@ MAX_ARRAY_BYTES = 1 << 30     # one gradient of a 268M-parameter float32 model
 MAX_NDIM = 8
 MAX_KIND_BYTES = 16
 MAX_STATE_FRAMES = 4          # optimizer state vectors in a PUSH / STATE (Adam: m, v)
+MAX_CHUNK_BYTES = 1 << 24     # one DATA frame: a dataset streams to a remote worker in these
 
 ALLOWED_DTYPES = frozenset(
     np.dtype(t).str for t in (
@@ -72,31 +77,38 @@ _INT, _FLOAT, _STR, _BOOL, _MAP = "int", "float", "str", "bool", "map"
 # PUSH / STATE: arrays[0] is the flat weight vector at ``weights_version``; with
 #   ``state=True`` the optimizer's state vectors follow, in its ``state_names`` order,
 #   and ``t`` is its step count; PUSH's ``optimizer`` is its config (rule, schedule).
+# STEP/EVAL ``attempt``: which sending of the shard this is; the reply echoes it, so a
+#   reply to an earlier sending (the step re-sharded after a worker was lost) is stale.
+# JOIN: a remote worker asks for a place; ``heartbeat_identity`` is its heartbeat
+#   socket's. ADMIT: its ``rank`` and the run's ``config`` (model, task, seed, and each
+#   array's dtype, shape and checksum); the worker finds the arrays on its own disk or
+#   FETCHes them, ``size`` bytes at ``offset`` at a time, each answered by a DATA frame.
 # ERROR: ``user=True`` says the problem is what was asked (no usable device, a dataset
 #   that does not fit), not a crash; ``device=True`` that the device failed (a CUDA
 #   error, out of device memory), not the code.
 _SPEC = {
-    HELLO: ({"rank": _INT, "pid": _INT, "signature": _MAP}, {"host": _STR, "device": _MAP},
-            (0, 0)),
+    HELLO: ({"rank": _INT, "pid": _INT, "signature": _MAP},
+            {"host": _STR, "device": _MAP, "data": _STR}, (0, 0)),
     WELCOME: ({"rank": _INT}, {"config": _MAP, "weights_version": _INT, "weights": _BOOL}, (0, 1)),
     STEP: (
         {"step": _INT, "rank": _INT, "start": _INT, "stop": _INT, "weights_version": _INT},
         {"indices": _BOOL, "weights": _BOOL, "epoch": _INT, "scale": _FLOAT, "chunk": _INT,
-         "update": _BOOL},
+         "update": _BOOL, "attempt": _INT},
         (0, 2),
     ),
     GRAD: (
         {"step": _INT, "rank": _INT, "n": _INT, "loss": _FLOAT, "correct": _INT},
-        {"grad_in_shm": _BOOL, "updated": _BOOL, "metrics": _MAP, "seconds": _FLOAT}, (0, 1),
+        {"grad_in_shm": _BOOL, "updated": _BOOL, "metrics": _MAP, "seconds": _FLOAT,
+         "attempt": _INT}, (0, 1),
     ),
     EVAL: (
         {"step": _INT, "rank": _INT, "start": _INT, "stop": _INT, "weights_version": _INT,
          "split": _STR},
-        {"indices": _BOOL, "weights": _BOOL}, (0, 2),
+        {"indices": _BOOL, "weights": _BOOL, "attempt": _INT}, (0, 2),
     ),
     EVAL_RESULT: (
         {"step": _INT, "rank": _INT, "n": _INT, "loss": _FLOAT, "correct": _INT},
-        {"metrics": _MAP, "seconds": _FLOAT}, (0, 0),
+        {"metrics": _MAP, "seconds": _FLOAT, "attempt": _INT}, (0, 0),
     ),
     SYNC: ({"weights_version": _INT}, {"weights": _BOOL}, (0, 1)),
     HEARTBEAT: ({"rank": _INT}, {"step": _INT, "busy": _BOOL}, (0, 0)),
@@ -109,12 +121,16 @@ _SPEC = {
     PULL: ({"weights_version": _INT}, {}, (0, 0)),
     STATE: ({"rank": _INT, "weights_version": _INT, "t": _INT}, {"state": _BOOL},
             (1, MAX_STATE_FRAMES + 1)),
+    JOIN: ({"pid": _INT, "heartbeat_identity": _STR}, {"host": _STR}, (0, 0)),
+    ADMIT: ({"rank": _INT, "config": _MAP}, {}, (0, 0)),
+    FETCH: ({"rank": _INT, "name": _STR, "offset": _INT, "size": _INT}, {}, (0, 0)),
+    DATA: ({"name": _STR, "offset": _INT, "total": _INT}, {}, (1, 1)),
 }
 KINDS = frozenset(_SPEC)
 
 # Fields that count things or index arrays: a negative value is always a bug or an attack.
 _NON_NEGATIVE = frozenset({"step", "start", "stop", "n", "correct", "pid", "weights_version",
-                           "chunk", "scale", "t"})
+                           "chunk", "scale", "t", "attempt", "offset", "size", "total"})
 
 
 class ProtocolError(Exception):
@@ -150,6 +166,10 @@ def _check_fields(kind, header, n_arrays):
     if "start" in required and header["stop"] < header["start"]:
         raise ProtocolError(
             f"{name} range is reversed: start={header['start']!r} stop={header['stop']!r}")
+    if kind == FETCH and not 0 < header["size"] <= MAX_CHUNK_BYTES:
+        raise ProtocolError(f"FETCH size must be in 1..{MAX_CHUNK_BYTES}, got {header['size']!r}")
+    if kind == JOIN and not 0 < len(header["heartbeat_identity"]) <= 255:
+        raise ProtocolError("JOIN heartbeat_identity must be 1-255 characters")
     if not lo <= n_arrays <= hi:
         raise ProtocolError(f"{name} carries {n_arrays} array frames, allowed {lo}..{hi}")
     # Optional frames are announced by flags, so their meaning never depends on guessing.
@@ -311,10 +331,38 @@ def _decode(frames):
             raise ProtocolError(
                 f"{kind.decode()} index frame must be 1-D integers of length stop-start="
                 f"{header['stop'] - header['start']}, got {idx.dtype.str}{list(idx.shape)}")
+    if kind == DATA:
+        chunk = arrays[0]
+        if chunk.ndim != 1 or chunk.dtype != np.uint8 or len(chunk) > MAX_CHUNK_BYTES:
+            raise ProtocolError(f"DATA frame must be 1-D uint8 of at most {MAX_CHUNK_BYTES} "
+                                f"bytes, got {chunk.dtype.str}{list(chunk.shape)}")
+        if header["offset"] + len(chunk) > header["total"]:
+            raise ProtocolError(f"DATA chunk at {header['offset']} of {len(chunk)} bytes runs "
+                                f"past the array's {header['total']} bytes")
     return kind, header, arrays
 
 
 # --- handshake ------------------------------------------------------------------------
+def array_checksum(a):
+    """A content checksum of one array: its dtype, shape and bytes (what a remote worker
+    and its coordinator compare before the worker may use the array)."""
+    import hashlib
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{a.dtype.str}{list(a.shape)}".encode())
+    h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+    return h.hexdigest()
+
+
+def table_checksum(table):
+    """One checksum over a run's array table ({name: {dtype, shape, checksum}})."""
+    import hashlib
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(table):
+        t = table[name]
+        h.update(f"{name}:{t['dtype']}{list(t['shape'])}:{t['checksum']};".encode())
+    return h.hexdigest()
+
+
 def model_signature(architecture, n_params, dtype, **extra):
     """What a worker's model must agree on with the coordinator's before the first step.
 

@@ -30,6 +30,8 @@ from .protocol import ProtocolError
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 0.5
+ZMTP_PING_S = 1.0             # ZeroMQ's own keepalive on each connection ...
+ZMTP_TIMEOUT_S = 5.0          # ... and how long without a pong before it drops it
 SEND_TIMEOUT_S = 5.0          # a send that blocks this long means the peer is gone or stuck
 _MAX_MSG = protocol.MAX_ARRAY_BYTES + protocol.MAX_HEADER_BYTES
 
@@ -68,6 +70,54 @@ def _configure(sock):
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, _MAX_MSG)   # zmq drops the peer instead of allocating
     sock.setsockopt(zmq.SNDTIMEO, int(SEND_TIMEOUT_S * 1000))
+    # Over TCP, a peer whose host died or whose link went down sends nothing, not even
+    # a FIN: ZMTP pings find that out and drop the connection (what a worker's
+    # CoordinatorWatch(monitor=...) sees, and what frees a lost worker's identity).
+    sock.setsockopt(zmq.HEARTBEAT_IVL, int(ZMTP_PING_S * 1000))
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(ZMTP_TIMEOUT_S * 1000))
+
+
+def split_tcp(endpoint):
+    """("host", port) of ``tcp://host:port`` (port 0 or * = any free port), or a
+    ValueError naming what is wrong."""
+    if not isinstance(endpoint, str) or not endpoint.startswith("tcp://"):
+        raise ValueError(f"a TCP endpoint looks like tcp://HOST:PORT, got {endpoint!r}")
+    host, sep, port = endpoint[len("tcp://"):].rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"a TCP endpoint looks like tcp://HOST:PORT, got {endpoint!r}")
+    if port == "*":
+        port = "0"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"the port in {endpoint!r} must be 0-65535 (0 or *: any free one)")
+    return host, int(port)
+
+
+def is_loopback(host):
+    """Whether binding ``host`` exposes the socket to this machine only."""
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class _Gate:
+    """The ZAP credentials check for CURVE: only the allowed public keys get in; the
+    refused ones are counted (and the first few logged by key)."""
+
+    def __init__(self, allowed):
+        self.allowed = {bytes(k) for k in allowed}
+        self.refused = 0
+
+    def callback(self, domain, key):
+        if bytes(key) in self.allowed:
+            return True
+        self.refused += 1
+        if self.refused <= 3:
+            log.warning("refused a peer with an unknown CURVE key %s", bytes(key).decode())
+        return False
 
 
 def send(sock, kind, header, *arrays, to=None, copy=False):
@@ -205,10 +255,18 @@ class _Socket:
 
 
 class Router(_Socket):
-    """The coordinator's socket: bound, addresses workers by identity."""
+    """The coordinator's socket: bound, addresses workers by identity.
 
-    def __init__(self, transport="ipc", host="127.0.0.1"):
+    ``transport``: "ipc" (a private directory) or "tcp" (``host``, a free port), or
+    ``bind="tcp://HOST:PORT"`` (port 0: a free one). ``curve=(public, secret, allowed)``
+    makes it a CURVE server that lets in only the allowed public keys (z85), checked
+    by a running ZAP authenticator -- without one, libzmq would accept ANY key, so the
+    socket also enforces the ZAP domain: if the authenticator is not there, nobody
+    gets in."""
+
+    def __init__(self, transport="ipc", host="127.0.0.1", bind=None, curve=None):
         self._dir = None
+        self.auth = self.gate = None
         self.context = zmq.Context()
         self.socket = None
         try:
@@ -219,7 +277,26 @@ class Router(_Socket):
             # No handover: a second peer claiming a connected identity is refused, so a
             # stranger cannot take a worker's routing (replacements get new identities).
             self.socket.setsockopt(zmq.ROUTER_HANDOVER, 0)
-            if transport == "ipc":
+            if curve is not None:
+                from zmq.auth.thread import ThreadAuthenticator
+                public, secret, allowed = curve
+                self.gate = _Gate(allowed)
+                self.auth = ThreadAuthenticator(self.context, log=log.getChild("zap"))
+                self.auth.start()
+                self.auth.configure_curve_callback("dpnet", credentials_provider=self.gate)
+                self.socket.curve_server = True
+                self.socket.curve_publickey = public
+                self.socket.curve_secretkey = secret
+                self.socket.zap_domain = b"dpnet"
+                self.socket.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+            if bind is not None:
+                host, port = split_tcp(bind)
+                if port == 0:
+                    port = self.socket.bind_to_random_port(f"tcp://{host}")
+                else:
+                    self.socket.bind(f"tcp://{host}:{port}")
+                self.endpoint = f"tcp://{host}:{port}"
+            elif transport == "ipc":
                 # A private (0700) directory: no other local user can connect (an
                 # abstract socket would be visible, and connectable, by anyone).
                 self._dir = _private_ipc_dir()
@@ -240,6 +317,9 @@ class Router(_Socket):
 
     def close(self):
         """Close the socket and context, remove the ipc directory. Idempotent."""
+        if self.auth is not None:
+            self.auth.stop()
+            self.auth = None
         super().close()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
@@ -248,18 +328,35 @@ class Router(_Socket):
 
 class Dealer(_Socket):
     """A worker's socket, connected to the coordinator's endpoint as ``identity`` (bytes:
-    the one the coordinator gave this worker, see ``new_identity``)."""
+    the one the coordinator gave this worker, see ``new_identity``). ``curve=(public,
+    secret, server_public)``: a CURVE client that talks only to the server holding the
+    secret of ``server_public``. ``monitor``: also open a monitor socket that reports
+    disconnections (``poll_events``), for a worker that must notice a lost
+    coordinator without a pid to watch."""
 
-    def __init__(self, endpoint, identity):
+    def __init__(self, endpoint, identity, curve=None, monitor=False):
         if not isinstance(identity, bytes) or not 0 < len(identity) <= 255:
             raise ValueError(f"identity must be 1-255 bytes, got {identity!r}")
         self.identity = identity
         self.context = zmq.Context()
-        self.socket = None
+        self.socket = self._monitor = None
         try:
             self.socket = self.context.socket(zmq.DEALER)
             _configure(self.socket)
             self.socket.setsockopt(zmq.IDENTITY, identity)
+            if curve is not None:
+                public, secret, server_public = curve
+                self.socket.curve_publickey = public
+                self.socket.curve_secretkey = secret
+                self.socket.curve_serverkey = server_public
+            if monitor:
+                self._monitor = self.socket.get_monitor_socket(
+                    zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+                    | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+                self.connected_once = False
+                self.events = []
             self.socket.connect(endpoint)
         except BaseException:
             self.close()
@@ -267,6 +364,31 @@ class Dealer(_Socket):
 
     def send(self, kind, header, *arrays, copy=False):
         send(self.socket, kind, header, *arrays, copy=copy)
+
+    def poll_events(self):
+        """Read the monitor's pending events; returns the names of those seen now
+        ("connected", "disconnected", "refused": the handshake failed)."""
+        from zmq.utils.monitor import recv_monitor_message
+        seen = []
+        while self._monitor is not None and self._monitor.poll(0):
+            ev = recv_monitor_message(self._monitor)["event"]
+            if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.connected_once = True
+                seen.append("connected")
+            elif ev == zmq.EVENT_DISCONNECTED:
+                seen.append("disconnected")
+            elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                        zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                seen.append("refused")
+        self.events += seen
+        return seen
+
+    def close(self, linger_s=0.0):
+        if self._monitor is not None:
+            self.socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
+        super().close(linger_s)
 
 
 class Ticker:
@@ -300,9 +422,10 @@ class CoordinatorWatch:
     branch, so a worker that hears nothing still notices.
     """
 
-    def __init__(self, parent_pid=None, silence_s=None):
+    def __init__(self, parent_pid=None, silence_s=None, dealer=None):
         self.parent_pid = parent_pid
         self.silence_s = silence_s
+        self.dealer = dealer                # a Dealer(monitor=True): its connection
         self._last = time.monotonic()
 
     def saw_message(self):
@@ -312,6 +435,8 @@ class CoordinatorWatch:
         """None while the coordinator seems alive, else a reason."""
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             return f"coordinator (pid {self.parent_pid}) is gone"
+        if self.dealer is not None and "disconnected" in self.dealer.poll_events():
+            return "lost the connection to the coordinator"
         if self.silence_s is not None:
             quiet = time.monotonic() - self._last
             if quiet > self.silence_s:

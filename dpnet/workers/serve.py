@@ -66,11 +66,10 @@ def main(argv, module, binding_cls, user_errors=()):
 class Heartbeat:
     """A daemon thread that sends HEARTBEAT on its own DEALER until ``stop()``."""
 
-    def __init__(self, endpoint, rank, identity, interval_s):
+    def __init__(self, connect, rank, identity, interval_s):
         from dpnet.parallel import protocol as P
-        from dpnet.parallel.transport import Dealer
         self._stop = threading.Event()
-        self._sock = Dealer(endpoint, identity)
+        self._sock = connect(identity)
         self._rank, self._P, self._interval = rank, P, interval_s
         self._thread = threading.Thread(target=self._run, name="dpnet-heartbeat", daemon=True)
         self._thread.start()
@@ -89,19 +88,26 @@ class Heartbeat:
 
 
 def serve(make_binding, endpoint, rank, identities, watch, heartbeat_s=None,
-          user_errors=()):
+          user_errors=(), connect=None, sock=None, outcome=None):
     """Serve the coordinator at ``endpoint`` as ``rank`` until STOP or until ``watch``
     (a ``CoordinatorWatch``) says it is gone; heartbeats every ``heartbeat_s`` seconds
     (the coordinator's choice; default ``HEARTBEAT_S``). ``make_binding()`` builds the
     binding once the socket is up, so that a binding that cannot start (no device,
     data too large, a segment gone) is reported as an ERROR -- with ``user=True`` for
     the exception types in ``user_errors`` -- not as a bare exit code. Returns the
-    process exit code."""
+    process exit code.
+
+    ``connect(identity)``: makes a connected Dealer (default: plain, to ``endpoint``;
+    a remote worker's adds CURVE); ``sock``: the main socket if it is already open (a
+    remote worker joined on it); ``outcome``: a dict that gets ``reason``, why the loop
+    ended (the STOP's reason, or what the watch saw)."""
     from dpnet.parallel import protocol as P
     from dpnet.parallel.transport import HEARTBEAT_S, Dealer
 
     ident, beat = identities              # given by the coordinator (see new_identity)
-    sock = Dealer(endpoint, ident)
+    connect = connect or (lambda identity: Dealer(endpoint, identity))
+    sock = sock if sock is not None else connect(ident)
+    outcome = {} if outcome is None else outcome
     try:
         binding = make_binding()
     except Exception as e:
@@ -111,7 +117,7 @@ def serve(make_binding, endpoint, rank, identities, watch, heartbeat_s=None,
                             "traceback": "" if user else traceback.format_exc()})
         sock.close(linger_s=2.0)
         return 1
-    heartbeat = Heartbeat(endpoint, rank, beat, heartbeat_s or HEARTBEAT_S)
+    heartbeat = Heartbeat(connect, rank, beat, heartbeat_s or HEARTBEAT_S)
     hello = getattr(binding, "hello", dict)()
     sock.send(P.HELLO, {"rank": rank, "pid": os.getpid(), "signature": binding.signature,
                         **hello})
@@ -120,17 +126,18 @@ def serve(make_binding, endpoint, rank, identities, watch, heartbeat_s=None,
         while True:
             lost = watch.lost()                   # checked every pass, message or not
             if lost:
-                reason = lost
+                reason = outcome["reason"] = lost
                 return 0
             try:
                 msg = sock.recv_valid(0.5)
             except Exception:                     # the socket itself failed: give up
-                reason = "socket error"
+                reason = outcome["reason"] = "socket error"
                 return 1
             if msg is None:
                 continue
             watch.saw_message()
             if msg.kind == P.STOP:
+                outcome["reason"] = msg.header["reason"]
                 return 0
             reply = _answer(binding, rank, msg, P)
             if reply is not None:
@@ -156,14 +163,14 @@ def _answer(binding, rank, msg, P):
             loss, n, correct = binding.task.step(h, binding.index(h, msg.arrays))
             fields, frames = binding.gradient_reply(h, loss)
             return (P.GRAD, {"step": h["step"], "rank": rank, "n": n, "loss": float(loss),
-                             "correct": int(correct), **fields,
+                             "correct": int(correct), **fields, **_attempt(h),
                              "seconds": time.perf_counter() - t0}, *frames)
         if msg.kind == P.EVAL:
             binding.use_weights(h, msg.arrays)
             loss, n, correct = binding.task.evaluate(h)
             return (P.EVAL_RESULT, {"step": h["step"], "rank": rank, "n": n,
                                     "loss": float(loss), "correct": int(correct),
-                                    "seconds": time.perf_counter() - t0})
+                                    **_attempt(h), "seconds": time.perf_counter() - t0})
         return binding.extra(msg)
     except Exception as e:
         # a failed device (a CUDA error, out of device memory) is one line for the
@@ -172,3 +179,8 @@ def _answer(binding, rank, msg, P):
         return (P.ERROR, {"rank": rank, "step": int(h.get("step", 0)),
                           "message": f"{type(e).__name__}: {e}", "device": device,
                           "traceback": "" if device else traceback.format_exc()})
+
+
+def _attempt(h):
+    """The reply echoes which sending of the shard it answers (see the coordinator)."""
+    return {"attempt": h["attempt"]} if "attempt" in h else {}

@@ -1,0 +1,226 @@
+"""Workers on other machines: the ``remote`` kind (``dpnet/workers/remote_worker.py``).
+
+The coordinator does not start these workers -- ssh, Slurm, Ray or a person does
+(``python -m workers.remote --connect tcp://HOST:PORT --keys DIR``) -- it listens on a
+TCP endpoint and lets them join:
+
+    worker                              coordinator (this group)
+    JOIN  (its heartbeat identity) ->
+                                    <-  ADMIT (a free rank; the run's config: model,
+                                        task, seed, every array's dtype, shape, checksum)
+    FETCH (array, offset, size)    ->   (only for arrays not on the worker's own disk)
+                                    <-  DATA  (one chunk, a raw uint8 frame)
+    HELLO (model signature, data checksum) -> the coordinator's usual handshake, WELCOME
+
+From then on it is a worker like any other, except that nothing is shared: the step's
+indices and the weights (when they changed) go as raw frames, the gradient comes back
+as one. There is no pid to watch, so liveness is heartbeats and silence; and there is
+nothing to restart, so the group is *elastic*: a lost worker's rank is vacated, the
+coordinator re-shards the step over the workers that remain (the same batch gradient,
+summed in another order), and whoever joins next takes the free rank at the next step.
+
+Security: over anything but loopback the socket is a CURVE server (``keys``, see
+``dpnet.parallel.keys``) with a running ZAP authenticator that admits only the allowed
+public keys. Whoever gets in is held to the same rules as a local worker (identities,
+ranks, counts; docs/ARCHITECTURE.md, "Who can reach the socket"); a JOIN, FETCH or
+HELLO that does not fit is refused -- the peer is told why and forgotten, the run goes on.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+from ..parallel import protocol as P
+from ..parallel.transport import Router, is_loopback, split_tcp
+from .group import Ranked, WorkerGroup
+
+
+class _Member:
+    def __init__(self, identity, heartbeat_identity, host, pid):
+        self.identity, self.heartbeat_identity = identity, heartbeat_identity
+        self.host, self.pid = host, pid
+        self.joined_at = time.monotonic()
+        self.fetched = 0                   # bytes of data streamed to it
+
+
+class RemoteWorkers(WorkerGroup):
+    """``size`` workers that join over TCP at ``listen`` (``tcp://HOST:PORT``, port 0:
+    any free one); ``keys``: a key directory (``python -m dpnet keys DIR``), required
+    unless HOST is loopback. ``say``: where the one-line notices go (joins, losses)."""
+    kind = "remote"
+    elastic = True
+
+    def __init__(self, size, listen="tcp://127.0.0.1:0", keys=None, say=None):
+        super().__init__(size)
+        host, _ = split_tcp(listen)
+        if keys is None and not is_loopback(host):
+            raise ValueError(f"listening on {host} lets other machines connect: give a key "
+                             f"directory (--keys DIR; make one with: python -m dpnet keys DIR)")
+        self.listen = listen
+        self.curve = None
+        if keys is not None:
+            from ..parallel.keys import server_keys
+            self.curve = server_keys(keys)
+        self.say = say or (lambda line: print(f"dpnet: {line}", file=sys.stderr, flush=True))
+        self.router = None
+        self.members, self._rank_of = {}, {}
+        self._left = {}                    # rank -> why its last member left
+        self.refused = 0
+        self.endpoint = None
+
+    # -- the interface ----------------------------------------------------------------
+    def start(self, config_of, arrays=None):
+        self._config_of = config_of
+        self.arrays = {k: np.ascontiguousarray(v) for k, v in (arrays or {}).items()}
+        self.table = {k: {"dtype": a.dtype.str, "shape": list(a.shape),
+                          "checksum": P.array_checksum(a)} for k, a in self.arrays.items()}
+        self.data_checksum = P.table_checksum(self.table)
+        self.router = Router(bind=self.listen, curve=None if self.curve is None
+                             else self.curve)
+        self.endpoint = self.router.endpoint
+        self.say(f"waiting for {self.size} remote worker{'s' if self.size > 1 else ''} at "
+                 f"{self.endpoint} ({'CURVE' if self.curve else 'plain TCP, loopback only'}); "
+                 f"start each with: python -m workers.remote --connect "
+                 f"{self._public_endpoint()}{' --keys DIR' if self.curve else ''}")
+
+    def _public_endpoint(self):
+        host, port = split_tcp(self.endpoint)
+        if host in ("0.0.0.0", "*", "::", "[::]"):
+            import socket
+            host = socket.gethostname()
+        return f"tcp://{host}:{port}"
+
+    def send(self, rank, kind, header, *arrays):
+        self.router.send(self.members[rank].identity, kind, header, *arrays)
+
+    def recv(self, timeout_s):
+        """The next message from a member, with its rank; JOIN and FETCH are served
+        here (returning None), and a HELLO whose data does not match is refused."""
+        msg = self.router.recv_valid(timeout_s, on_bad=lambda e: self.drops(str(e)))
+        if msg is None:
+            return None
+        rank = self._rank_of.get(msg.identity)
+        if msg.kind == P.JOIN and rank is None:
+            self._join(msg)
+            return None
+        if rank is not None and msg.kind == P.FETCH:
+            self._fetch(rank, msg)
+            return None
+        if rank is not None and msg.kind == P.BYE:
+            self._vacate(rank)             # it left by itself: problem() says so now
+            self._left[rank] = msg.header.get("reason", "left")
+        if rank is not None and msg.kind == P.HELLO and \
+                msg.header.get("data") != self.data_checksum:
+            self.refuse(rank, f"its data checksum {msg.header.get('data')!r} is not the "
+                              f"run's {self.data_checksum}")
+            return None
+        return Ranked(rank, msg)
+
+    def _join(self, msg):
+        h = msg.header
+        beat = h["heartbeat_identity"].encode()
+        where = f"{h.get('host', '?')} pid {h['pid']}"
+        vacant = [r for r in range(self.size) if r not in self.members]
+        if not vacant or beat in self._rank_of or beat == msg.identity:
+            why = ("this run has all its workers" if not vacant
+                   else "its heartbeat identity is in use")
+            self.drops(f"refused a JOIN from {where}: {why}")
+            self._tell(msg.identity, why)
+            return
+        rank = vacant[0]
+        self.members[rank] = _Member(msg.identity, beat, h.get("host", "?"), h["pid"])
+        self._left.pop(rank, None)
+        self._rank_of[msg.identity] = self._rank_of[beat] = rank
+        cfg = dict(self._config_of(rank), arrays=self.table, data=self.data_checksum)
+        cfg.pop("shm", None)
+        self.router.send(msg.identity, P.ADMIT, {"rank": rank, "config": cfg})
+        self.say(f"remote worker {rank} joined from {where}")
+
+    def _fetch(self, rank, msg):
+        h = msg.header
+        a = self.arrays.get(h["name"])
+        if a is None or h["offset"] >= max(a.nbytes, 1):
+            self.refuse(rank, f"it asked for {h['size']} bytes at {h['offset']} of "
+                              f"{h['name']!r}, which the run does not have")
+            return
+        raw = np.frombuffer(memoryview(a).cast("B"), np.uint8)
+        chunk = raw[h["offset"]:h["offset"] + h["size"]]
+        self.members[rank].fetched += len(chunk)
+        self.router.send(msg.identity, P.DATA, {"name": h["name"], "offset": h["offset"],
+                                                "total": a.nbytes}, chunk)
+
+    def _tell(self, identity, reason):
+        try:
+            self.router.send(identity, P.STOP, {"reason": reason})
+        except Exception:                  # gone already: nothing to tell
+            pass
+
+    def refuse(self, rank, reason):
+        """Tell a member why it is refused, forget it; the run goes on without it."""
+        m = self.members.get(rank)
+        if m is None:
+            return
+        self.refused += 1
+        self._left[rank] = f"refused: {reason}"
+        self.drops(f"refused worker {rank} ({m.host} pid {m.pid}): {reason}")
+        self._tell(m.identity, f"refused: {reason}")
+        self._vacate(rank)
+
+    def _vacate(self, rank):
+        m = self.members.pop(rank, None)
+        if m is not None:
+            self._rank_of.pop(m.identity, None)
+            self._rank_of.pop(m.heartbeat_identity, None)
+
+    def problem(self, rank, now):
+        if rank in self.members or rank not in self._left:
+            return None
+        return f"left the run ({self._left[rank]})"
+
+    def who(self, rank):
+        m = self.members.get(rank)
+        return f"{m.host} pid {m.pid}" if m is not None else "gone"
+
+    def has(self, rank):
+        return rank in self.members
+
+    def replace(self, rank):
+        """Nothing to restart here: the rank is vacated for the next worker to join
+        (a live but late worker is told to leave; it may join again)."""
+        m = self.members.get(rank)
+        if m is not None:
+            self._tell(m.identity, "dropped from the run (too late or silent); join again")
+        self._vacate(rank)
+
+    def stop(self, stop_message=None):
+        if self.router is None:
+            return
+        if stop_message is not None:
+            for m in self.members.values():
+                try:
+                    self.router.send(m.identity, *stop_message)
+                except Exception:
+                    pass
+        # let the STOPs leave before the socket goes (linger is 0 otherwise)
+        self.router.socket.close(linger=500)
+        self.router.socket = None
+        self.router.close()
+        self.router = None
+        self.members, self._rank_of = {}, {}
+
+    def describe(self):
+        return (f"{self.size} remote worker{'s' if self.size > 1 else ''} at "
+                f"{self.endpoint or self.listen}")
+
+    def stats(self):
+        gate = None if self.router is None else self.router.gate
+        return {"per_worker": [{"rank": r, "host": m.host, "pid": m.pid,
+                                "data_bytes_streamed": m.fetched}
+                               for r, m in sorted(self.members.items())],
+                "endpoint": self.endpoint, "curve": self.curve is not None,
+                "refused_peers": self.refused,
+                **({"refused_keys": gate.refused} if gate is not None else {}),
+                **self.drops.summary(), "coordinator_pid": os.getpid()}

@@ -1,0 +1,261 @@
+"""A worker on another machine: ``python -m workers.remote --connect tcp://HOST:PORT
+--keys DIR [--data DIR]`` (installed: ``dpnet-worker``).
+
+Whoever starts it (ssh, Slurm's srun, Ray, a person), it joins the coordinator that
+listens there (``runDnn.py --listen ... --remote-workers N``): JOIN, then ADMIT with
+its rank and the run's config; it finds each of the run's arrays on its own disk
+(``--data DIR``: files named by their checksum, verified) or fetches them from the
+coordinator in chunks (and keeps them in ``--data`` for next time); then it is the
+usual serve loop (``dpnet.workers.serve``) over a binding whose weights come as frames
+and whose gradient goes back as one.
+
+It serves until the coordinator says the run is done. If it loses the coordinator
+(connection dropped, or told it was too late) it joins again, for ``--wait`` seconds;
+a refusal (another dpnet's model, a key that is not allowed) ends it with one line.
+Ctrl-C ends it (exit 130): the coordinator shares its work out among the others.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+
+import numpy as np
+
+CHUNK = 1 << 24
+
+
+class Refused(Exception):
+    """The coordinator will not have this worker (a key, a version, another model):
+    joining again would not help."""
+
+
+class FrameBinding:
+    """Host memory of its own: the data fetched or read from disk, the weights from
+    each STEP's frame when they changed, the gradient back as a frame."""
+
+    def __init__(self, cfg, arrays, data_checksum):
+        from dpnet.models.registry import model_from_config, task_by_name
+        from dpnet.parallel.protocol import signature_of
+        self.model = model_from_config(cfg["model"])
+        self.signature = signature_of(self.model)
+        self.task = task_by_name(cfg["task"])(self.model, arrays, int(cfg["seed"]),
+                                              cfg.get("task_options"),
+                                              int(cfg.get("eval_batch_size", 2048)))
+        self.data_checksum = data_checksum
+        self.version = None
+
+    def hello(self):
+        return {"host": socket.gethostname(), "data": self.data_checksum}
+
+    def use_weights(self, h, arrays):
+        if h.get("weights", False):
+            np.copyto(self.model.params, arrays[-1])
+            self.version = h["weights_version"]
+        elif self.version != h["weights_version"]:
+            raise RuntimeError(f"this worker holds weights version {self.version}, the "
+                               f"coordinator asked for {h['weights_version']} without "
+                               f"sending them")
+
+    def index(self, h, arrays):
+        return arrays[0] if h.get("indices", False) else None
+
+    def gradient_reply(self, h, loss):
+        g = self.model.grads
+        scale = h.get("scale", 1.0)
+        if scale != 1.0:                 # this shard's weight in the batch mean
+            g *= scale
+        return {}, (g,)
+
+    def extra(self, msg):
+        return None
+
+    def close(self):
+        pass
+
+
+def _cached(data_dir, spec):
+    """The array named by ``spec`` from ``data_dir`` if it is there and whole, else None."""
+    from dpnet.parallel.protocol import array_checksum
+    if data_dir is None:
+        return None
+    path = os.path.join(data_dir, f"{spec['checksum']}.npy")
+    if not os.path.isfile(path):
+        return None
+    try:
+        a = np.load(path, allow_pickle=False)
+    except Exception:
+        return None
+    if a.dtype.str != spec["dtype"] or list(a.shape) != list(spec["shape"]) \
+            or array_checksum(a) != spec["checksum"]:
+        print(f"dpnet-worker: {path} does not match the run's array; fetching it",
+              file=sys.stderr)
+        return None
+    return a
+
+
+def _keep(data_dir, spec, a):
+    from dpnet.storage.atomic import atomic_write
+    os.makedirs(data_dir, exist_ok=True)
+    atomic_write(os.path.join(data_dir, f"{spec['checksum']}.npy"),
+                 lambda f: np.save(f, a, allow_pickle=False))
+
+
+def _fetch(sock, rank, name, spec, timeout_s):
+    """Stream one array from the coordinator, chunk by chunk, and check it."""
+    from dpnet.parallel import protocol as P
+    from dpnet.parallel.protocol import array_checksum
+    dtype = np.dtype(spec["dtype"])
+    if dtype.str not in P.ALLOWED_DTYPES or len(spec["shape"]) > P.MAX_NDIM:
+        raise Refused(f"the run's array {name!r} has an unusable type {spec['dtype']}")
+    a = np.empty(spec["shape"], dtype)
+    raw = a.reshape(-1).view(np.uint8)
+    offset = 0
+    while offset < raw.nbytes:
+        sock.send(P.FETCH, {"rank": rank, "name": name, "offset": offset,
+                            "size": min(CHUNK, raw.nbytes - offset)})
+        msg = sock.recv_valid(timeout_s)
+        if msg is None:
+            raise TimeoutError(f"no data from the coordinator for {timeout_s:g} s")
+        if msg.kind == P.STOP:
+            raise Refused(msg.header["reason"])
+        h = msg.header
+        if msg.kind != P.DATA or h["name"] != name or h["offset"] != offset \
+                or h["total"] != raw.nbytes or not len(msg.arrays[0]):
+            continue                       # not the chunk asked for: ask again
+        chunk = msg.arrays[0]
+        raw[offset:offset + len(chunk)] = chunk
+        offset += len(chunk)
+    if array_checksum(a) != spec["checksum"]:
+        raise Refused(f"the run's array {name!r} arrived with another checksum")
+    return a
+
+
+def join_and_serve(args, curve, outcome):
+    """One membership: JOIN, the data, the serve loop. Returns the exit code; the
+    reason it ended is in ``outcome['reason']``."""
+    from dpnet.parallel import protocol as P
+    from dpnet.parallel.transport import CoordinatorWatch, Dealer
+    from .serve import serve
+
+    ident = b"r." + secrets.token_hex(8).encode()
+    beat = b"rh." + secrets.token_hex(8).encode()
+
+    def connect(identity, monitor=False):
+        return Dealer(args.connect, identity, curve=curve, monitor=monitor)
+
+    sock = connect(ident, monitor=True)
+    try:
+        sock.send(P.JOIN, {"pid": os.getpid(), "host": socket.gethostname(),
+                           "heartbeat_identity": beat.decode()})
+        deadline = time.monotonic() + args.wait
+        admit = None
+        while admit is None:
+            if "refused" in sock.poll_events():
+                raise Refused("the coordinator refused the connection: its CURVE key is "
+                              "not the one in --keys, or this worker's key is not in its "
+                              "allowed/ directory, or it needs --keys")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no coordinator answered at {args.connect} within "
+                                   f"{args.wait:g} s")
+            msg = sock.recv_valid(0.25)
+            if msg is None:
+                continue
+            if msg.kind == P.STOP:
+                raise Refused(msg.header["reason"])
+            if msg.kind == P.ADMIT:
+                admit = msg.header
+        rank, cfg = admit["rank"], admit["config"]
+        arrays = {}
+        for name, spec in sorted(cfg.get("arrays", {}).items()):
+            a = _cached(args.data, spec)
+            if a is None:
+                a = _fetch(sock, rank, name, spec, args.wait)
+                if args.data is not None:
+                    _keep(args.data, spec, a)
+            arrays[name] = a
+        print(f"dpnet-worker: joined as worker {rank} of the run at {args.connect}",
+              file=sys.stderr, flush=True)
+        return serve(lambda: FrameBinding(cfg, arrays, cfg.get("data", "")), args.connect,
+                     rank, (ident, beat), CoordinatorWatch(dealer=sock),
+                     heartbeat_s=cfg.get("heartbeat_s"), connect=connect, sock=sock,
+                     outcome=outcome)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        prog="python -m workers.remote",
+        description="Serve a dpnet run on another machine: join the coordinator at "
+                    "--connect, compute the gradients of the shards it sends.")
+    p.add_argument("--connect", required=True, metavar="tcp://HOST:PORT",
+                   help="the coordinator's endpoint (what runDnn.py --listen prints)")
+    p.add_argument("--keys", metavar="DIR", default=None,
+                   help="key directory from 'python -m dpnet keys DIR' (needs "
+                        "coordinator.key and this worker's keypair); required unless "
+                        "the coordinator is on this machine's loopback")
+    p.add_argument("--key-name", default="worker", metavar="NAME",
+                   help="which keypair in --keys: NAME.key_secret (default: worker)")
+    p.add_argument("--data", metavar="DIR", default=None,
+                   help="keep the run's arrays here (files named by checksum) and read "
+                        "them from here next time instead of fetching them")
+    p.add_argument("--wait", type=float, default=300.0, metavar="S",
+                   help="how long to wait for a coordinator, at start and after losing "
+                        "one (default: 300)")
+    p.add_argument("--once", action="store_true",
+                   help="exit after one membership instead of joining again")
+    return p
+
+
+def main(argv=None):
+    from dpnet.parallel.keys import KeysError, client_keys
+    from dpnet.parallel.transport import is_loopback, split_tcp
+
+    args = parser().parse_args(argv)
+    prog = "dpnet-worker"
+    try:
+        host, port = split_tcp(args.connect)
+        if port == 0:
+            raise ValueError(f"--connect needs the coordinator's port, got {args.connect!r}")
+        if not args.wait > 0:
+            raise ValueError(f"--wait must be a positive number of seconds, got {args.wait}")
+        curve = None
+        if args.keys is not None:
+            curve = client_keys(args.keys, args.key_name)
+        elif not is_loopback(host):
+            raise ValueError(f"--connect {args.connect} is another machine: give --keys DIR "
+                             f"(the coordinator accepts only workers with an allowed key)")
+    except (ValueError, KeysError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    np.seterr(over="ignore", invalid="ignore", divide="ignore")
+    # SIGTERM (srun, a scheduler, kill) ends it like Ctrl-C
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while True:
+            outcome = {}
+            code = join_and_serve(args, curve, outcome)
+            reason = outcome.get("reason", "")
+            if reason.startswith("refused"):
+                raise Refused(reason[len("refused"):].lstrip(": "))
+            if reason == "done" or args.once or code != 0:
+                return code
+            print(f"dpnet-worker: {reason}; joining again", file=sys.stderr, flush=True)
+    except Refused as e:
+        print(f"{prog}: refused: {e}", file=sys.stderr)
+        return 1
+    except TimeoutError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
