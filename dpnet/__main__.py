@@ -1,6 +1,8 @@
 """``python -m dpnet COMMAND``: tools that work wherever dpnet is installed.
 
     python -m dpnet clean [--dry-run]    remove what dead runs left in shared memory
+    python -m dpnet keys DIR [--workers N]
+                                         CURVE keys for workers on other machines
 """
 from __future__ import annotations
 
@@ -14,7 +16,25 @@ def main(argv=None):
     c = sub.add_parser("clean", help="remove the shared-memory segments and socket "
                                      "directories of runs whose process is gone")
     c.add_argument("--dry-run", action="store_true", help="list them, remove nothing")
+    k = sub.add_parser("keys", help="write CURVE keys for remote workers: the "
+                                    "coordinator's keypair, worker keypairs, and allowed/ "
+                                    "(the worker public keys the coordinator lets in)")
+    k.add_argument("dir", metavar="DIR")
+    k.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker keypairs to make (default: 1, shared by all workers)")
     args = p.parse_args(argv)
+    if args.command == "keys":
+        from .parallel.keys import KeysError, make_keys
+        try:
+            written = make_keys(args.dir, workers=args.workers)
+        except (KeysError, OSError) as e:
+            print(f"python -m dpnet keys: error: {e}", file=sys.stderr)
+            return 2
+        for path in written:
+            print(path)
+        print(f"copy {args.dir} without coordinator.key_secret to each worker's host; "
+              f"the coordinator needs coordinator.key_secret and allowed/")
+        return 0
     if args.command == "clean":
         from .parallel.cleanup import describe, sweep
         report = sweep(dry_run=args.dry_run)

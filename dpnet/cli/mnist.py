@@ -112,7 +112,20 @@ def dnn_parser(prog, workers=False, gpu=False):
         # at least a second: a shorter limit would replace healthy workers mid-step
         a("--worker-timeout", type=float_in(1), default=300.0, metavar="S",
           help="a worker that has not answered a step after S >= 1 seconds is replaced "
-               "(dead or suspended workers are noticed at once; default: 300)")
+               "(dead or suspended workers are noticed at once; default: 300); a remote "
+               "worker silent for min(S, 30) seconds is dropped")
+        a("--remote-workers", type=positive_int, default=None, metavar="N",
+          help="train with N workers on other machines (instead of local processes): "
+               "wait for them at --listen; start each with python -m workers.remote "
+               "--connect tcp://THIS_HOST:PORT --keys DIR")
+        a("--listen", default=None, metavar="tcp://HOST:PORT",
+          help="where remote workers connect (default: tcp://127.0.0.1:0, this machine "
+               "only, any free port; any other address needs --keys)")
+        a("--keys", type=path_arg, default=None, metavar="DIR",
+          help="CURVE keys for remote workers (make them with: python -m dpnet keys DIR)")
+        a("--join-timeout", type=float_in(1), default=600.0, metavar="S",
+          help="how long to wait for the remote workers to join, and for one to join "
+               "when none is left (default: 600)")
     if gpu:
         a("--device", type=nonneg_int, default=0, metavar="N",
           help="the CUDA device to train on (default: 0)")
@@ -377,6 +390,10 @@ def _engine(args, default_workers, prog, say):
                             on_failure="abort", on_hello=device_line(prog, say))
         say(f"{prog}: {engine.group.describe()}")
         return engine, 1
+    if getattr(args, "remote_workers", None) is not None:
+        return _remote_engine(args, prog, say), args.remote_workers
+    if getattr(args, "listen", None) is not None or getattr(args, "keys", None) is not None:
+        raise UserError("--listen and --keys are for remote workers: add --remote-workers N")
     workers = getattr(args, "workers", None)
     if workers is None:
         workers = default_workers
@@ -387,6 +404,28 @@ def _engine(args, default_workers, prog, say):
                          step_timeout=args.worker_timeout)
     say(f"{prog}: {engine.group.describe()}")
     return engine, workers
+
+
+def _remote_engine(args, prog, say):
+    from ..engines import worker_group
+    from ..engines.coordinator import Coordinator
+    from ..parallel.keys import KeysError
+    if args.workers:
+        raise UserError(f"--workers {args.workers} with --remote-workers: local and remote "
+                        f"workers do not mix yet; start local ones as remote workers of "
+                        f"this machine (python -m workers.remote --connect ...)")
+    if args.remote_workers > args.batch_size:
+        raise UserError(f"--remote-workers {args.remote_workers} is more than the "
+                        f"{args.batch_size} samples of a step")
+    try:
+        group = worker_group("remote", args.remote_workers,
+                             listen=args.listen or "tcp://127.0.0.1:0", keys=args.keys,
+                             say=lambda line: say(f"{prog}: {line}"))
+    except (ValueError, KeysError) as e:
+        raise UserError(str(e)) from None
+    return Coordinator(group, on_failure=args.on_failure, step_timeout=args.worker_timeout,
+                       start_timeout=args.join_timeout,
+                       silence_timeout=min(30.0, args.worker_timeout))
 
 
 def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog, say):

@@ -150,6 +150,7 @@ class Coordinator:
     def _worker_config(self, rank):
         return {"task": self.task_cls.name, "task_options": self.task_options,
                 "seed": self.seed, "model": self.model.config(),
+                "params_bytes": int(self.model.params.nbytes),
                 "eval_batch_size": self.eval_batch_size,
                 # at least four heartbeats within the silence the coordinator tolerates
                 "heartbeat_s": min(HEARTBEAT_S, self.silence_timeout / 4),

@@ -78,8 +78,11 @@ class RemoteWorkers(WorkerGroup):
         self.table = {k: {"dtype": a.dtype.str, "shape": list(a.shape),
                           "checksum": P.array_checksum(a)} for k, a in self.arrays.items()}
         self.data_checksum = P.table_checksum(self.table)
-        self.router = Router(bind=self.listen, curve=None if self.curve is None
-                             else self.curve)
+        # the largest thing a worker sends is its gradient: a bigger message is
+        # refused by ZeroMQ itself (the peer is dropped before anything is allocated)
+        biggest = int(config_of(0).get("params_bytes", P.MAX_ARRAY_BYTES))
+        self.router = Router(bind=self.listen, curve=self.curve,
+                             max_message=biggest + P.MAX_HEADER_BYTES + 4096)
         self.endpoint = self.router.endpoint
         self.say(f"waiting for {self.size} remote worker{'s' if self.size > 1 else ''} at "
                  f"{self.endpoint} ({'CURVE' if self.curve else 'plain TCP, loopback only'}); "

@@ -264,7 +264,8 @@ class Router(_Socket):
     socket also enforces the ZAP domain: if the authenticator is not there, nobody
     gets in."""
 
-    def __init__(self, transport="ipc", host="127.0.0.1", bind=None, curve=None):
+    def __init__(self, transport="ipc", host="127.0.0.1", bind=None, curve=None,
+                 max_message=None):
         self._dir = None
         self.auth = self.gate = None
         self.context = zmq.Context()
@@ -272,6 +273,10 @@ class Router(_Socket):
         try:
             self.socket = self.context.socket(zmq.ROUTER)
             _configure(self.socket)
+            if max_message is not None:
+                # the largest message a peer may send (ZeroMQ drops a peer that sends
+                # more, before allocating it): for a run, its gradient frame
+                self.socket.setsockopt(zmq.MAXMSGSIZE, int(max_message))
             # Sending to a worker that is not connected must fail, not vanish silently.
             self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
             # No handover: a second peer claiming a connected identity is refused, so a

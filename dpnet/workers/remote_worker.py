@@ -208,6 +208,10 @@ def parser():
     p.add_argument("--wait", type=float, default=300.0, metavar="S",
                    help="how long to wait for a coordinator, at start and after losing "
                         "one (default: 300)")
+    p.add_argument("--blas-threads", type=int, default=None, metavar="N",
+                   help="BLAS threads for this worker (default: the BLAS library's own "
+                        "choice, usually all cores; 1 gives results bit-identical to "
+                        "runDnn.py's local workers)")
     p.add_argument("--once", action="store_true",
                    help="exit after one membership instead of joining again")
     return p
@@ -231,9 +235,22 @@ def main(argv=None):
         elif not is_loopback(host):
             raise ValueError(f"--connect {args.connect} is another machine: give --keys DIR "
                              f"(the coordinator accepts only workers with an allowed key)")
+        if args.blas_threads is not None and args.blas_threads < 1:
+            raise ValueError(f"--blas-threads must be >= 1, got {args.blas_threads}")
     except (ValueError, KeysError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    if args.blas_threads is not None:
+        want = str(args.blas_threads)
+        if os.environ.get("OPENBLAS_NUM_THREADS") != want:
+            # BLAS reads its thread count when it loads (numpy is loaded already):
+            # start afresh once with it set
+            env = dict(os.environ, **{v: want for v in ("OPENBLAS_NUM_THREADS",
+                                                         "OMP_NUM_THREADS",
+                                                         "MKL_NUM_THREADS")})
+            argv = sys.argv[1:] if argv is None else list(argv)
+            os.execve(sys.executable, [sys.executable, "-m", "dpnet.workers.remote_worker",
+                                       *argv], env)
     np.seterr(over="ignore", invalid="ignore", divide="ignore")
     # SIGTERM (srun, a scheduler, kill) ends it like Ctrl-C
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))

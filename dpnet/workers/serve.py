@@ -63,6 +63,38 @@ def main(argv, module, binding_cls, user_errors=()):
                  heartbeat_s=cfg.get("heartbeat_s"), user_errors=user_errors)
 
 
+class Faults:
+    """Lost and repeated replies, for tests of the coordinator (``DPNET_FAULTS=
+    "drop=0.1,duplicate=0.1,seed=0"``: that share of GRAD / EVAL_RESULT replies is not
+    sent, or sent twice; the draws are seeded per rank). Off unless the variable is set."""
+
+    def __init__(self, drop=0.0, duplicate=0.0, seed=0, rank=0):
+        import random
+        self.drop, self.duplicate = float(drop), float(duplicate)
+        self._rng = random.Random(int(seed) * 1009 + rank)
+        self.dropped = self.duplicated = 0
+
+    @classmethod
+    def from_env(cls, rank):
+        spec = os.environ.get("DPNET_FAULTS", "")
+        if not spec:
+            return cls(rank=rank)
+        return cls(rank=rank, **dict(kv.split("=", 1) for kv in spec.split(",")))
+
+    def copies(self, kind, P):
+        """How many times to send a reply of ``kind``: 1, or 0 / 2 when a fault hits."""
+        if kind not in (P.GRAD, P.EVAL_RESULT) or not (self.drop or self.duplicate):
+            return 1
+        u = self._rng.random()
+        if u < self.drop:
+            self.dropped += 1
+            return 0
+        if u < self.drop + self.duplicate:
+            self.duplicated += 1
+            return 2
+        return 1
+
+
 class Heartbeat:
     """A daemon thread that sends HEARTBEAT on its own DEALER until ``stop()``."""
 
@@ -108,6 +140,7 @@ def serve(make_binding, endpoint, rank, identities, watch, heartbeat_s=None,
     connect = connect or (lambda identity: Dealer(endpoint, identity))
     sock = sock if sock is not None else connect(ident)
     outcome = {} if outcome is None else outcome
+    faults = Faults.from_env(rank)
     try:
         binding = make_binding()
     except Exception as e:
@@ -141,7 +174,8 @@ def serve(make_binding, endpoint, rank, identities, watch, heartbeat_s=None,
                 return 0
             reply = _answer(binding, rank, msg, P)
             if reply is not None:
-                sock.send(*reply)
+                for _ in range(faults.copies(reply[0], P)):
+                    sock.send(*reply)
     finally:
         heartbeat.stop()
         try:

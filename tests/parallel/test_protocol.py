@@ -30,6 +30,11 @@ VALID = {
              (np.ones(5, np.float32), np.zeros(5, np.float32), np.zeros(5, np.float32))),
     P.PULL: ({"weights_version": 3}, ()),
     P.STATE: ({"rank": 0, "weights_version": 3, "t": 3}, (np.ones(5, np.float32),)),
+    P.JOIN: ({"pid": 77, "heartbeat_identity": "rh.0123abcd", "host": "node7"}, ()),
+    P.ADMIT: ({"rank": 2, "config": {"task": "mlp", "arrays": {}}}, ()),
+    P.FETCH: ({"rank": 2, "name": "train.x", "offset": 4096, "size": 1024}, ()),
+    P.DATA: ({"name": "train.x", "offset": 4096, "total": 8192},
+             (np.arange(1024, dtype=np.uint8),)),
 }
 
 
@@ -52,6 +57,28 @@ def test_round_trip(kind):
         for got, sent in zip(arrs, arrays):
             assert got.dtype == sent.dtype and got.shape == sent.shape
             np.testing.assert_array_equal(got, sent)
+
+
+@pytest.mark.parametrize("kind, header, arrays, why", [
+    (P.FETCH, {"rank": 0, "name": "x", "offset": 0, "size": 0}, (), "FETCH size"),
+    (P.FETCH, {"rank": 0, "name": "x", "offset": 0, "size": P.MAX_CHUNK_BYTES + 1}, (),
+     "FETCH size"),
+    (P.DATA, {"name": "x", "offset": 10, "total": 12}, (np.zeros(4, np.uint8),),
+     "runs past"),
+    (P.DATA, {"name": "x", "offset": 0, "total": 64}, (np.zeros(4, np.float32),),
+     "1-D uint8"),
+    (P.JOIN, {"pid": 1, "heartbeat_identity": ""}, (), "heartbeat_identity"),
+    (P.STEP, {"step": 1, "rank": 0, "start": 0, "stop": 1, "weights_version": 0,
+              "attempt": -1}, (), "'attempt' must be >= 0"),
+])
+def test_the_remote_workers_messages_are_checked(kind, header, arrays, why):
+    """What a remote peer could send to steer a run or make the other side allocate:
+    refused on decode, whatever the sender's encoder allowed."""
+    frames = [kind, msgpack.packb(dict(header, v=P.PROTOCOL_VERSION,
+                                       arrays=[[a.dtype.str, list(a.shape)] for a in arrays])),
+              *[a.tobytes() for a in arrays]]
+    with pytest.raises(ProtocolError, match=why):
+        decode(frames)
 
 
 def test_decoded_array_is_a_read_only_view_of_the_frame():
@@ -280,7 +307,7 @@ def test_protocol_imports_neither_zmq_nor_the_math():
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module.split(".")[0] for n in ast.walk(tree)
               if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
-    assert names <= {"__future__", "json", "math", "msgpack", "numpy"}, names
+    assert names <= {"__future__", "hashlib", "json", "math", "msgpack", "numpy"}, names
     assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
 
 

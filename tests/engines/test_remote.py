@@ -1,0 +1,348 @@
+"""Workers on other machines (the ``remote`` kind), here over TCP loopback with real
+worker processes (``python -m workers.remote``): the same weights as local workers,
+CURVE keys that keep strangers out, peers that lie refused while the run goes on, a
+lost worker's share re-run by the others, lost and repeated replies counted and never
+folded twice. (tests/engines/test_remote_hosts.py runs them across network namespaces.)"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from dpnet import Dense, Dropout, Sequential
+from dpnet.engines import worker_group
+from dpnet.engines.coordinator import Coordinator, MultiprocessEngine
+from dpnet.engines.errors import WorkerError
+from dpnet.optim.optimizers import Momentum
+from dpnet.parallel import protocol as P
+from dpnet.parallel.keys import KeysError, make_keys
+from dpnet.parallel.transport import Dealer
+
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("no_workers_left")]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(800, 64)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + 2 * (x[:, 1] > 0)
+    return x, y
+
+
+def mlp():
+    return Sequential([Dense(64, 32, activation="relu"), Dropout(0.2),
+                       Dense(32, 4, activation="softmax")],
+                      optimizer=Momentum(lr=0.05), seed=3)
+
+
+def train(engine, epochs=3):
+    x, y = data()
+    m = mlp()
+    h = m.fit(x, y, epochs=epochs, batch_size=50, validation_data=(x[:200], y[:200]),
+              engine=engine, verbose=0)
+    return m, h
+
+
+def worker_cmd(endpoint, *extra):
+    return [sys.executable, "-m", "workers.remote", "--connect", endpoint,
+            "--blas-threads", "1", *extra]
+
+
+class Launcher(threading.Thread):
+    """Starts worker processes once the group listens (the coordinator blocks in
+    start() until they join); ``extra[i]`` are worker i's further arguments."""
+
+    def __init__(self, group, extra, env=None, go=None):
+        super().__init__(daemon=True)
+        self.group, self.extra, self.env = group, extra, env
+        self.go = go                     # an Event to wait for before launching
+        self.procs = []
+
+    def run(self):
+        while self.group.endpoint is None:
+            time.sleep(0.02)
+        if self.go is not None:
+            self.go.wait(60)
+        for args in self.extra:
+            self.procs.append(subprocess.Popen(
+                worker_cmd(self.group.endpoint, *args), cwd=ROOT,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=dict(os.environ, **(self.env or {}))))
+
+    def finish(self, timeout=20):
+        """Each worker's (exit code, stderr) once it has exited."""
+        self.join(10)
+        out = []
+        for p in self.procs:
+            try:
+                _, err = p.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                _, err = p.communicate()
+            out.append((p.returncode, err))
+        return out
+
+
+def remote_engine(n, extra=None, env=None, keys=None, listen="tcp://127.0.0.1:0", go=None,
+                  **kw):
+    group = worker_group("remote", n, listen=listen, keys=keys, say=lambda line: None)
+    kw.setdefault("start_timeout", 60)
+    eng = Coordinator(group, **kw)
+    launcher = Launcher(group, extra if extra is not None else [()] * n, env, go)
+    launcher.start()
+    return eng, launcher
+
+
+@pytest.fixture(scope="module")
+def local2():
+    """The reference: two local CPU worker processes (one BLAS thread each)."""
+    with MultiprocessEngine(workers=2) as eng:
+        m, h = train(eng)
+    return m.params.copy(), h
+
+
+def test_two_remote_workers_give_the_local_workers_weights_bit_for_bit(local2):
+    eng, launcher = remote_engine(2)
+    with eng:
+        m, h = train(eng)
+        stats = eng.stats()
+    codes = launcher.finish()
+    assert np.array_equal(m.params, local2[0])
+    assert h.history["val_loss"] == local2[1].history["val_loss"]
+    assert [c for c, _ in codes] == [0, 0], codes
+    assert stats["stale_replies"] == 0 and stats["respawns"] == 0
+    # each worker fetched the run's arrays once (train and validation, x and y)
+    x, y = data()
+    want = x.nbytes + y.nbytes + x[:200].nbytes + y[:200].nbytes
+    assert [w["data_bytes_streamed"] for w in stats["per_worker"]] == [want, want]
+
+
+def test_a_worker_reads_its_own_copy_of_the_data_once_it_has_one(tmp_path, local2):
+    store = tmp_path / "data"
+    for run in range(2):
+        eng, launcher = remote_engine(1, extra=[("--data", str(store))])
+        with eng:
+            m, _ = train(eng, epochs=1)
+            streamed = eng.stats()["per_worker"][0]["data_bytes_streamed"]
+        assert launcher.finish()[0][0] == 0
+        assert (streamed > 0) if run == 0 else (streamed == 0)
+    assert len(list(store.glob("*.npy"))) == 4
+    # a damaged copy is noticed by its checksum and fetched again
+    victim = sorted(store.glob("*.npy"))[0]
+    raw = bytearray(victim.read_bytes())
+    raw[-1] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    eng, launcher = remote_engine(1, extra=[("--data", str(store))])
+    with eng:
+        train(eng, epochs=1)
+        streamed = eng.stats()["per_worker"][0]["data_bytes_streamed"]
+    code, err = launcher.finish()[0]
+    assert code == 0 and "does not match the run's array; fetching it" in err
+    x, y = data()
+    assert 0 < streamed < x.nbytes + y.nbytes + x[:200].nbytes + y[:200].nbytes
+
+
+def test_curve_lets_in_allowed_keys_only(tmp_path, local2):
+    keys, other = tmp_path / "keys", tmp_path / "other"
+    make_keys(str(keys))
+    make_keys(str(other))
+    # a stranger: its own keypair, but it knows the coordinator's public key
+    (other / "coordinator.key").unlink()
+    (other / "coordinator.key").write_bytes((keys / "coordinator.key").read_bytes())
+    eng, launcher = remote_engine(
+        2, keys=str(keys),
+        extra=[("--keys", str(keys)), ("--keys", str(other), "--wait", "5"),
+               ("--wait", "5"), ("--keys", str(keys))])
+    with eng:
+        m, _ = train(eng)
+        stats = eng.stats()
+    codes = launcher.finish()
+    assert np.array_equal(m.params, local2[0])
+    assert codes[0][0] == 0 and codes[3][0] == 0
+    # the unknown key and the plaintext client were refused, and said so in one line
+    for code, err in (codes[1], codes[2]):
+        assert code == 1 and "refused" in err and "Traceback" not in err, err
+    assert stats["refused_keys"] >= 1 and stats["curve"]
+
+
+def test_listening_beyond_loopback_needs_keys_and_keys_must_be_private(tmp_path):
+    with pytest.raises(ValueError, match="lets other machines connect"):
+        worker_group("remote", 2, listen="tcp://0.0.0.0:0")
+    with pytest.raises(KeysError, match="no key file"):
+        worker_group("remote", 2, listen="tcp://0.0.0.0:0", keys=str(tmp_path))
+    make_keys(str(tmp_path / "k"))
+    os.chmod(tmp_path / "k" / "coordinator.key_secret", 0o644)
+    with pytest.raises(KeysError, match="can be read by other users"):
+        worker_group("remote", 2, listen="tcp://0.0.0.0:0", keys=str(tmp_path / "k"))
+    with pytest.raises(KeysError, match="never overwritten"):
+        make_keys(str(tmp_path / "k"))
+
+
+class Impostor(threading.Thread):
+    """Peers that reach the socket during a run and lie: garbage bytes on a raw TCP
+    connection, a message of another protocol version, an oversized frame, a JOIN
+    whose HELLO claims another model, and one whose HELLO claims other data."""
+
+    def __init__(self, group, done):
+        super().__init__(daemon=True)
+        self.group, self.done = group, done
+        self.told = {}
+        self.error = None
+
+    def run(self):
+        try:
+            while self.group.endpoint is None:
+                time.sleep(0.02)
+            self._attack(self.group.endpoint)
+        except Exception as e:          # pragma: no cover - reported by the test
+            self.error = e
+        finally:
+            self.done.set()
+
+    def _attack(self, ep):
+        host, port = ep[len("tcp://"):].rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as s:       # not even ZMTP
+            s.sendall(os.urandom(4096))
+        ctx = zmq.Context()
+        try:
+            raw = ctx.socket(zmq.DEALER)
+            raw.linger = 0
+            raw.connect(ep)
+            header = msgpack.packb({"v": 99, "arrays": [], "pid": 1,
+                                    "heartbeat_identity": "x"})
+            raw.send_multipart([P.JOIN, header])                      # another version
+            big = np.zeros(4 << 20, np.uint8)                          # > the gradient
+            raw.send_multipart([P.GRAD, msgpack.packb({"v": 1, "arrays": [
+                ["|u1", [len(big)]]]}), big])
+            raw.close()
+        finally:
+            ctx.term()
+        for lie in ("signature", "data"):
+            d = Dealer(ep, f"imp-{lie}".encode())
+            try:
+                d.send(P.JOIN, {"pid": 1, "heartbeat_identity": f"imp-{lie}-h"})
+                admit = d.recv(30)
+                assert admit is not None and admit.kind == P.ADMIT, admit
+                cfg = admit.header["config"]
+                sig = P.signature_of(mlp()) if lie == "data" else {
+                    "architecture": "other", "n_params": 1, "dtype": "<f4"}
+                d.send(P.HELLO, {"rank": admit.header["rank"], "pid": 1, "signature": sig,
+                                 "data": cfg["data"] if lie == "signature" else "0" * 32})
+                stop = d.recv(30)
+                self.told[lie] = stop.header["reason"] if stop is not None else None
+            finally:
+                d.close()
+
+
+def test_peers_that_lie_are_refused_and_the_run_goes_on(local2):
+    # the impostors come first: each JOIN is admitted to a free rank and refused at
+    # its HELLO; then the two real workers join and train exactly as local workers do
+    go = threading.Event()
+    eng, launcher = remote_engine(2, go=go)
+    imp = Impostor(eng.group, go)
+    imp.start()
+    with eng:
+        m, _ = train(eng)
+        stats = eng.stats()
+    imp.join(30)
+    launcher.finish()
+    assert imp.error is None, imp.error
+    assert np.array_equal(m.params, local2[0])
+    assert stats["dropped"] >= 1                 # the other protocol version
+    assert imp.told["signature"].startswith("refused: model signature mismatch on "
+                                            "'architecture'"), imp.told
+    assert imp.told["data"].startswith("refused: its data checksum '0000"), imp.told
+    assert stats["refused_peers"] == 2
+
+
+def test_a_lost_worker_s_share_is_rerun_and_a_newcomer_takes_its_rank(capfd):
+    # after epoch 1 the worker holding rank 1 is killed; the other re-runs the step's
+    # shards (the same batch gradient, summed in another order: equal to float32
+    # rounding); after epoch 3 a new worker joins the vacated rank and serves to the end
+    eng, launcher = remote_engine(2, silence_timeout=1.0)
+    events = []
+
+    def chaos(epoch, metrics):
+        if epoch == 1:                           # (epochs count from 1)
+            os.kill(eng.group.members[1].pid, signal.SIGKILL)
+            events.append("killed")
+        elif epoch == 3:
+            assert eng.respawns == 1 and not eng._ready[1]
+            launcher.procs.append(subprocess.Popen(
+                worker_cmd(eng.group.endpoint), cwd=ROOT, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True))
+            deadline = time.monotonic() + 60
+            while not eng._ready[1] and time.monotonic() < deadline:
+                eng.evaluate("val")              # rounds: where a newcomer is admitted
+            events.append("rejoined" if eng._ready[1] else "no newcomer")
+        return False
+
+    x, y = data()
+    with eng:
+        m = mlp()
+        m.fit(x, y, epochs=5, batch_size=50, validation_data=(x[:200], y[:200]),
+              engine=eng, verbose=0, callbacks=[chaos])
+        stats = eng.stats()
+    codes = sorted(c for c, _ in launcher.finish())
+    assert events == ["killed", "rejoined"]
+    assert eng.respawns == 1
+    assert codes == [-signal.SIGKILL, 0, 0], codes
+    assert "its share goes to the other workers" in capfd.readouterr().err
+    assert [w["rank"] for w in stats["per_worker"]] == [0, 1]
+    m2 = mlp()
+    with MultiprocessEngine(workers=2) as ref_eng:
+        m2.fit(x, y, epochs=5, batch_size=50, validation_data=(x[:200], y[:200]),
+               engine=ref_eng, verbose=0)
+    np.testing.assert_allclose(m.params, m2.params, rtol=1e-4, atol=1e-5)
+
+
+def test_lost_and_repeated_replies_are_counted_never_folded_twice(local2):
+    # every worker drops 5% and repeats 20% of its replies: a repeated reply is
+    # counted as stale and ignored; a dropped one times the step out, the worker is
+    # dropped and rejoins, its share re-run by the others
+    eng, launcher = remote_engine(2, step_timeout=1.0,
+                                  env={"DPNET_FAULTS": "drop=0.05,duplicate=0.2,seed=4"})
+    with eng:
+        m, _ = train(eng)
+        stats = eng.stats()
+    launcher.finish()
+    assert stats["stale_replies"] > 0
+    with MultiprocessEngine(workers=2) as ref_eng:
+        ref, _ = train(ref_eng)
+    if stats["respawns"] == 0:                   # nothing was lost: exactly equal
+        assert np.array_equal(m.params, ref.params)
+    else:
+        np.testing.assert_allclose(m.params, ref.params, rtol=1e-4, atol=1e-5)
+
+
+def test_no_worker_joins_one_line_not_a_hang():
+    group = worker_group("remote", 2, say=lambda line: None)
+    eng = Coordinator(group, start_timeout=1.0)
+    with pytest.raises(WorkerError, match="0 of 2 remote workers joined within 1 s"):
+        train(eng)
+
+
+def test_the_worker_command_refuses_bad_input_in_one_line(tmp_path):
+    for args, want in (
+            (["--connect", "tcp://example.org:5555"], "give --keys DIR"),
+            (["--connect", "udp://x:1"], "tcp://HOST:PORT"),
+            (["--connect", "tcp://127.0.0.1:0"], "needs the coordinator's port"),
+            (["--connect", "tcp://127.0.0.1:5555", "--keys", str(tmp_path)], "no key file"),
+            (["--connect", "tcp://127.0.0.1:5555", "--wait", "0"], "--wait must be")):
+        r = subprocess.run([sys.executable, "-m", "workers.remote", *args], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and want in r.stderr and "Traceback" not in r.stderr, \
+            (args, r.stderr)
+    # nobody there: it says so after --wait
+    r = subprocess.run([sys.executable, "-m", "workers.remote", "--connect",
+                        "tcp://127.0.0.1:9", "--wait", "1"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "no coordinator answered" in r.stderr, r.stderr
