@@ -420,7 +420,9 @@ def _remote_engine(args, prog, say):
     try:
         group = worker_group("remote", args.remote_workers,
                              listen=args.listen or "tcp://127.0.0.1:0", keys=args.keys,
-                             say=lambda line: say(f"{prog}: {line}"))
+                             # where to connect, and who joined: shown even with --quiet
+                             say=lambda line: print(f"{prog}: {line}", file=sys.stderr,
+                                                    flush=True))
     except (ValueError, KeysError) as e:
         raise UserError(str(e)) from None
     return Coordinator(group, on_failure=args.on_failure, step_timeout=args.worker_timeout,

@@ -68,6 +68,7 @@ class RemoteWorkers(WorkerGroup):
         self.router = None
         self.members, self._rank_of = {}, {}
         self._left = {}                    # rank -> why its last member left
+        self._departed = set()             # identities of members that left (bounded)
         self.refused = 0
         self.endpoint = None
 
@@ -106,6 +107,8 @@ class RemoteWorkers(WorkerGroup):
         if msg is None:
             return None
         rank = self._rank_of.get(msg.identity)
+        if rank is None and msg.identity in self._departed:
+            return None                    # a former member's last words: not a stranger
         if msg.kind == P.JOIN and rank is None:
             self._join(msg)
             return None
@@ -177,6 +180,9 @@ class RemoteWorkers(WorkerGroup):
         if m is not None:
             self._rank_of.pop(m.identity, None)
             self._rank_of.pop(m.heartbeat_identity, None)
+            if len(self._departed) > 10_000:
+                self._departed.clear()
+            self._departed.update((m.identity, m.heartbeat_identity))
 
     def problem(self, rank, now):
         if rank in self.members or rank not in self._left:
@@ -195,7 +201,7 @@ class RemoteWorkers(WorkerGroup):
         (a live but late worker is told to leave; it may join again)."""
         m = self.members.get(rank)
         if m is not None:
-            self._tell(m.identity, "dropped from the run (too late or silent); join again")
+            self._tell(m.identity, "dropped from the run (too late or silent)")
         self._vacate(rank)
 
     def stop(self, stop_message=None):

@@ -34,6 +34,16 @@ class Refused(Exception):
     joining again would not help."""
 
 
+class RunOver(Exception):
+    """The run ended while this worker was joining."""
+
+
+def _stopped(msg):
+    """What a STOP received while joining means."""
+    reason = msg.header["reason"]
+    return RunOver() if reason == "done" else Refused(reason)
+
+
 class FrameBinding:
     """Host memory of its own: the data fetched or read from disk, the weights from
     each STEP's frame when they changed, the gradient back as a frame."""
@@ -122,7 +132,7 @@ def _fetch(sock, rank, name, spec, timeout_s):
         if msg is None:
             raise TimeoutError(f"no data from the coordinator for {timeout_s:g} s")
         if msg.kind == P.STOP:
-            raise Refused(msg.header["reason"])
+            raise _stopped(msg)
         h = msg.header
         if msg.kind != P.DATA or h["name"] != name or h["offset"] != offset \
                 or h["total"] != raw.nbytes or not len(msg.arrays[0]):
@@ -166,7 +176,7 @@ def join_and_serve(args, curve, outcome):
             if msg is None:
                 continue
             if msg.kind == P.STOP:
-                raise Refused(msg.header["reason"])
+                raise _stopped(msg)
             if msg.kind == P.ADMIT:
                 admit = msg.header
         rank, cfg = admit["rank"], admit["config"]
@@ -184,6 +194,10 @@ def join_and_serve(args, curve, outcome):
                      rank, (ident, beat), CoordinatorWatch(dealer=sock),
                      heartbeat_s=cfg.get("heartbeat_s"), connect=connect, sock=sock,
                      outcome=outcome)
+    except RunOver:
+        sock.close()
+        outcome["reason"] = "done"
+        return 0
     except BaseException:
         sock.close()
         raise

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -159,7 +160,9 @@ def serve(make_binding, endpoint, rank, identities, watch, heartbeat_s=None,
         while True:
             lost = watch.lost()                   # checked every pass, message or not
             if lost:
-                reason = outcome["reason"] = lost
+                # the coordinator's last word may be queued behind the news of its going
+                last = _last_stop(sock, P)
+                reason = outcome["reason"] = last if last is not None else lost
                 return 0
             try:
                 msg = sock.recv_valid(0.5)
@@ -177,6 +180,9 @@ def serve(make_binding, endpoint, rank, identities, watch, heartbeat_s=None,
                 for _ in range(faults.copies(reply[0], P)):
                     sock.send(*reply)
     finally:
+        if faults.drop or faults.duplicate:
+            print(f"dpnet worker {rank}: faults injected: dropped {faults.dropped}, "
+                  f"duplicated {faults.duplicated}", file=sys.stderr, flush=True)
         heartbeat.stop()
         try:
             sock.send(P.BYE, {"rank": rank, "reason": reason})
@@ -213,6 +219,20 @@ def _answer(binding, rank, msg, P):
         return (P.ERROR, {"rank": rank, "step": int(h.get("step", 0)),
                           "message": f"{type(e).__name__}: {e}", "device": device,
                           "traceback": "" if device else traceback.format_exc()})
+
+
+def _last_stop(sock, P, most=100):
+    """The reason of a STOP among the messages already received, or None."""
+    for _ in range(most):
+        try:
+            msg = sock.recv_valid(0)
+        except Exception:
+            return None
+        if msg is None:
+            return None
+        if msg.kind == P.STOP:
+            return msg.header["reason"]
+    return None
 
 
 def _attempt(h):

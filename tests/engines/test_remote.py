@@ -304,23 +304,42 @@ def test_a_lost_worker_s_share_is_rerun_and_a_newcomer_takes_its_rank(capfd):
     np.testing.assert_allclose(m.params, m2.params, rtol=1e-4, atol=1e-5)
 
 
-def test_lost_and_repeated_replies_are_counted_never_folded_twice(local2):
-    # every worker drops 5% and repeats 20% of its replies: a repeated reply is
-    # counted as stale and ignored; a dropped one times the step out, the worker is
-    # dropped and rejoins, its share re-run by the others
-    eng, launcher = remote_engine(2, step_timeout=1.0,
-                                  env={"DPNET_FAULTS": "drop=0.05,duplicate=0.2,seed=4"})
+def injected(codes):
+    """(dropped, duplicated) summed over the workers' own reports."""
+    import re
+    found = [tuple(map(int, m)) for _, err in codes
+             for m in re.findall(r"faults injected: dropped (\d+), duplicated (\d+)", err)]
+    return tuple(map(sum, zip(*found))) if found else (0, 0)
+
+
+def test_repeated_replies_are_counted_and_never_folded_twice(local2):
+    eng, launcher = remote_engine(2, env={"DPNET_FAULTS": "duplicate=0.3,seed=4"})
     with eng:
         m, _ = train(eng)
         stats = eng.stats()
-    launcher.finish()
-    assert stats["stale_replies"] > 0
-    with MultiprocessEngine(workers=2) as ref_eng:
-        ref, _ = train(ref_eng)
-    if stats["respawns"] == 0:                   # nothing was lost: exactly equal
-        assert np.array_equal(m.params, ref.params)
-    else:
-        np.testing.assert_allclose(m.params, ref.params, rtol=1e-4, atol=1e-5)
+    dropped, duplicated = injected(launcher.finish())
+    assert dropped == 0 and duplicated > 10
+    # every repeat is read and set aside, except perhaps each worker's last one (sent
+    # after the run's last round, when nobody reads any more)
+    assert duplicated - 2 <= stats["stale_replies"] <= duplicated
+    assert stats["respawns"] == 0
+    assert np.array_equal(m.params, local2[0])
+
+
+def test_lost_replies_move_the_share_and_the_worker_rejoins(local2):
+    # a reply that never comes times the step out: the worker is dropped (it joins
+    # again at once), its share re-run by the other worker
+    eng, launcher = remote_engine(2, step_timeout=1.0,
+                                  env={"DPNET_FAULTS": "drop=0.05,seed=4"})
+    with eng:
+        m, _ = train(eng)
+        stats = eng.stats()
+    codes = launcher.finish()
+    dropped, _ = injected(codes)
+    assert dropped >= 1 and stats["respawns"] == dropped
+    assert [c for c, _ in codes] == [0, 0], codes
+    assert "dropped" not in stats                # its late words were not a stranger's
+    np.testing.assert_allclose(m.params, local2[0], rtol=1e-4, atol=1e-5)
 
 
 def test_no_worker_joins_one_line_not_a_hang():
