@@ -118,7 +118,7 @@ def dnn_parser(prog, workers=False, gpu=False):
           help="train with N workers on other machines (instead of local processes): "
                "wait for them at --listen; start each with python -m workers.remote "
                "--connect tcp://THIS_HOST:PORT --keys DIR")
-        a("--listen", default=None, metavar="tcp://HOST:PORT",
+        a("--listen", type=tcp_endpoint, default=None, metavar="tcp://HOST:PORT",
           help="where remote workers connect (default: tcp://127.0.0.1:0, this machine "
                "only, any free port; any other address needs --keys)")
         a("--keys", type=path_arg, default=None, metavar="DIR",
@@ -136,6 +136,15 @@ def dnn_parser(prog, workers=False, gpu=False):
         a("--worker-timeout", type=float_in(1), default=300.0, metavar="S",
           help="the GPU worker must answer a step within S >= 1 seconds (default: 300)")
     return p
+
+
+def tcp_endpoint(text):
+    from ..parallel.transport import split_tcp
+    try:
+        split_tcp(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def build_model(args, steps_per_epoch):

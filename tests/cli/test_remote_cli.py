@@ -1,0 +1,119 @@
+"""runDnn.py with remote workers and ``python -m workers.remote`` as a user runs them:
+real processes over TCP loopback, wrong input in one line, Ctrl-C on either side."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+SCRIPT = str(ROOT / "scripts" / "runDnn.py")
+FLAGS = ["--limit-train", "1000", "--epochs", "2", "--hidden", "64"]
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("no_workers_left")]
+
+
+def run(*args, timeout=120):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.parametrize("flags, want", [
+    (["--listen", "tcp://127.0.0.1:0"], "--listen and --keys are for remote workers"),
+    (["--remote-workers", "2", "--listen", "tcp://0.0.0.0:0"], "lets other machines connect"),
+    (["--remote-workers", "2", "--workers", "2"], "do not mix yet"),
+    (["--remote-workers", "2", "--listen", "tcp://127.0.0.1:70000"], "must be 0-65535"),
+    (["--remote-workers", "2", "--listen", "127.0.0.1:5555"], "tcp://HOST:PORT"),
+    (["--remote-workers", "0"], "--remote-workers"),
+    (["--remote-workers", "2", "--listen", "tcp://0.0.0.0:0", "--keys", "/nonexistent"],
+     "no key file"),
+])
+def test_wrong_remote_flags_are_one_line_and_exit_2(flags, want):
+    r = run(SCRIPT, "--limit-train", "500", *flags)
+    assert r.returncode == 2, r.stderr
+    assert want in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_workers_that_never_join_end_the_run_in_one_line():
+    r = run(SCRIPT, "--limit-train", "500", "--remote-workers", "2", "--join-timeout", "1")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "0 of 2 remote workers joined within 1 s" in r.stderr
+
+
+def coordinator(*flags):
+    p = subprocess.Popen([sys.executable, SCRIPT, *FLAGS, *flags], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:                       # the endpoint, printed before it waits
+        m = re.search(r"--connect (tcp://\S+)", line)
+        if m:
+            return p, m.group(1)
+    raise AssertionError(f"no endpoint printed: {p.communicate()}")
+
+
+def worker(endpoint, *flags):
+    return subprocess.Popen([sys.executable, "-m", "workers.remote", "--connect", endpoint,
+                             "--blas-threads", "1", *flags], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def test_two_remote_workers_through_the_cli_match_local_workers(tmp_path):
+    p, ep = coordinator("--remote-workers", "2", "--save", str(tmp_path / "remote.npz"))
+    ws = [worker(ep), worker(ep)]
+    out, err = p.communicate(timeout=150)
+    assert p.returncode == 0, err
+    assert [w.wait(30) for w in ws] == [0, 0]
+    assert "remote worker 0 joined from" in err and "remote worker 1 joined from" in err
+    assert "test accuracy:" in out
+    r = run(SCRIPT, *FLAGS, "--workers", "2", "--save", str(tmp_path / "local.npz"))
+    assert r.returncode == 0, r.stderr
+    a, b = np.load(tmp_path / "remote.npz"), np.load(tmp_path / "local.npz")
+    assert np.array_equal(a["params"], b["params"])
+
+
+def test_ctrl_c_on_a_remote_worker_moves_its_share_and_the_run_completes(tmp_path):
+    # the run is long enough (small batches) for the worker to be stopped mid-run
+    p, ep = coordinator("--remote-workers", "2", "--batch-size", "10", "--worker-timeout", "2")
+    ws = [worker(ep), worker(ep)]
+    for line in p.stdout:
+        if line.startswith("epoch   1/2"):
+            break
+    ws[1].send_signal(signal.SIGINT)
+    assert ws[1].wait(10) == 130
+    out, err = p.communicate(timeout=150)
+    assert p.returncode == 0, err
+    assert "its share goes to the other workers" in err and "test accuracy:" in out
+    assert ws[0].wait(30) == 0
+
+
+def test_a_coordinator_stopped_by_ctrl_c_while_waiting_exits_130():
+    p = subprocess.Popen([sys.executable, SCRIPT, "--limit-train", "500",
+                          "--remote-workers", "2"], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in p.stderr:
+        if "waiting for 2 remote workers" in line:
+            break
+    time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=20)
+    assert p.returncode == 130 and "Traceback" not in err, err
+
+
+def test_keys_command_writes_private_keys_once(tmp_path):
+    r = run("-m", "dpnet", "keys", str(tmp_path / "k"), "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    names = sorted(os.listdir(tmp_path / "k"))
+    assert names == ["allowed", "coordinator.key", "coordinator.key_secret",
+                     "worker-0.key", "worker-0.key_secret", "worker-1.key",
+                     "worker-1.key_secret"]
+    assert sorted(os.listdir(tmp_path / "k" / "allowed")) == ["worker-0.key", "worker-1.key"]
+    for n in names:
+        if n.endswith("_secret"):
+            assert os.stat(tmp_path / "k" / n).st_mode & 0o077 == 0
+    r = run("-m", "dpnet", "keys", str(tmp_path / "k"))
+    assert r.returncode == 2 and "never overwritten" in r.stderr
