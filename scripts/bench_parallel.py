@@ -13,6 +13,13 @@ In one run (variants interleaved, medians reported -- this kind of machine is no
      which the coordinator runs serially whatever the worker count.
 
     python scripts/bench_parallel.py [--samples 12800] [--repeats 3] [--workers 1 2 4 8 16]
+
+With ``--remote``: the same model and batches with 2 workers over ipc and shared
+memory (local processes) beside 2 remote workers over TCP loopback, plain and CURVE
+(worker processes of this machine started as ``python -m workers.remote``): samples/s,
+the per-step overhead, and the bytes each step moves.
+
+    python scripts/bench_parallel.py --remote [--samples 12800] [--repeats 3]
 """
 import argparse
 import os
@@ -77,6 +84,95 @@ def print_breakdown(variants, splits):
           "  a late start, the fold); update: the optimizer step, serial in the coordinator.")
 
 
+def remote_engine(workers, keys=None):
+    """A coordinator over ``workers`` remote workers on TCP loopback, their processes
+    started here as soon as it listens (as ssh or srun would start them elsewhere)."""
+    import subprocess
+    import threading
+    from dpnet.engines import worker_group
+    from dpnet.engines.coordinator import Coordinator
+    group = worker_group("remote", workers, keys=keys, say=lambda line: None)
+    procs = []
+
+    def launch():
+        while group.endpoint is None:
+            time.sleep(0.01)
+        for _ in range(workers):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "workers.remote", "--connect", group.endpoint,
+                 "--blas-threads", "1", "--once"] + (["--keys", keys] if keys else []),
+                cwd=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."),
+                stderr=subprocess.DEVNULL))
+
+    threading.Thread(target=launch, daemon=True).start()
+    eng = Coordinator(group, start_timeout=120)
+    eng.procs = procs
+    return eng
+
+
+def bench_remote(args):
+    import tempfile
+    from dpnet.parallel.keys import make_keys
+    d = load_mnist(validation=0)
+    x, y = d.x_train[:args.samples], d.y_train[:args.samples]
+    keys = tempfile.mkdtemp(prefix="dpnet-bench-keys-")
+    os.rmdir(keys)
+    make_keys(keys)
+    variants = {"in-process": LocalEngine(),
+                "ipc+shm": MultiprocessEngine(workers=2),
+                "tcp": remote_engine(2),
+                "tcp+CURVE": remote_engine(2, keys=keys)}
+    print(f"numpy {np.__version__}; {os.cpu_count()} logical CPUs; {len(x)} samples per "
+          f"pass, {args.repeats} passes per variant; 2 workers, one BLAS thread each")
+    models, times, splits = {}, {}, {}
+    try:
+        for name, eng in variants.items():
+            models[name] = build()
+            eng.start(models[name], {"train": (x, y)}, seed=0)
+            timed_pass(eng, models[name], 2048, 128, 0)              # warm-up
+        step = 100
+        for _ in range(args.repeats):
+            for b in (128, 1000):
+                for name, eng in variants.items():
+                    if hasattr(eng, "step_timing"):
+                        eng.step_timing(reset=True)
+                    split = {}
+                    t, n = timed_pass(eng, models[name], len(x), b, step, split)
+                    step += n
+                    times.setdefault((name, b), []).append(t)
+                    split = {k: v / n for k, v in split.items()}
+                    if hasattr(eng, "step_timing"):
+                        split.update(eng.step_timing())
+                    splits.setdefault((name, b), []).append(split)
+    finally:
+        for eng in variants.values():
+            eng.close()
+        for eng in variants.values():
+            for p in getattr(eng, "procs", []):
+                p.wait(10)
+    n_params = models["in-process"].n_params
+    print(f"
+{'engine':>12} {'batch':>6} {'samples/s':>10} {'step ms':>8} {'overhead ms':>12} "
+          f"{'MB/step':>8}   (medians)")
+    for b in (128, 1000):
+        for name in variants:
+            sps = len(x) / float(np.median(times[(name, b)]))
+            runs = splits[(name, b)]
+            step_ms = float(np.median([r["gradient"] + r["update"] for r in runs])) * 1e3
+            over = [r["overhead"] for r in runs if "overhead" in r]
+            over = f"{float(np.median(over)) * 1e3:.2f}" if over else "-"
+            # what crosses the sockets per step: for TCP workers the weights to each
+            # worker, each one's gradient back, and the indices; shared memory: headers
+            moved = 2 * (2 * n_params * 4) + b * 8 if name.startswith("tcp") else 0
+            print(f"{name:>12} {b:>6} {sps:>10,.0f} {step_ms:>8.2f} {over:>12} "
+                  f"{moved / 1e6:>8.2f}")
+    print("  overhead: the coordinator's gradient time minus the slowest worker's own "
+          "compute
+  (messages, encryption, wake-ups, the fold); MB/step: array bytes "
+          "over the
+  sockets (weights out and gradient back per worker, the indices)")
+
+
 def mib(v):
     return f"{v / 2**20:7.1f}" if v else "      ?"
 
@@ -89,7 +185,11 @@ def main():
                    help="largest worker count (default: 2 x physical cores)")
     p.add_argument("--workers", type=int, nargs="+", default=None, metavar="N",
                    help="these worker counts instead (e.g. 1 2 4 8 16 for a scaling curve)")
+    p.add_argument("--remote", action="store_true",
+                   help="compare local workers with remote workers over TCP (plain, CURVE)")
     args = p.parse_args()
+    if args.remote:
+        return bench_remote(args)
     cores = default_workers()
     counts = sorted(set(args.workers)) if args.workers else \
         list(range(1, (args.max_workers or 2 * cores) + 1))
