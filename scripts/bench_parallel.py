@@ -151,8 +151,7 @@ def bench_remote(args):
             for p in getattr(eng, "procs", []):
                 p.wait(10)
     n_params = models["in-process"].n_params
-    print(f"
-{'engine':>12} {'batch':>6} {'samples/s':>10} {'step ms':>8} {'overhead ms':>12} "
+    print(f"\n{'engine':>12} {'batch':>6} {'samples/s':>10} {'step ms':>8} {'overhead ms':>12} "
           f"{'MB/step':>8}   (medians)")
     for b in (128, 1000):
         for name in variants:
@@ -167,10 +166,8 @@ def bench_remote(args):
             print(f"{name:>12} {b:>6} {sps:>10,.0f} {step_ms:>8.2f} {over:>12} "
                   f"{moved / 1e6:>8.2f}")
     print("  overhead: the coordinator's gradient time minus the slowest worker's own "
-          "compute
-  (messages, encryption, wake-ups, the fold); MB/step: array bytes "
-          "over the
-  sockets (weights out and gradient back per worker, the indices)")
+          "compute\n  (messages, encryption, wake-ups, the fold); MB/step: array bytes "
+          "over the\n  sockets (weights out and gradient back per worker, the indices)")
 
 
 def mib(v):
