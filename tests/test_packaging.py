@@ -60,7 +60,7 @@ def test_the_wheel_holds_dpnet_and_its_data_and_nothing_else(installed):
     assert tops == {"dpnet", installed[2].name.split("-py3")[0] + ".dist-info"}, tops
     for f in ("dpnet/_bundled/mnist/train-images-idx3-ubyte.gz",
               "dpnet/_bundled/tinyshakespeare/input.txt", "dpnet/workers/cpu_worker.py",
-              "dpnet/workers/gpu_worker.py"):
+              "dpnet/workers/gpu_worker.py", "dpnet/workers/remote_worker.py"):
         assert f in names, f
 
 
@@ -79,6 +79,23 @@ def test_the_installed_package_works_from_anywhere(installed):
     r = run(installed, str(bindir / "runLstm"), "--steps", "20", "--hidden", "32",
             "--print-every", "10", "--eval-every", "0", "--sample-every", "0")
     assert "65 characters" in r.stdout and "20 steps" in r.stdout
+    # a remote worker from the installed command, on this machine's loopback
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DPNET_DATA")}
+    env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
+    coord = subprocess.Popen([str(bindir / "runDnn"), "--remote-workers", "1", "--listen",
+                              f"tcp://127.0.0.1:{port}", "--epochs", "1", "--limit-train",
+                              "500", "--hidden", "16"], cwd=installed[1], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    w = run(installed, str(bindir / "dpnet-worker"), "--connect", f"tcp://127.0.0.1:{port}",
+            "--once", "--wait", "120")
+    out, err = coord.communicate(timeout=120)
+    assert coord.returncode == 0, err
+    assert "start each with: dpnet-worker --connect" in err and "test accuracy:" in out
+    assert "joined as worker 0" in w.stderr
     for cmd in ("runDnnDebug", "runDnnGPU"):
         assert "usage:" in run(installed, str(bindir / cmd), "--help").stdout
     assert "dead runs" in run(installed, str(bindir / "python"), "-m", "dpnet", "clean",

@@ -85,9 +85,11 @@ class RemoteWorkers(WorkerGroup):
         self.router = Router(bind=self.listen, curve=self.curve,
                              max_message=biggest + P.MAX_HEADER_BYTES + 4096)
         self.endpoint = self.router.endpoint
+        import shutil
+        command = "dpnet-worker" if shutil.which("dpnet-worker") else "python -m workers.remote"
         self.say(f"waiting for {self.size} remote worker{'s' if self.size > 1 else ''} at "
                  f"{self.endpoint} ({'CURVE' if self.curve else 'plain TCP, loopback only'}); "
-                 f"start each with: python -m workers.remote --connect "
+                 f"start each with: {command} --connect "
                  f"{self._public_endpoint()}{' --keys DIR' if self.curve else ''}")
 
     def _public_endpoint(self):
