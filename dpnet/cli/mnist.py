@@ -123,6 +123,9 @@ def dnn_parser(prog, workers=False, gpu=False):
                "only, any free port; any other address needs --keys)")
         a("--keys", type=path_arg, default=None, metavar="DIR",
           help="CURVE keys for remote workers (make them with: python -m dpnet keys DIR)")
+        a("--cluster", default=None, metavar="ray[:ADDRESS]",
+          help="let Ray place, start and restart the --remote-workers (a local Ray, or "
+               "the cluster at ADDRESS; extra 'cluster'); keys are made for the run")
         a("--join-timeout", type=float_in(1), default=600.0, metavar="S",
           help="how long to wait for the remote workers to join, and for one to join "
                "when none is left (default: 600)")
@@ -401,8 +404,10 @@ def _engine(args, default_workers, prog, say):
         return engine, 1
     if getattr(args, "remote_workers", None) is not None:
         return _remote_engine(args, prog, say), args.remote_workers
-    if getattr(args, "listen", None) is not None or getattr(args, "keys", None) is not None:
-        raise UserError("--listen and --keys are for remote workers: add --remote-workers N")
+    if getattr(args, "listen", None) is not None or getattr(args, "keys", None) is not None \
+            or getattr(args, "cluster", None) is not None:
+        raise UserError("--listen, --keys and --cluster are for remote workers: add "
+                        "--remote-workers N")
     workers = getattr(args, "workers", None)
     if workers is None:
         workers = default_workers
@@ -426,9 +431,19 @@ def _remote_engine(args, prog, say):
     if args.remote_workers > args.batch_size:
         raise UserError(f"--remote-workers {args.remote_workers} is more than the "
                         f"{args.batch_size} samples of a step")
+    launcher = None
+    if args.cluster is not None:
+        kind, _, address = args.cluster.partition(":")
+        if kind != "ray":
+            raise UserError(f"--cluster takes ray or ray:ADDRESS, got {args.cluster!r}")
+        from ..engines.ray_cluster import RayLauncher
+        try:
+            launcher = RayLauncher(address=address or None)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     try:
-        group = worker_group("remote", args.remote_workers,
-                             listen=args.listen or "tcp://127.0.0.1:0", keys=args.keys,
+        group = worker_group("remote", args.remote_workers, listen=args.listen,
+                             keys=args.keys, launcher=launcher,
                              # where to connect, and who joined: shown even with --quiet
                              say=lambda line: print(f"{prog}: {line}", file=sys.stderr,
                                                     flush=True))

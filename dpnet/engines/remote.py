@@ -53,15 +53,24 @@ class RemoteWorkers(WorkerGroup):
     kind = "remote"
     elastic = True
 
-    def __init__(self, size, listen="tcp://127.0.0.1:0", keys=None, say=None):
+    def __init__(self, size, listen=None, keys=None, say=None, launcher=None):
         super().__init__(size)
+        self.launcher = launcher           # starts the workers itself (Ray), or None
+        self._worker_curve = None
+        if launcher is not None:
+            listen = listen or launcher.listen_address()
+            if keys is None:               # keys for this run only, handed to the workers
+                keys, self._worker_curve = launcher.keys()
+        listen = listen or "tcp://127.0.0.1:0"
         host, _ = split_tcp(listen)
         if keys is None and not is_loopback(host):
             raise ValueError(f"listening on {host} lets other machines connect: give a key "
                              f"directory (--keys DIR; make one with: python -m dpnet keys DIR)")
         self.listen = listen
         self.curve = None
-        if keys is not None:
+        if isinstance(keys, tuple):        # (public, secret, allowed public keys)
+            self.curve = keys
+        elif keys is not None:
             from ..parallel.keys import server_keys
             self.curve = server_keys(keys)
         self.say = say or (lambda line: print(f"dpnet: {line}", file=sys.stderr, flush=True))
@@ -69,6 +78,7 @@ class RemoteWorkers(WorkerGroup):
         self.members, self._rank_of = {}, {}
         self._left = {}                    # rank -> why its last member left
         self._departed = set()             # identities of members that left (bounded)
+        self._spares = []                  # (identity, heartbeat identity, JOIN header)
         self.refused = 0
         self.endpoint = None
 
@@ -85,6 +95,11 @@ class RemoteWorkers(WorkerGroup):
         self.router = Router(bind=self.listen, curve=self.curve,
                              max_message=biggest + P.MAX_HEADER_BYTES + 4096)
         self.endpoint = self.router.endpoint
+        if self.launcher is not None:
+            self.say(f"starting {self.size} worker{'s' if self.size > 1 else ''} with "
+                     f"{type(self.launcher).__name__}; listening at {self.endpoint}")
+            self.launcher.start(self, self._worker_curve)
+            return
         import shutil
         command = "dpnet-worker" if shutil.which("dpnet-worker") else "python -m workers.remote"
         self.say(f"waiting for {self.size} remote worker{'s' if self.size > 1 else ''} at "
@@ -127,24 +142,42 @@ class RemoteWorkers(WorkerGroup):
             return None
         return Ranked(rank, msg)
 
+    MAX_SPARES = 64
+
     def _join(self, msg):
+        """Admit a joining worker to the lowest free rank; with none free it waits as
+        a spare (no answer yet) and takes the next rank that is vacated."""
         h = msg.header
         beat = h["heartbeat_identity"].encode()
         where = f"{h.get('host', '?')} pid {h['pid']}"
-        vacant = [r for r in range(self.size) if r not in self.members]
-        if not vacant or beat in self._rank_of or beat == msg.identity:
-            why = ("this run has all its workers" if not vacant
-                   else "its heartbeat identity is in use")
-            self.drops(f"refused a JOIN from {where}: {why}")
-            self._tell(msg.identity, why)
+        if beat in self._rank_of or beat == msg.identity or \
+                any(beat == b for _, b, _ in self._spares):
+            self.drops(f"refused a JOIN from {where}: its heartbeat identity is in use")
+            self._tell(msg.identity, "its heartbeat identity is in use")
             return
-        rank = vacant[0]
-        self.members[rank] = _Member(msg.identity, beat, h.get("host", "?"), h["pid"])
+        vacant = [r for r in range(self.size) if r not in self.members]
+        if not vacant:
+            if len(self._spares) >= self.MAX_SPARES:
+                self.drops(f"refused a JOIN from {where}: {self.MAX_SPARES} spares wait")
+                self._tell(msg.identity, "this run has all its workers and spares")
+                return
+            self._spares.append((msg.identity, beat, h))
+            self.say(f"a worker from {where} waits as a spare")
+            return
+        self._admit(vacant[0], msg.identity, beat, h)
+
+    def _admit(self, rank, identity, beat, h):
+        where = f"{h.get('host', '?')} pid {h['pid']}"
+        self.members[rank] = _Member(identity, beat, h.get("host", "?"), h["pid"])
         self._left.pop(rank, None)
-        self._rank_of[msg.identity] = self._rank_of[beat] = rank
+        self._rank_of[identity] = self._rank_of[beat] = rank
         cfg = dict(self._config_of(rank), arrays=self.table, data=self.data_checksum)
         cfg.pop("shm", None)
-        self.router.send(msg.identity, P.ADMIT, {"rank": rank, "config": cfg})
+        try:
+            self.router.send(identity, P.ADMIT, {"rank": rank, "config": cfg})
+        except Exception:                  # gone while it waited: the rank stays free
+            self._vacate(rank)
+            return
         self.say(f"remote worker {rank} joined from {where}")
 
     def _fetch(self, rank, msg):
@@ -185,6 +218,9 @@ class RemoteWorkers(WorkerGroup):
             if len(self._departed) > 10_000:
                 self._departed.clear()
             self._departed.update((m.identity, m.heartbeat_identity))
+        if self._spares and self.router is not None and rank not in self.members:
+            identity, beat, h = self._spares.pop(0)
+            self._admit(rank, identity, beat, h)
 
     def problem(self, rank, now):
         if rank in self.members or rank not in self._left:
@@ -210,9 +246,10 @@ class RemoteWorkers(WorkerGroup):
         if self.router is None:
             return
         if stop_message is not None:
-            for m in self.members.values():
+            for identity in [m.identity for m in self.members.values()] + \
+                    [identity for identity, _, _ in self._spares]:
                 try:
-                    self.router.send(m.identity, *stop_message)
+                    self.router.send(identity, *stop_message)
                 except Exception:
                     pass
         # let the STOPs leave before the socket goes (linger is 0 otherwise)
@@ -220,7 +257,9 @@ class RemoteWorkers(WorkerGroup):
         self.router.socket = None
         self.router.close()
         self.router = None
-        self.members, self._rank_of = {}, {}
+        self.members, self._rank_of, self._spares = {}, {}, []
+        if self.launcher is not None:
+            self.launcher.stop()
 
     def describe(self):
         return (f"{self.size} remote worker{'s' if self.size > 1 else ''} at "

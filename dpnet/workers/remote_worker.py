@@ -269,6 +269,16 @@ def main(argv=None):
     # SIGTERM (srun, a scheduler, kill) ends it like Ctrl-C
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
+        return run(args, curve, prog)
+    except KeyboardInterrupt:
+        return 130
+
+
+def run(args, curve, prog="dpnet-worker"):
+    """Memberships until the run is over (or ``args.once``): the exit code. ``args``
+    needs ``connect``, ``data``, ``wait``, ``once``; ``curve``: (public, secret,
+    server public) or None. What a launcher such as a Ray actor calls in its own thread."""
+    try:
         while True:
             outcome = {}
             code = join_and_serve(args, curve, outcome)
@@ -277,15 +287,13 @@ def main(argv=None):
                 raise Refused(reason[len("refused"):].lstrip(": "))
             if reason == "done" or args.once or code != 0:
                 return code
-            print(f"dpnet-worker: {reason}; joining again", file=sys.stderr, flush=True)
+            print(f"{prog}: {reason}; joining again", file=sys.stderr, flush=True)
     except Refused as e:
         print(f"{prog}: refused: {e}", file=sys.stderr)
         return 1
     except TimeoutError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":

@@ -23,12 +23,14 @@ def run(*args, timeout=120):
 
 
 @pytest.mark.parametrize("flags, want", [
-    (["--listen", "tcp://127.0.0.1:0"], "--listen and --keys are for remote workers"),
+    (["--listen", "tcp://127.0.0.1:0"], "are for remote workers: add --remote-workers"),
     (["--remote-workers", "2", "--listen", "tcp://0.0.0.0:0"], "lets other machines connect"),
     (["--remote-workers", "2", "--workers", "2"], "do not mix yet"),
     (["--remote-workers", "2", "--listen", "tcp://127.0.0.1:70000"], "must be 0-65535"),
     (["--remote-workers", "2", "--listen", "127.0.0.1:5555"], "tcp://HOST:PORT"),
     (["--remote-workers", "0"], "--remote-workers"),
+    (["--cluster", "ray"], "are for remote workers"),
+    (["--remote-workers", "2", "--cluster", "spark"], "--cluster takes ray or ray:ADDRESS"),
     (["--remote-workers", "2", "--listen", "tcp://0.0.0.0:0", "--keys", "/nonexistent"],
      "no key file"),
 ])
@@ -61,7 +63,15 @@ def worker(endpoint, *flags):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def test_two_remote_workers_through_the_cli_match_local_workers(tmp_path):
+@pytest.fixture(scope="module")
+def local_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("local") / "local.npz"
+    r = run(SCRIPT, *FLAGS, "--workers", "2", "--save", str(path))
+    assert r.returncode == 0, r.stderr
+    return np.load(path)["params"]
+
+
+def test_two_remote_workers_through_the_cli_match_local_workers(tmp_path, local_weights):
     p, ep = coordinator("--remote-workers", "2", "--save", str(tmp_path / "remote.npz"))
     ws = [worker(ep), worker(ep)]
     out, err = p.communicate(timeout=150)
@@ -69,10 +79,16 @@ def test_two_remote_workers_through_the_cli_match_local_workers(tmp_path):
     assert [w.wait(30) for w in ws] == [0, 0]
     assert "remote worker 0 joined from" in err and "remote worker 1 joined from" in err
     assert "test accuracy:" in out
-    r = run(SCRIPT, *FLAGS, "--workers", "2", "--save", str(tmp_path / "local.npz"))
+    assert np.array_equal(np.load(tmp_path / "remote.npz")["params"], local_weights)
+
+
+def test_workers_started_by_a_local_ray_through_the_cli(tmp_path, local_weights):
+    pytest.importorskip("ray")
+    r = run(SCRIPT, *FLAGS, "--remote-workers", "2", "--cluster", "ray",
+            "--save", str(tmp_path / "ray.npz"), timeout=170)
     assert r.returncode == 0, r.stderr
-    a, b = np.load(tmp_path / "remote.npz"), np.load(tmp_path / "local.npz")
-    assert np.array_equal(a["params"], b["params"])
+    assert "starting 2 workers with RayLauncher" in r.stderr
+    assert np.array_equal(np.load(tmp_path / "ray.npz")["params"], local_weights)
 
 
 def test_ctrl_c_on_a_remote_worker_moves_its_share_and_the_run_completes(tmp_path):

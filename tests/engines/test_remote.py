@@ -304,6 +304,37 @@ def test_a_lost_worker_s_share_is_rerun_and_a_newcomer_takes_its_rank(capfd):
     np.testing.assert_allclose(m.params, m2.params, rtol=1e-4, atol=1e-5)
 
 
+def test_a_spare_waits_and_takes_the_first_rank_that_is_vacated(local2):
+    # three workers for two ranks: the third waits (no answer, no refusal) and takes
+    # the rank of the worker killed after the first epoch
+    eng, launcher = remote_engine(2, extra=[(), (), ()], silence_timeout=1.0)
+    events = []
+
+    def chaos(epoch, metrics):
+        if epoch == 1:
+            deadline = time.monotonic() + 60
+            while not eng.group._spares and time.monotonic() < deadline:
+                eng.evaluate("val")              # rounds: where the third one's JOIN is read
+            assert len(eng.group._spares) == 1
+            os.kill(eng.group.members[0].pid, signal.SIGKILL)
+            events.append("killed")
+        elif epoch == 3:
+            deadline = time.monotonic() + 60
+            while not all(eng._ready.values()) and time.monotonic() < deadline:
+                eng.evaluate("val")
+            events.append("spare serves" if all(eng._ready.values()) else "no spare")
+        return False
+
+    x, y = data()
+    with eng:
+        m = mlp()
+        m.fit(x, y, epochs=5, batch_size=50, validation_data=(x[:200], y[:200]),
+              engine=eng, verbose=0, callbacks=[chaos])
+    codes = sorted(c for c, _ in launcher.finish())
+    assert events == ["killed", "spare serves"] and eng.respawns == 1
+    assert codes == [-signal.SIGKILL, 0, 0], codes
+
+
 def injected(codes):
     """(dropped, duplicated) summed over the workers' own reports."""
     import re
