@@ -322,3 +322,74 @@ def guarded(prog, run, *args):
         for sig, handler in old.items():
             signal.signal(sig, handler)
         restore()
+
+
+# -- workers on other machines (runDnn.py, runLstm.py) ------------------------------------
+def tcp_endpoint(text):
+    from ..parallel.transport import split_tcp
+    try:
+        split_tcp(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def add_remote_flags(a):
+    """--remote-workers, --listen, --keys, --cluster, --join-timeout."""
+    a("--remote-workers", type=positive_int, default=None, metavar="N",
+      help="train with N workers on other machines (instead of local processes): "
+           "wait for them at --listen; start each with python -m workers.remote "
+           "--connect tcp://THIS_HOST:PORT --keys DIR")
+    a("--listen", type=tcp_endpoint, default=None, metavar="tcp://HOST:PORT",
+      help="where remote workers connect (default: tcp://127.0.0.1:0, this machine "
+           "only, any free port; any other address needs --keys)")
+    a("--keys", type=path_arg, default=None, metavar="DIR",
+      help="CURVE keys for remote workers (make them with: python -m dpnet keys DIR)")
+    a("--cluster", default=None, metavar="ray[:ADDRESS]",
+      help="let Ray place, start and restart the --remote-workers (a local Ray, or "
+           "the cluster at ADDRESS; extra 'cluster'); keys are made for the run")
+    a("--join-timeout", type=float_in(1), default=600.0, metavar="S",
+      help="how long to wait for the remote workers to join, and for one to join "
+           "when none is left (default: 600)")
+
+def no_remote_flags(args):
+    if getattr(args, "listen", None) is not None or getattr(args, "keys", None) is not None \
+            or getattr(args, "cluster", None) is not None:
+        raise UserError("--listen, --keys and --cluster are for remote workers: add "
+                        "--remote-workers N")
+
+
+def remote_engine(args, prog, per_step, unit):
+    """A coordinator over --remote-workers workers that join at --listen (or that
+    --cluster starts)."""
+    from ..engines import worker_group
+    from ..engines.coordinator import Coordinator
+    from ..parallel.keys import KeysError
+    if args.workers:
+        raise UserError(f"--workers {args.workers} with --remote-workers: local and remote "
+                        f"workers do not mix yet; start local ones as remote workers of "
+                        f"this machine (python -m workers.remote --connect ...)")
+    if args.remote_workers > per_step:
+        raise UserError(f"--remote-workers {args.remote_workers} is more than the "
+                        f"{per_step} {unit} of a step")
+    launcher = None
+    if args.cluster is not None:
+        kind, _, address = args.cluster.partition(":")
+        if kind != "ray":
+            raise UserError(f"--cluster takes ray or ray:ADDRESS, got {args.cluster!r}")
+        from ..engines.ray_cluster import RayLauncher
+        try:
+            launcher = RayLauncher(address=address or None)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    try:
+        group = worker_group("remote", args.remote_workers, listen=args.listen,
+                             keys=args.keys, launcher=launcher,
+                             # where to connect, and who joined: shown even with --quiet
+                             say=lambda line: print(f"{prog}: {line}", file=sys.stderr,
+                                                    flush=True))
+    except (ValueError, KeysError) as e:
+        raise UserError(str(e)) from None
+    timeout = getattr(args, "worker_timeout", 300.0)
+    return Coordinator(group, on_failure=args.on_failure, step_timeout=timeout,
+                       start_timeout=args.join_timeout, silence_timeout=min(30.0, timeout))

@@ -27,7 +27,8 @@ from ..optim.schedules import as_schedule
 from ..training.history import LN2, TextHistory, exit_code
 from ..training.text import fit_text
 from ..training.text_checkpoint import load_text_checkpoint
-from .common import (Parser, SaveLock, UserError, cap_workers, check_model_size,
+from .common import (Parser, SaveLock, UserError, add_remote_flags, cap_workers,
+                     check_model_size, no_remote_flags, remote_engine,
                      check_output_paths, device_line, float_in, guarded, json_on_stdout,
                      nonneg_int, path_arg, plot_format, positive_int, pyplot,
                      save_figure, write_json)
@@ -103,6 +104,7 @@ def lstm_parser(prog):
            "library's choice in process, 1 per worker)")
     a("--on-failure", choices=["respawn", "abort"], default="respawn",
       help="what to do when a worker dies (default: respawn)")
+    add_remote_flags(a)
     a("--gpu", action="store_true",
       help="train on a CUDA GPU (one GPU worker process; needs pip install -e \".[gpu]\")")
     a("--device", type=nonneg_int, default=0, metavar="N",
@@ -354,6 +356,10 @@ def _train(args, prog):
     say = (lambda *a, **k: None) if args.quiet else print
     if args.gpu and args.workers:
         raise UserError("--gpu trains on one GPU worker: drop --workers")
+    if args.gpu and args.remote_workers:
+        raise UserError("--gpu trains on one GPU worker: drop --remote-workers")
+    if args.remote_workers is None:
+        no_remote_flags(args)
     workers = cap_workers(args.workers, sizes["batch_size"], "streams", prog) \
         if args.workers else 0
     _announce(args, prog, say, vocab, train, model, sizes, workers, initial_step)
@@ -365,6 +371,8 @@ def _train(args, prog):
     if args.gpu:
         engine = gpu_engine(args.device, update=args.update, on_failure="abort",
                             on_hello=device_line(prog, say))
+    elif args.remote_workers:
+        engine = remote_engine(args, prog, sizes["batch_size"], "streams")
     elif workers:
         engine = make_engine(workers, blas_threads=args.blas_threads or 1,
                              on_failure=args.on_failure)
@@ -431,6 +439,8 @@ def _announce(args, prog, say, vocab, train, model, sizes, workers, initial_step
     say(f"{prog}: LSTM H={H}" + (f" x {L} layers" if L > 1 else "")
         + f", {model.n_params:,} parameters, {model.optimizer.name} "
         f"lr {model.optimizer.lr:g}, " + (f"on GPU {args.device}" if args.gpu else
+                                          f"{args.remote_workers} remote workers"
+                                          if args.remote_workers else
                                           f"{workers} worker process"
                                           f"{'es' if workers > 1 else ''}" if workers
                                           else "in process")

@@ -25,7 +25,8 @@ from ..training.callbacks import EarlyStopping
 from ..training.epochs import fit, save_training_checkpoint
 from ..training.fullbatch import minimize
 from ..training.history import History, exit_code
-from .common import (Parser, SaveLock, UserError, cap_workers, check_model_size,
+from .common import (Parser, SaveLock, UserError, add_remote_flags, cap_workers,
+                     check_model_size, no_remote_flags, remote_engine,
                      check_output_paths, device_line, float_in, guarded, json_on_stdout,
                      nonneg_int, path_arg, plot_format, positive_int, pyplot,
                      save_figure, write_json)
@@ -114,21 +115,7 @@ def dnn_parser(prog, workers=False, gpu=False):
           help="a worker that has not answered a step after S >= 1 seconds is replaced "
                "(dead or suspended workers are noticed at once; default: 300); a remote "
                "worker silent for min(S, 30) seconds is dropped")
-        a("--remote-workers", type=positive_int, default=None, metavar="N",
-          help="train with N workers on other machines (instead of local processes): "
-               "wait for them at --listen; start each with python -m workers.remote "
-               "--connect tcp://THIS_HOST:PORT --keys DIR")
-        a("--listen", type=tcp_endpoint, default=None, metavar="tcp://HOST:PORT",
-          help="where remote workers connect (default: tcp://127.0.0.1:0, this machine "
-               "only, any free port; any other address needs --keys)")
-        a("--keys", type=path_arg, default=None, metavar="DIR",
-          help="CURVE keys for remote workers (make them with: python -m dpnet keys DIR)")
-        a("--cluster", default=None, metavar="ray[:ADDRESS]",
-          help="let Ray place, start and restart the --remote-workers (a local Ray, or "
-               "the cluster at ADDRESS; extra 'cluster'); keys are made for the run")
-        a("--join-timeout", type=float_in(1), default=600.0, metavar="S",
-          help="how long to wait for the remote workers to join, and for one to join "
-               "when none is left (default: 600)")
+        add_remote_flags(a)
     if gpu:
         a("--device", type=nonneg_int, default=0, metavar="N",
           help="the CUDA device to train on (default: 0)")
@@ -139,15 +126,6 @@ def dnn_parser(prog, workers=False, gpu=False):
         a("--worker-timeout", type=float_in(1), default=300.0, metavar="S",
           help="the GPU worker must answer a step within S >= 1 seconds (default: 300)")
     return p
-
-
-def tcp_endpoint(text):
-    from ..parallel.transport import split_tcp
-    try:
-        split_tcp(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
 
 
 def build_model(args, steps_per_epoch):
@@ -403,11 +381,8 @@ def _engine(args, default_workers, prog, say):
         say(f"{prog}: {engine.group.describe()}")
         return engine, 1
     if getattr(args, "remote_workers", None) is not None:
-        return _remote_engine(args, prog, say), args.remote_workers
-    if getattr(args, "listen", None) is not None or getattr(args, "keys", None) is not None \
-            or getattr(args, "cluster", None) is not None:
-        raise UserError("--listen, --keys and --cluster are for remote workers: add "
-                        "--remote-workers N")
+        return remote_engine(args, prog, args.batch_size, "samples"), args.remote_workers
+    no_remote_flags(args)
     workers = getattr(args, "workers", None)
     if workers is None:
         workers = default_workers
@@ -418,40 +393,6 @@ def _engine(args, default_workers, prog, say):
                          step_timeout=args.worker_timeout)
     say(f"{prog}: {engine.group.describe()}")
     return engine, workers
-
-
-def _remote_engine(args, prog, say):
-    from ..engines import worker_group
-    from ..engines.coordinator import Coordinator
-    from ..parallel.keys import KeysError
-    if args.workers:
-        raise UserError(f"--workers {args.workers} with --remote-workers: local and remote "
-                        f"workers do not mix yet; start local ones as remote workers of "
-                        f"this machine (python -m workers.remote --connect ...)")
-    if args.remote_workers > args.batch_size:
-        raise UserError(f"--remote-workers {args.remote_workers} is more than the "
-                        f"{args.batch_size} samples of a step")
-    launcher = None
-    if args.cluster is not None:
-        kind, _, address = args.cluster.partition(":")
-        if kind != "ray":
-            raise UserError(f"--cluster takes ray or ray:ADDRESS, got {args.cluster!r}")
-        from ..engines.ray_cluster import RayLauncher
-        try:
-            launcher = RayLauncher(address=address or None)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-    try:
-        group = worker_group("remote", args.remote_workers, listen=args.listen,
-                             keys=args.keys, launcher=launcher,
-                             # where to connect, and who joined: shown even with --quiet
-                             say=lambda line: print(f"{prog}: {line}", file=sys.stderr,
-                                                    flush=True))
-    except (ValueError, KeysError) as e:
-        raise UserError(str(e)) from None
-    return Coordinator(group, on_failure=args.on_failure, step_timeout=args.worker_timeout,
-                       start_timeout=args.join_timeout,
-                       silence_timeout=min(30.0, args.worker_timeout))
 
 
 def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog, say):

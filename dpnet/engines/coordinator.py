@@ -104,7 +104,10 @@ class Coordinator:
             self._heard = {}
             self._signature = P.signature_of(model)
             self._started = True
-            self.group.start(self._worker_config, self.arrays)
+            # what changes during training is not data: a worker makes its own
+            self.group.start(self._worker_config,
+                             {k: v for k, v in self.arrays.items()
+                              if k not in self.task_cls.carried})
             self._await_ready(list(range(self.n_workers)))
             if self.group.update_on_worker:
                 self._push()
@@ -119,10 +122,6 @@ class Coordinator:
         if not self.group.local:
             # workers elsewhere get the data from the group (their own copy): nothing
             # to share here, the coordinator's model keeps its own weights
-            if not self.task_cls.indexed:
-                raise ValueError(f"the {self.task_cls.name!r} model carries state between "
-                                 f"steps in shared memory: it cannot use {self.group.kind} "
-                                 f"workers yet")
             self.arrays = dict(arrays)
             return
         line = describe(sweep())
@@ -151,6 +150,8 @@ class Coordinator:
         return {"task": self.task_cls.name, "task_options": self.task_options,
                 "seed": self.seed, "model": self.model.config(),
                 "params_bytes": int(self.model.params.nbytes),
+                "carried": {k: [self.arrays[k].dtype.str, list(self.arrays[k].shape)]
+                            for k in self.task_cls.carried if k in self.arrays},
                 "eval_batch_size": self.eval_batch_size,
                 # at least four heartbeats within the silence the coordinator tolerates
                 "heartbeat_s": min(HEARTBEAT_S, self.silence_timeout / 4),
@@ -337,6 +338,8 @@ class Coordinator:
             frames.append(np.ascontiguousarray(index[header["start"]:header["stop"]],
                                                dtype=np.int64))
             header["indices"] = True
+        if not self.group.local:           # state the workers cannot read in place
+            frames += self.task_cls.frames_out(self.arrays, header)
         if not self.group.weights_in_shm and self._sent_version.get(rank) != self.version:
             if self._host_stale:           # never send the host's older weights over
                 raise RuntimeError("the worker holds newer weights than the coordinator")
@@ -464,6 +467,11 @@ class Coordinator:
             if (h[match] == step and rank in pending and rank not in replies
                     and h.get("attempt") == sent[rank].get("attempt")):
                 self._check_count(rank, got, sent[rank])
+                if h.get("state", False):
+                    try:
+                        self.task_cls.frames_back(self.arrays, sent[rank], got.arrays[1:])
+                    except ValueError as e:
+                        raise WorkerError(f"worker {rank}: {e}", rank=rank) from None
                 replies[rank] = _Reply(got)
                 if on_reply is not None:
                     on_reply(replies)

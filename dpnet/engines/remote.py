@@ -227,6 +227,10 @@ class RemoteWorkers(WorkerGroup):
             return None
         return f"left the run ({self._left[rank]})"
 
+    def pid(self, rank):
+        """The pid a member said it has (on its own host)."""
+        return self.members[rank].pid
+
     def who(self, rank):
         m = self.members.get(rank)
         return f"{m.host} pid {m.pid}" if m is not None else "gone"

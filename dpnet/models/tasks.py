@@ -31,6 +31,17 @@ class MlpTask:
     block or as a frame). Arrays: ``<split>.x``, ``<split>.y`` per dataset."""
     name = "mlp"
     indexed = True          # a step's shards are lists of sample indices
+    carried = ()            # arrays that change during training (not part of the data)
+
+    @staticmethod
+    def frames_out(arrays, header):
+        """Frames a shard's STEP carries to a worker without shared memory (besides
+        the indices and the weights); may set header flags."""
+        return []
+
+    @staticmethod
+    def frames_back(arrays, header, frames):
+        """Take what a GRAD brought back besides the gradient (see frames_out)."""
 
     # -- coordinator side ----------------------------------------------------------
     @staticmethod
@@ -97,6 +108,28 @@ class LstmTask:
     starts from exactly the state it started from the first time."""
     name = "lstm"
     indexed = False
+    carried = ("train.state",)
+
+    @staticmethod
+    def frames_out(arrays, header):
+        """A training shard's rows of the state its chunk starts from."""
+        if "chunk" not in header:
+            return []
+        rows = slice(header["start"], header["stop"])
+        src = arrays["train.state"][header["chunk"] % 2]
+        header["state"] = True
+        return [np.ascontiguousarray(src[0, rows]), np.ascontiguousarray(src[1, rows])]
+
+    @staticmethod
+    def frames_back(arrays, header, frames):
+        """The rows of the state the chunk ended with, into the buffer the next reads."""
+        rows = slice(header["start"], header["stop"])
+        dst = arrays["train.state"][(header["chunk"] + 1) % 2]
+        for label, d, f in (("h", dst[0, rows], frames[0]), ("c", dst[1, rows], frames[1])):
+            if f.shape != d.shape or f.dtype != d.dtype:
+                raise ValueError(f"stream state {label} came back as {f.dtype}{list(f.shape)}, "
+                                 f"expected {d.dtype}{list(d.shape)}")
+            d[...] = f
 
     @staticmethod
     def shared_arrays(model, datasets):

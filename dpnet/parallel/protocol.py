@@ -77,6 +77,9 @@ _INT, _FLOAT, _STR, _BOOL, _MAP = "int", "float", "str", "bool", "map"
 # PUSH / STATE: arrays[0] is the flat weight vector at ``weights_version``; with
 #   ``state=True`` the optimizer's state vectors follow, in its ``state_names`` order,
 #   and ``t`` is its step count; PUSH's ``optimizer`` is its config (rule, schedule).
+# STEP ``state``: the shard's rows of the carried (h, c) it starts from follow the
+#   indices frame (a character model's step on a worker without the coordinator's
+#   shared memory); the GRAD's ``state``: the rows it ends with follow the gradient.
 # STEP/EVAL ``attempt``: which sending of the shard this is; the reply echoes it, so a
 #   reply to an earlier sending (the step re-sharded after a worker was lost) is stale.
 # JOIN: a remote worker asks for a place; ``heartbeat_identity`` is its heartbeat
@@ -93,13 +96,13 @@ _SPEC = {
     STEP: (
         {"step": _INT, "rank": _INT, "start": _INT, "stop": _INT, "weights_version": _INT},
         {"indices": _BOOL, "weights": _BOOL, "epoch": _INT, "scale": _FLOAT, "chunk": _INT,
-         "update": _BOOL, "attempt": _INT},
-        (0, 2),
+         "update": _BOOL, "attempt": _INT, "state": _BOOL},
+        (0, 4),
     ),
     GRAD: (
         {"step": _INT, "rank": _INT, "n": _INT, "loss": _FLOAT, "correct": _INT},
         {"grad_in_shm": _BOOL, "updated": _BOOL, "metrics": _MAP, "seconds": _FLOAT,
-         "attempt": _INT}, (0, 1),
+         "attempt": _INT, "state": _BOOL}, (0, 3),
     ),
     EVAL: (
         {"step": _INT, "rank": _INT, "start": _INT, "stop": _INT, "weights_version": _INT,
@@ -175,11 +178,13 @@ def _check_fields(kind, header, n_arrays):
     # Optional frames are announced by flags, so their meaning never depends on guessing.
     expected = None
     if kind in (STEP, EVAL):
-        expected = int(header.get("indices", False)) + int(header.get("weights", False))
+        expected = (int(header.get("indices", False)) + int(header.get("weights", False))
+                    + 2 * int(header.get("state", False)))
     elif kind in (WELCOME, SYNC):
         expected = int(header.get("weights", False))
     elif kind == GRAD:
-        expected = 0 if header.get("grad_in_shm", False) or header.get("updated", False) else 1
+        expected = (0 if header.get("grad_in_shm", False) or header.get("updated", False)
+                    else 1) + 2 * int(header.get("state", False))
     elif kind in (PUSH, STATE) and not header.get("state", False):
         expected = 1
     if expected is not None and n_arrays != expected:

@@ -63,6 +63,12 @@ class FrameBinding:
         return {"host": socket.gethostname(), "data": self.data_checksum}
 
     def use_weights(self, h, arrays):
+        if h.get("state", False):            # the rows of the state the chunk starts from
+            first = int(h.get("indices", False))
+            src = self.task.arrays["train.state"][h["chunk"] % 2]
+            rows = slice(h["start"], h["stop"])
+            src[0, rows] = arrays[first]
+            src[1, rows] = arrays[first + 1]
         if h.get("weights", False):
             np.copyto(self.model.params, arrays[-1])
             self.version = h["weights_version"]
@@ -79,6 +85,11 @@ class FrameBinding:
         scale = h.get("scale", 1.0)
         if scale != 1.0:                 # this shard's weight in the batch mean
             g *= scale
+        if h.get("state", False):        # the rows of the state the chunk ended with
+            dst = self.task.arrays["train.state"][(h["chunk"] + 1) % 2]
+            rows = slice(h["start"], h["stop"])
+            return {"state": True}, (g, np.ascontiguousarray(dst[0, rows]),
+                                     np.ascontiguousarray(dst[1, rows]))
         return {}, (g,)
 
     def extra(self, msg):
@@ -180,7 +191,10 @@ def join_and_serve(args, curve, outcome):
             if msg.kind == P.ADMIT:
                 admit = msg.header
         rank, cfg = admit["rank"], admit["config"]
-        arrays = {}
+        # what changes during training (a character model's carried state) is the
+        # worker's own, its rows sent with each step
+        arrays = {name: np.zeros(shape, dtype)
+                  for name, (dtype, shape) in cfg.get("carried", {}).items()}
         for name, spec in sorted(cfg.get("arrays", {}).items()):
             a = _cached(args.data, spec)
             if a is None:

@@ -133,3 +133,27 @@ def test_keys_command_writes_private_keys_once(tmp_path):
             assert os.stat(tmp_path / "k" / n).st_mode & 0o077 == 0
     r = run("-m", "dpnet", "keys", str(tmp_path / "k"))
     assert r.returncode == 2 and "never overwritten" in r.stderr
+
+
+def test_runLstm_with_remote_workers_matches_local_workers(tmp_path):
+    flags = ["--steps", "40", "--hidden", "32", "--eval-every", "20", "--sample-every", "0"]
+    lstm = str(ROOT / "scripts" / "runLstm.py")
+    p = subprocess.Popen([sys.executable, lstm, *flags, "--remote-workers", "2",
+                          "--save", str(tmp_path / "remote.npz")], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:
+        m = re.search(r"--connect (tcp://\S+)", line)
+        if m:
+            break
+    ws = [worker(m.group(1)), worker(m.group(1))]
+    out, err = p.communicate(timeout=150)
+    assert p.returncode == 0, err
+    assert [w.wait(30) for w in ws] == [0, 0]
+    assert "2 remote workers" in out
+    r = run(lstm, *flags, "--workers", "2", "--save", str(tmp_path / "local.npz"))
+    assert r.returncode == 0, r.stderr
+    a, b = np.load(tmp_path / "remote.npz"), np.load(tmp_path / "local.npz")
+    for name in ("params", "state.h", "state.c"):
+        assert np.array_equal(a[name], b[name]), name
+    r = run(lstm, "--steps", "1", "--remote-workers", "2", "--gpu")
+    assert r.returncode == 2 and "drop --remote-workers" in r.stderr

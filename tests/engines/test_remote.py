@@ -26,6 +26,8 @@ from dpnet.parallel import protocol as P
 from dpnet.parallel.keys import KeysError, make_keys
 from dpnet.parallel.transport import Dealer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("no_workers_left")]
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -427,3 +429,23 @@ def test_sixteen_workers_a_thousand_steps_no_gradient_lost_or_doubled():
     ref_h = ref.fit(x, y, epochs=10, batch_size=64, engine=LocalEngine(), verbose=0)
     np.testing.assert_allclose(m.params, ref.params, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(h.history["loss"], ref_h.history["loss"], rtol=1e-5)
+
+
+def test_the_character_lstm_on_remote_workers_is_bit_for_bit_local_workers():
+    """The LSTM's carried (h, c) lives in the coordinator; each STEP brings a remote
+    worker its rows and the GRAD takes the new ones back: the same weights, losses and
+    validation as two local workers reading it in shared memory -- also after a worker
+    is lost mid-epoch and its streams re-run by the other (then to rounding)."""
+    from test_lstm_engines import batches, run as lstm_run
+    ref, ref_losses, ref_val = lstm_run(MultiprocessEngine(workers=2), layers=2)
+    eng, launcher = remote_engine(2)
+    m, losses, val = lstm_run(eng, layers=2)
+    launcher.finish()
+    assert np.array_equal(m.params, ref.params)
+    assert losses == ref_losses and val == ref_val
+    eng, launcher = remote_engine(2, silence_timeout=1.0)
+    m, losses, val = lstm_run(eng, layers=2, kill_at=5)
+    launcher.finish()
+    assert eng.respawns == 1
+    np.testing.assert_allclose(m.params, ref.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
