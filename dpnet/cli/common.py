@@ -365,13 +365,11 @@ def remote_engine(args, prog, per_step, unit):
     from ..engines import worker_group
     from ..engines.coordinator import Coordinator
     from ..parallel.keys import KeysError
-    if args.workers:
-        raise UserError(f"--workers {args.workers} with --remote-workers: local and remote "
-                        f"workers do not mix yet; start local ones as remote workers of "
-                        f"this machine (python -m workers.remote --connect ...)")
-    if args.remote_workers > per_step:
-        raise UserError(f"--remote-workers {args.remote_workers} is more than the "
-                        f"{per_step} {unit} of a step")
+    local = args.workers or 0
+    if args.remote_workers + local > per_step:
+        raise UserError(f"--remote-workers {args.remote_workers}"
+                        + (f" and --workers {local}" if local else "")
+                        + f" are more than the {per_step} {unit} of a step")
     launcher = None
     if args.cluster is not None:
         kind, _, address = args.cluster.partition(":")
@@ -384,7 +382,8 @@ def remote_engine(args, prog, per_step, unit):
             raise UserError(str(e)) from None
     try:
         group = worker_group("remote", args.remote_workers, listen=args.listen,
-                             keys=args.keys, launcher=launcher,
+                             keys=args.keys, launcher=launcher, local=local,
+                             blas_threads=getattr(args, "blas_threads", None) or 1,
                              # where to connect, and who joined: shown even with --quiet
                              say=lambda line: print(f"{prog}: {line}", file=sys.stderr,
                                                     flush=True))

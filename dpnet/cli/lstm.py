@@ -440,6 +440,7 @@ def _announce(args, prog, say, vocab, train, model, sizes, workers, initial_step
         + f", {model.n_params:,} parameters, {model.optimizer.name} "
         f"lr {model.optimizer.lr:g}, " + (f"on GPU {args.device}" if args.gpu else
                                           f"{args.remote_workers} remote workers"
+                                          + (f" and {workers} here" if workers else "")
                                           if args.remote_workers else
                                           f"{workers} worker process"
                                           f"{'es' if workers > 1 else ''}" if workers

@@ -381,7 +381,8 @@ def _engine(args, default_workers, prog, say):
         say(f"{prog}: {engine.group.describe()}")
         return engine, 1
     if getattr(args, "remote_workers", None) is not None:
-        return remote_engine(args, prog, args.batch_size, "samples"), args.remote_workers
+        engine = remote_engine(args, prog, args.batch_size, "samples")
+        return engine, engine.n_workers
     no_remote_flags(args)
     workers = getattr(args, "workers", None)
     if workers is None:

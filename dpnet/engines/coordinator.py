@@ -467,7 +467,7 @@ class Coordinator:
             if (h[match] == step and rank in pending and rank not in replies
                     and h.get("attempt") == sent[rank].get("attempt")):
                 self._check_count(rank, got, sent[rank])
-                if h.get("state", False):
+                if got.kind == P.GRAD and h.get("carried", False):
                     try:
                         self.task_cls.frames_back(self.arrays, sent[rank], got.arrays[1:])
                     except ValueError as e:

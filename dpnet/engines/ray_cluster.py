@@ -76,6 +76,8 @@ class RayLauncher:
     def keys(self):
         """(the coordinator's CURVE keys and allowed set, the workers' keys) for this run."""
         import zmq
+        from ..parallel.keys import check_curve
+        check_curve()
         server_public, server_secret = zmq.curve_keypair()
         public, secret = zmq.curve_keypair()
         return (server_public, server_secret, {public}), (public, secret, server_public)

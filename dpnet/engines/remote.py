@@ -53,8 +53,13 @@ class RemoteWorkers(WorkerGroup):
     kind = "remote"
     elastic = True
 
-    def __init__(self, size, listen=None, keys=None, say=None, launcher=None):
-        super().__init__(size)
+    def __init__(self, size, listen=None, keys=None, say=None, launcher=None, local=0,
+                 blas_threads=1):
+        super().__init__(size + local)
+        if not isinstance(local, int) or isinstance(local, bool) or local < 0:
+            raise ValueError(f"local must be a non-negative integer, got {local!r}")
+        self.remote, self.local, self.blas_threads = size, local, blas_threads
+        self.children = []                 # the local workers' processes
         self.launcher = launcher           # starts the workers itself (Ray), or None
         self._worker_curve = None
         if launcher is not None:
@@ -73,6 +78,13 @@ class RemoteWorkers(WorkerGroup):
         elif keys is not None:
             from ..parallel.keys import server_keys
             self.curve = server_keys(keys)
+        self._local_curve = None
+        if local and self.curve is not None:
+            # the local workers get a keypair of their own, for this run only
+            import zmq
+            public, secret = zmq.curve_keypair()
+            self.curve = (self.curve[0], self.curve[1], set(self.curve[2]) | {public})
+            self._local_curve = (public, secret, self.curve[0])
         self.say = say or (lambda line: print(f"dpnet: {line}", file=sys.stderr, flush=True))
         self.router = None
         self.members, self._rank_of = {}, {}
@@ -95,6 +107,7 @@ class RemoteWorkers(WorkerGroup):
         self.router = Router(bind=self.listen, curve=self.curve,
                              max_message=biggest + P.MAX_HEADER_BYTES + 4096)
         self.endpoint = self.router.endpoint
+        self._start_local()
         if self.launcher is not None:
             self.say(f"starting {self.size} worker{'s' if self.size > 1 else ''} with "
                      f"{type(self.launcher).__name__}; listening at {self.endpoint}")
@@ -102,10 +115,34 @@ class RemoteWorkers(WorkerGroup):
             return
         import shutil
         command = "dpnet-worker" if shutil.which("dpnet-worker") else "python -m workers.remote"
-        self.say(f"waiting for {self.size} remote worker{'s' if self.size > 1 else ''} at "
+        self.say(f"waiting for {self.remote} remote worker{'s' if self.remote > 1 else ''} at "
                  f"{self.endpoint} ({'CURVE' if self.curve else 'plain TCP, loopback only'}); "
                  f"start each with: {command} --connect "
                  f"{self._public_endpoint()}{' --keys DIR' if self.curve else ''}")
+
+    def _start_local(self):
+        """``local`` worker processes of this machine, joining like the others (they
+        fetch the data over loopback; BLAS threads as asked)."""
+        import subprocess
+        if not self.local:
+            return
+        host, port = split_tcp(self.endpoint)
+        if host in ("0.0.0.0", "*", "::", "[::]"):
+            host = "127.0.0.1"
+        env = dict(os.environ, **{v: str(self.blas_threads) for v in (
+            "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        cmd = [sys.executable, "-m", "dpnet.workers.remote_worker", "--connect",
+               f"tcp://{host}:{port}", "--wait", "10"]
+        if self._local_curve is not None:
+            cmd += ["--keys", "-"]
+        for _ in range(self.local):
+            p = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE)
+            if self._local_curve is not None:
+                p.stdin.write(b" ".join(self._local_curve))
+            p.stdin.close()
+            self.children.append(p)
 
     def _public_endpoint(self):
         host, port = split_tcp(self.endpoint)
@@ -223,7 +260,15 @@ class RemoteWorkers(WorkerGroup):
             self._admit(rank, identity, beat, h)
 
     def problem(self, rank, now):
-        if rank in self.members or rank not in self._left:
+        m = self.members.get(rank)
+        if m is not None:
+            # a worker of this machine that exited is seen at once, not after silence
+            for p in self.children:
+                if p.pid == m.pid and p.poll() is not None:
+                    from .group import exit_reason
+                    return exit_reason(p.returncode)
+            return None
+        if rank not in self._left:
             return None
         return f"left the run ({self._left[rank]})"
 
@@ -264,9 +309,18 @@ class RemoteWorkers(WorkerGroup):
         self.members, self._rank_of, self._spares = {}, {}, []
         if self.launcher is not None:
             self.launcher.stop()
+        deadline = time.monotonic() + 2.0
+        for p in self.children:
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:
+                p.kill()
+                p.wait()
+        self.children = []
 
     def describe(self):
-        return (f"{self.size} remote worker{'s' if self.size > 1 else ''} at "
+        here = f" and {self.local} of this machine" if self.local else ""
+        return (f"{self.remote} remote worker{'s' if self.remote > 1 else ''}{here} at "
                 f"{self.endpoint or self.listen}")
 
     def stats(self):

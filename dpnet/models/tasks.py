@@ -117,7 +117,7 @@ class LstmTask:
             return []
         rows = slice(header["start"], header["stop"])
         src = arrays["train.state"][header["chunk"] % 2]
-        header["state"] = True
+        header["carried"] = True
         return [np.ascontiguousarray(src[0, rows]), np.ascontiguousarray(src[1, rows])]
 
     @staticmethod

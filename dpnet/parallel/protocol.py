@@ -77,9 +77,9 @@ _INT, _FLOAT, _STR, _BOOL, _MAP = "int", "float", "str", "bool", "map"
 # PUSH / STATE: arrays[0] is the flat weight vector at ``weights_version``; with
 #   ``state=True`` the optimizer's state vectors follow, in its ``state_names`` order,
 #   and ``t`` is its step count; PUSH's ``optimizer`` is its config (rule, schedule).
-# STEP ``state``: the shard's rows of the carried (h, c) it starts from follow the
+# STEP ``carried``: the shard's rows of the carried (h, c) it starts from follow the
 #   indices frame (a character model's step on a worker without the coordinator's
-#   shared memory); the GRAD's ``state``: the rows it ends with follow the gradient.
+#   shared memory); the GRAD's ``carried``: the rows it ends with follow the gradient.
 # STEP/EVAL ``attempt``: which sending of the shard this is; the reply echoes it, so a
 #   reply to an earlier sending (the step re-sharded after a worker was lost) is stale.
 # JOIN: a remote worker asks for a place; ``heartbeat_identity`` is its heartbeat
@@ -96,13 +96,13 @@ _SPEC = {
     STEP: (
         {"step": _INT, "rank": _INT, "start": _INT, "stop": _INT, "weights_version": _INT},
         {"indices": _BOOL, "weights": _BOOL, "epoch": _INT, "scale": _FLOAT, "chunk": _INT,
-         "update": _BOOL, "attempt": _INT, "state": _BOOL},
+         "update": _BOOL, "attempt": _INT, "carried": _BOOL},
         (0, 4),
     ),
     GRAD: (
         {"step": _INT, "rank": _INT, "n": _INT, "loss": _FLOAT, "correct": _INT},
         {"grad_in_shm": _BOOL, "updated": _BOOL, "metrics": _MAP, "seconds": _FLOAT,
-         "attempt": _INT, "state": _BOOL}, (0, 3),
+         "attempt": _INT, "carried": _BOOL}, (0, 3),
     ),
     EVAL: (
         {"step": _INT, "rank": _INT, "start": _INT, "stop": _INT, "weights_version": _INT,
@@ -179,12 +179,12 @@ def _check_fields(kind, header, n_arrays):
     expected = None
     if kind in (STEP, EVAL):
         expected = (int(header.get("indices", False)) + int(header.get("weights", False))
-                    + 2 * int(header.get("state", False)))
+                    + 2 * int(header.get("carried", False)))
     elif kind in (WELCOME, SYNC):
         expected = int(header.get("weights", False))
     elif kind == GRAD:
         expected = (0 if header.get("grad_in_shm", False) or header.get("updated", False)
-                    else 1) + 2 * int(header.get("state", False))
+                    else 1) + 2 * int(header.get("carried", False))
     elif kind in (PUSH, STATE) and not header.get("state", False):
         expected = 1
     if expected is not None and n_arrays != expected:

@@ -63,7 +63,7 @@ class FrameBinding:
         return {"host": socket.gethostname(), "data": self.data_checksum}
 
     def use_weights(self, h, arrays):
-        if h.get("state", False):            # the rows of the state the chunk starts from
+        if h.get("carried", False):          # the rows of the state the chunk starts from
             first = int(h.get("indices", False))
             src = self.task.arrays["train.state"][h["chunk"] % 2]
             rows = slice(h["start"], h["stop"])
@@ -85,10 +85,10 @@ class FrameBinding:
         scale = h.get("scale", 1.0)
         if scale != 1.0:                 # this shard's weight in the batch mean
             g *= scale
-        if h.get("state", False):        # the rows of the state the chunk ended with
+        if h.get("carried", False):      # the rows of the state the chunk ended with
             dst = self.task.arrays["train.state"][(h["chunk"] + 1) % 2]
             rows = slice(h["start"], h["stop"])
-            return {"state": True}, (g, np.ascontiguousarray(dst[0, rows]),
+            return {"carried": True}, (g, np.ascontiguousarray(dst[0, rows]),
                                      np.ascontiguousarray(dst[1, rows]))
         return {}, (g,)
 
@@ -227,7 +227,8 @@ def parser():
     p.add_argument("--keys", metavar="DIR", default=None,
                    help="key directory from 'python -m dpnet keys DIR' (needs "
                         "coordinator.key and this worker's keypair); required unless "
-                        "the coordinator is on this machine's loopback")
+                        "the coordinator is on this machine's loopback; - reads the keys "
+                        "from standard input (how a coordinator starts its local ones)")
     p.add_argument("--key-name", default="worker", metavar="NAME",
                    help="which keypair in --keys: NAME.key_secret (default: worker)")
     p.add_argument("--data", metavar="DIR", default=None,
@@ -258,7 +259,13 @@ def main(argv=None):
         if not args.wait > 0:
             raise ValueError(f"--wait must be a positive number of seconds, got {args.wait}")
         curve = None
-        if args.keys is not None:
+        if args.keys == "-":              # a coordinator that started this worker
+            words = sys.stdin.read().split()
+            if len(words) != 3:
+                raise ValueError("--keys - reads three z85 keys from standard input: "
+                                 "public, secret, the coordinator's public")
+            curve = tuple(w.encode() for w in words)
+        elif args.keys is not None:
             curve = client_keys(args.keys, args.key_name)
         elif not is_loopback(host):
             raise ValueError(f"--connect {args.connect} is another machine: give --keys DIR "

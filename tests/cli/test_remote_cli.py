@@ -25,7 +25,8 @@ def run(*args, timeout=120):
 @pytest.mark.parametrize("flags, want", [
     (["--listen", "tcp://127.0.0.1:0"], "are for remote workers: add --remote-workers"),
     (["--remote-workers", "2", "--listen", "tcp://0.0.0.0:0"], "lets other machines connect"),
-    (["--remote-workers", "2", "--workers", "2"], "do not mix yet"),
+    (["--remote-workers", "1", "--workers", "2", "--batch-size", "2"],
+     "are more than the 2 samples of a step"),
     (["--remote-workers", "2", "--listen", "tcp://127.0.0.1:70000"], "must be 0-65535"),
     (["--remote-workers", "2", "--listen", "127.0.0.1:5555"], "tcp://HOST:PORT"),
     (["--remote-workers", "0"], "--remote-workers"),
@@ -80,6 +81,24 @@ def test_two_remote_workers_through_the_cli_match_local_workers(tmp_path, local_
     assert "remote worker 0 joined from" in err and "remote worker 1 joined from" in err
     assert "test accuracy:" in out
     assert np.array_equal(np.load(tmp_path / "remote.npz")["params"], local_weights)
+
+
+def test_local_and_remote_workers_mixed_with_keys(tmp_path, local_weights):
+    # one worker of this machine (--workers 1, started by the coordinator with a key
+    # made for the run) and one remote one with the key directory's key, on a socket
+    # open to every address: the same weights as two local workers
+    keys = tmp_path / "keys"
+    assert run("-m", "dpnet", "keys", str(keys)).returncode == 0
+    p, ep = coordinator("--remote-workers", "1", "--workers", "1", "--listen",
+                        "tcp://0.0.0.0:0", "--keys", str(keys),
+                        "--save", str(tmp_path / "mixed.npz"))
+    port = ep.rsplit(":", 1)[1]
+    w = worker(f"tcp://127.0.0.1:{port}", "--keys", str(keys))
+    out, err = p.communicate(timeout=150)
+    assert p.returncode == 0, err
+    assert w.wait(30) == 0
+    assert err.count("joined from") == 2, err
+    assert np.array_equal(np.load(tmp_path / "mixed.npz")["params"], local_weights)
 
 
 def test_workers_started_by_a_local_ray_through_the_cli(tmp_path, local_weights):

@@ -449,3 +449,15 @@ def test_the_character_lstm_on_remote_workers_is_bit_for_bit_local_workers():
     assert eng.respawns == 1
     np.testing.assert_allclose(m.params, ref.params, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+
+
+def test_a_libzmq_without_curve_is_one_line(monkeypatch, tmp_path):
+    """Where the installed libzmq lacks CURVE, making or using keys says so in one
+    line (what zmq.has reports is the library's own answer; here it is made to say no)."""
+    import zmq
+    from dpnet.parallel import keys as K
+    monkeypatch.setattr(zmq, "has", lambda what: what != "curve")
+    with pytest.raises(KeysError, match="has no CURVE security"):
+        K.make_keys(str(tmp_path / "k"))
+    with pytest.raises(KeysError, match="has no CURVE security"):
+        worker_group("remote", 1, listen="tcp://0.0.0.0:0", keys=str(tmp_path))
