@@ -92,6 +92,7 @@ class RemoteWorkers(WorkerGroup):
         self._departed = set()             # identities of members that left (bounded)
         self._spares = []                  # (identity, heartbeat identity, JOIN header)
         self.refused = 0
+        self.streamed = 0                  # data bytes sent to workers, all of them
         self.endpoint = None
 
     # -- the interface ----------------------------------------------------------------
@@ -227,6 +228,7 @@ class RemoteWorkers(WorkerGroup):
         raw = np.frombuffer(memoryview(a).cast("B"), np.uint8)
         chunk = raw[h["offset"]:h["offset"] + h["size"]]
         self.members[rank].fetched += len(chunk)
+        self.streamed += len(chunk)
         self.router.send(msg.identity, P.DATA, {"name": h["name"], "offset": h["offset"],
                                                 "total": a.nbytes}, chunk)
 
@@ -329,6 +331,7 @@ class RemoteWorkers(WorkerGroup):
                                 "data_bytes_streamed": m.fetched}
                                for r, m in sorted(self.members.items())],
                 "endpoint": self.endpoint, "curve": self.curve is not None,
+                "data_bytes_streamed": self.streamed,
                 "refused_peers": self.refused,
                 **({"refused_keys": gate.refused} if gate is not None else {}),
                 **self.drops.summary(), "coordinator_pid": os.getpid()}

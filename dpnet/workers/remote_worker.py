@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 CHUNK = 1 << 24
+_HELD = {}            # checksum -> array: a worker that joins again does not fetch again
 
 
 class Refused(Exception):
@@ -196,12 +197,18 @@ def join_and_serve(args, curve, outcome):
         arrays = {name: np.zeros(shape, dtype)
                   for name, (dtype, shape) in cfg.get("carried", {}).items()}
         for name, spec in sorted(cfg.get("arrays", {}).items()):
-            a = _cached(args.data, spec)
+            # kept from an earlier membership of this process, or on disk, or fetched
+            a = _HELD.get(spec["checksum"])
+            if a is None:
+                a = _cached(args.data, spec)
             if a is None:
                 a = _fetch(sock, rank, name, spec, args.wait)
                 if args.data is not None:
                     _keep(args.data, spec, a)
             arrays[name] = a
+        _HELD.clear()                      # only this run's arrays stay in memory
+        _HELD.update((spec["checksum"], arrays[name])
+                     for name, spec in cfg.get("arrays", {}).items())
         print(f"dpnet-worker: joined as worker {rank} of the run at {args.connect}",
               file=sys.stderr, flush=True)
         return serve(lambda: FrameBinding(cfg, arrays, cfg.get("data", "")), args.connect,

@@ -362,15 +362,24 @@ def test_repeated_replies_are_counted_and_never_folded_twice(local2):
 def test_lost_replies_move_the_share_and_the_worker_rejoins(local2):
     # a reply that never comes times the step out: the worker is dropped (it joins
     # again at once), its share re-run by the other worker
-    eng, launcher = remote_engine(2, step_timeout=1.0,
+    # (a worker dropped just before the run ends may be joining again when it ends:
+    # it then waits --wait seconds for a coordinator and says none answered)
+    eng, launcher = remote_engine(2, step_timeout=1.0, extra=[("--wait", "3")] * 2,
                                   env={"DPNET_FAULTS": "drop=0.05,seed=4"})
     with eng:
         m, _ = train(eng)
         stats = eng.stats()
     codes = launcher.finish()
     dropped, _ = injected(codes)
-    assert dropped >= 1 and stats["respawns"] == dropped
-    assert [c for c, _ in codes] == [0, 0], codes
+    # a worker that joins again keeps the data it fetched: each fetched it once
+    x, y = data()
+    assert stats["data_bytes_streamed"] == 2 * (x.nbytes + y.nbytes + x[:200].nbytes
+                                                + y[:200].nbytes)
+    # each lost reply costs one drop of its worker, unless it answered an attempt that
+    # was already re-sent elsewhere (stale anyway)
+    assert dropped >= 1 and 1 <= stats["respawns"] <= dropped
+    for code, err in codes:
+        assert code == 0 or (code == 1 and "no coordinator answered" in err), codes
     assert "dropped" not in stats                # its late words were not a stranger's
     np.testing.assert_allclose(m.params, local2[0], rtol=1e-4, atol=1e-5)
 
