@@ -1,5 +1,10 @@
 """``python -m dpnet COMMAND``: tools that work wherever dpnet is installed.
 
+    python -m dpnet mnist [FLAGS]        = runDnn (scripts/runDnn.py): CPU worker processes
+    python -m dpnet debug [FLAGS]        = runDnnDebug: in this one process
+    python -m dpnet gpu [FLAGS]          = runDnnGPU: a GPU worker
+    python -m dpnet lstm [FLAGS]         = runLstm: the character LSTM
+    python -m dpnet worker [FLAGS]       = dpnet-worker: a worker for a run on another machine
     python -m dpnet clean [--dry-run]    remove what dead runs left in shared memory
     python -m dpnet keys DIR [--workers N]
                                          CURVE keys for workers on other machines
@@ -10,9 +15,36 @@ import argparse
 import sys
 
 
+def _run(command, argv):
+    """The training commands, with their own parsers and flags."""
+    prog = f"python -m dpnet {command}"
+    if command == "lstm":
+        from .cli.lstm import run_lstm
+        return run_lstm(argv, prog=prog)
+    if command == "worker":
+        from .workers.remote_worker import main as worker_main
+        return worker_main(argv, prog=prog)
+    from .cli.mnist import run_dnn
+    if command == "mnist":
+        from .engines.coordinator import default_workers
+        return run_dnn(argv, prog=prog, workers_flag=True, default_workers=default_workers())
+    return run_dnn(argv, prog=prog, gpu=command == "gpu")
+
+
+COMMANDS = ("mnist", "debug", "gpu", "lstm", "worker")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m dpnet", description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:
+        return _run(argv[0], argv[1:])
+    p = argparse.ArgumentParser(prog="python -m dpnet", description=__doc__.splitlines()[0],
+                                epilog="commands: " + ", ".join(COMMANDS) + ", clean, keys "
+                                       "(python -m dpnet COMMAND --help)")
     sub = p.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:                  # listed for --help; dispatched above
+        sub.add_parser(name, help=f"train: see python -m dpnet {name} --help",
+                       add_help=False)
     c = sub.add_parser("clean", help="remove the shared-memory segments and socket "
                                      "directories of runs whose process is gone")
     c.add_argument("--dry-run", action="store_true", help="list them, remove nothing")

@@ -96,6 +96,13 @@ def test_the_installed_package_works_from_anywhere(installed):
     assert coord.returncode == 0, err
     assert "start each with: dpnet-worker --connect" in err and "test accuracy:" in out
     assert "joined as worker 0" in w.stderr
+    # python -m dpnet COMMAND: the same commands, wherever dpnet is installed
+    r = run(installed, str(bindir / "python"), "-m", "dpnet", "debug", "--epochs", "1",
+            "--limit-train", "500", "--hidden", "16")
+    assert "test accuracy:" in r.stdout
+    for cmd in ("mnist", "gpu", "lstm", "worker"):
+        assert "usage: python -m dpnet " + cmd in run(
+            installed, str(bindir / "python"), "-m", "dpnet", cmd, "--help").stdout
     for cmd in ("runDnnDebug", "runDnnGPU"):
         assert "usage:" in run(installed, str(bindir / cmd), "--help").stdout
     assert "dead runs" in run(installed, str(bindir / "python"), "-m", "dpnet", "clean",

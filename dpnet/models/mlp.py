@@ -153,15 +153,19 @@ class Sequential:
                 d = l.backward(d, activate=not (i == last and self._fused),
                                need_dx=not first_dense)
 
-    def loss_and_grad(self, x, y):
+    def loss_and_grad(self, x, y, w=None):
         """Mean loss over the batch; fills ``self.grads`` with the mean gradient.
+        ``w``: per-sample weights (B,), the mean then of ``w_i * loss_i``.
 
         Returns (loss, n). ``self.last_correct`` holds the batch's correct count."""
         x = self._as_input(x)
-        y = xp_of(self.params).asarray(y)
+        xp = xp_of(self.params)
+        y = xp.asarray(y)
+        if w is not None:
+            w = xp.asarray(w, dtype=self.dtype)
         out = self._forward(x, training=True)
         self.last_correct = self._correct(out, y)
-        loss, dout = self.loss.value_and_grad(out, y)
+        loss, dout = self.loss.value_and_grad(out, y, w)
         self._backward(dout)
         return loss, int(x.shape[0])
 

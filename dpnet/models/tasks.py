@@ -47,9 +47,12 @@ class MlpTask:
     @staticmethod
     def shared_arrays(model, datasets):
         arrays = {}
-        for split, (x, y) in datasets.items():
+        for split, data in datasets.items():
+            x, y = data[0], data[1]       # (x, y), or (x, y, per-sample weights)
             arrays[f"{split}.x"] = np.ascontiguousarray(x, dtype=model.dtype)
             arrays[f"{split}.y"] = np.ascontiguousarray(y)
+            if len(data) > 2 and data[2] is not None:
+                arrays[f"{split}.w"] = np.ascontiguousarray(data[2], dtype=model.dtype)
         return arrays, {}
 
     @staticmethod
@@ -85,7 +88,9 @@ class MlpTask:
         xp.take(x, index, axis=0, out=self._xbuf)        # gather into a reused buffer
         # row0 = start: these rows get the dropout masks they have in the whole batch
         self.model.seed_step(self.seed, h["step"], row0=start)
-        loss, n = self.model.loss_and_grad(self._xbuf, y[index])
+        w = self.arrays.get("train.w")
+        loss, n = self.model.loss_and_grad(self._xbuf, y[index],
+                                           None if w is None else w[index])
         return loss, n, self.model.last_correct
 
     def evaluate(self, h):

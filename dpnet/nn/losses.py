@@ -1,5 +1,8 @@
-"""Losses. ``value_and_grad(out, y)`` returns the MEAN loss over the B samples and
-the gradient of that mean with respect to ``out``.
+"""Losses. ``value_and_grad(out, y, w=None)`` returns the MEAN loss over the B samples
+and the gradient of that mean with respect to ``out``. With per-sample weights ``w``
+(B,) the loss is the mean of ``w_i * loss_i`` over the batch (Keras's
+``sample_weight``, reduced over the batch size, so a batch's share of an epoch does
+not depend on its weights).
 
 Cross-entropies are fused with their output activation: they take the logits
 ``z`` (not probabilities), which is both cheaper (the gradient is simply
@@ -28,7 +31,7 @@ class Loss:
     name = "?"
     fused_activation = None     # output activation folded into this loss, if any
 
-    def value_and_grad(self, out, y):
+    def value_and_grad(self, out, y, w=None):
         raise NotImplementedError
 
     def value(self, out, y):
@@ -39,10 +42,14 @@ class MeanSquaredError(Loss):
     """Per sample: mean over outputs of (a - y)²."""
     name = "mse"
 
-    def value_and_grad(self, a, y):              # a: (B, K)
+    def value_and_grad(self, a, y, w=None):      # a: (B, K), w: (B,) or None
         d = a - _as_targets(y, a)                # (B, K)
-        loss = float((d * d).mean())
-        d *= 2.0 / d.size
+        if w is None:
+            loss = float((d * d).mean())
+            d *= 2.0 / d.size
+            return loss, d
+        loss = float((w * (d * d).mean(axis=1)).mean())
+        d *= (2.0 / d.size) * w[:, None]
         return loss, d
 
 
@@ -52,14 +59,14 @@ class BinaryCrossEntropy(Loss):
     name = "binary_crossentropy"
     fused_activation = "sigmoid"
 
-    def value_and_grad(self, z, y):              # z: (B, K) logits
+    def value_and_grad(self, z, y, w=None):      # z: (B, K) logits, w: (B,) or None
         xp = xp_of(z)
         t = _as_targets(y, z)
         loss = xp.maximum(z, 0) - z * t + xp.log1p(xp.exp(-xp.abs(z)))
-        value = float(loss.mean())
+        value = float(loss.mean()) if w is None else float((w * loss.mean(axis=1)).mean())
         p = 0.5 * (1 + xp.tanh(0.5 * z))         # sigmoid, overflow-free
         p -= t
-        p *= 1.0 / p.size
+        p *= 1.0 / p.size if w is None else (1.0 / p.size) * w[:, None]
         return value, p
 
 
@@ -69,7 +76,7 @@ class CategoricalCrossEntropy(Loss):
     name = "categorical_crossentropy"
     fused_activation = "softmax"
 
-    def value_and_grad(self, z, y):              # z: (B, K) logits
+    def value_and_grad(self, z, y, w=None):      # z: (B, K) logits, w: (B,) or None
         xp = xp_of(z)
         B = z.shape[0]
         p = z - z.max(axis=1, keepdims=True)     # (B, K) shifted: exp never overflows
@@ -80,14 +87,19 @@ class CategoricalCrossEntropy(Loss):
             rows = xp.arange(B)
             yi = y.astype(xp.intp, copy=False)
             zmax = z.max(axis=1)
-            value = float((xp.log(s[:, 0]) + zmax - z[rows, yi]).mean())
+            per = xp.log(s[:, 0]) + zmax - z[rows, yi]                 # (B,)
             p[rows, yi] -= 1
         else:
             t = _as_targets(y, z)
             lse = xp.log(s[:, 0]) + z.max(axis=1)                      # (B,)
-            value = float((lse * t.sum(axis=1) - (t * z).sum(axis=1)).mean())
+            per = lse * t.sum(axis=1) - (t * z).sum(axis=1)
             p -= t
-        p *= 1.0 / B
+        if w is None:
+            value = float(per.mean())
+            p *= 1.0 / B
+        else:
+            value = float((w * per).mean())
+            p *= (1.0 / B) * w[:, None]
         return value, p
 
 

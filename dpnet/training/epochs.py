@@ -44,7 +44,8 @@ def check_training_data(model, x, y):
 def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=(),
         shuffle=True, seed=None, verbose=1, engine=None, workers=0, checkpoint=None,
         initial_step=0, history=None, print_fn=print, progress=None, divergence=100.0,
-        checkpoint_extra=None, validation_split=None, initial_epoch=None):
+        checkpoint_extra=None, validation_split=None, initial_epoch=None,
+        sample_weight=None, class_weight=None):
     """Train ``model`` on (x, y).
 
     epochs: the epoch to stop after (counting from 0, as Keras's ``epochs`` with
@@ -60,6 +61,10 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
       ``initial_epoch`` (Keras's name) resumes at the start of that epoch instead.
     validation_split: hold out this fraction of (x, y) -- the last samples, before any
       shuffling, as Keras does -- as validation data (not with ``validation_data``).
+    sample_weight: a weight per training sample (>= 0); class_weight: {class: weight}
+      for integer (or one-hot) class labels, unnamed classes weighing 1. A step's loss
+      is then the mean of weight x loss over its batch (as Keras's); both multiply.
+      Validation losses stay unweighted.
     progress: show a tqdm bar per epoch (default: when stderr is a terminal).
     divergence: stop (``Diverged``, a FloatingPointError) when an epoch's loss is more
       than this many times the first epoch's; None lets a run go where it goes.
@@ -71,6 +76,7 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
     if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     x, y = check_training_data(model, x, y)
+    w = sample_weights(y, sample_weight, class_weight)
     if validation_split is not None:
         if validation_data is not None:
             raise ValueError("give validation_data or validation_split, not both")
@@ -82,7 +88,8 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
             raise ValueError(f"validation_split {validation_split} of {x.shape[0]} samples "
                              f"leaves no training or no validation data")
         x, y, validation_data = x[:cut], y[:cut], (x[cut:], y[cut:])
-    datasets = {"train": (x, y)}
+        w = None if w is None else w[:cut]
+    datasets = {"train": (x, y) if w is None else (x, y, w)}
     if validation_data is not None:
         datasets["val"] = check_validation(model, validation_data)
     if initial_epoch is not None:
@@ -110,6 +117,48 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
     plan.extra = dict(checkpoint_extra or {})
     loop.run(plan, datasets, seed, int(initial_step), plan.end)
     return history
+
+
+def sample_weights(y, sample_weight=None, class_weight=None):
+    """The per-sample weights (float64, (n,)) that ``sample_weight`` and
+    ``class_weight`` give, or None; a ValueError names what is wrong."""
+    if sample_weight is None and class_weight is None:
+        return None
+    n = len(y)
+    w = np.ones(n)
+    if sample_weight is not None:
+        sw = np.asarray(sample_weight)
+        if sw.dtype.kind not in "iuf" or sw.shape != (n,):
+            raise ValueError(f"sample_weight must be {n} numbers, one per training sample, "
+                             f"got {sw.dtype} of shape {sw.shape}")
+        sw = sw.astype(np.float64)
+        if not np.isfinite(sw).all() or (sw < 0).any():
+            bad = int(np.flatnonzero(~np.isfinite(sw) | (sw < 0))[0])
+            raise ValueError(f"sample_weight must be finite and >= 0; sample {bad} has "
+                             f"{float(sw[bad])!r}")
+        w *= sw
+    if class_weight is not None:
+        if not isinstance(class_weight, dict) or not class_weight:
+            raise ValueError(f"class_weight must be a dict {{class: weight}}, got "
+                             f"{class_weight!r}")
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] > 1:
+            labels = y.argmax(axis=1)
+        elif y.ndim == 1 and y.dtype.kind in "iub":
+            labels = y.astype(np.int64)
+        else:
+            raise ValueError("class_weight needs integer class labels (or one-hot targets)")
+        for c, cw in class_weight.items():
+            if not isinstance(c, (int, np.integer)) or isinstance(c, bool):
+                raise ValueError(f"class_weight keys must be class labels (integers), got "
+                                 f"{c!r}")
+            if not isinstance(cw, (int, float, np.number)) or isinstance(cw, bool) \
+                    or not np.isfinite(cw) or cw < 0:
+                raise ValueError(f"class_weight[{c}] must be a finite number >= 0, got {cw!r}")
+            w[labels == c] *= float(cw)
+    if not w.any():
+        raise ValueError("every training sample has weight 0: nothing to learn from")
+    return w
 
 
 class EpochPlan(Plan):

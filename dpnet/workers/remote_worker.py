@@ -224,9 +224,9 @@ def join_and_serve(args, curve, outcome):
         raise
 
 
-def parser():
+def parser(prog="python -m workers.remote"):
     p = argparse.ArgumentParser(
-        prog="python -m workers.remote",
+        prog=prog,
         description="Serve a dpnet run on another machine: join the coordinator at "
                     "--connect, compute the gradients of the shards it sends.")
     p.add_argument("--connect", required=True, metavar="tcp://HOST:PORT",
@@ -253,12 +253,14 @@ def parser():
     return p
 
 
-def main(argv=None):
+def main(argv=None, prog=None):
     from dpnet.parallel.keys import KeysError, client_keys
     from dpnet.parallel.transport import is_loopback, split_tcp
 
-    args = parser().parse_args(argv)
-    prog = "dpnet-worker"
+    if prog is None:                       # the installed command, or the launcher
+        prog = "dpnet-worker" if os.path.basename(sys.argv[0]) == "dpnet-worker" \
+            else "python -m workers.remote"
+    args = parser(prog).parse_args(argv)
     try:
         host, port = split_tcp(args.connect)
         if port == 0:
@@ -297,7 +299,7 @@ def main(argv=None):
     # SIGTERM (srun, a scheduler, kill) ends it like Ctrl-C
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        return run(args, curve, prog)
+        return run(args, curve)
     except KeyboardInterrupt:
         return 130
 
