@@ -65,15 +65,30 @@ def main(argv, module, binding_cls, user_errors=()):
 
 
 class Faults:
-    """Lost and repeated replies, for tests of the coordinator (``DPNET_FAULTS=
-    "drop=0.1,duplicate=0.1,seed=0"``: that share of GRAD / EVAL_RESULT replies is not
-    sent, or sent twice; the draws are seeded per rank). Off unless the variable is set."""
+    """Faults injected for tests of the coordinator, off unless ``DPNET_FAULTS`` is set
+    (``"key=value,..."``):
 
-    def __init__(self, drop=0.0, duplicate=0.0, seed=0, rank=0):
+    ``drop=P``, ``duplicate=P``  that share of GRAD / EVAL_RESULT replies is not sent,
+                                 or sent twice (draws seeded per rank by ``seed``)
+    ``start_delay=S``            wait S seconds before saying HELLO (a slow start)
+    ``start_exit=CODE``          exit with CODE instead of saying HELLO
+    ``die_on=step|eval``         exit (code 3) on receiving that request, once ``after``
+                                 of them have been answered (default 0)
+    ``when=PATH``                the start and die faults only while PATH exists; with
+                                 ``consume=1`` the one worker that fires removes it
+                                 first, so its replacement (or the other ranks) go on
+    """
+
+    def __init__(self, drop=0.0, duplicate=0.0, seed=0, rank=0, start_delay=0.0,
+                 start_exit=None, die_on=None, after=0, when=None, consume=0):
         import random
         self.drop, self.duplicate = float(drop), float(duplicate)
         self._rng = random.Random(int(seed) * 1009 + rank)
         self.dropped = self.duplicated = 0
+        self.start_delay = float(start_delay)
+        self.start_exit = None if start_exit is None else int(start_exit)
+        self.die_on, self.after, self.seen = die_on, int(after), 0
+        self.when, self.consume = when, bool(int(consume))
 
     @classmethod
     def from_env(cls, rank):
@@ -81,6 +96,32 @@ class Faults:
         if not spec:
             return cls(rank=rank)
         return cls(rank=rank, **dict(kv.split("=", 1) for kv in spec.split(",")))
+
+    def _armed(self):
+        """Whether a start or die fault may fire now (and, consuming, claim it)."""
+        if self.when is None:
+            return True
+        if not self.consume:
+            return os.path.exists(self.when)
+        try:
+            os.unlink(self.when)           # atomic: exactly one process wins the claim
+            return True
+        except FileNotFoundError:
+            return False
+
+    def at_start(self):
+        if (self.start_delay or self.start_exit is not None) and self._armed():
+            time.sleep(self.start_delay)
+            if self.start_exit is not None:
+                os._exit(self.start_exit)
+
+    def on_request(self, kind, P):
+        want = {"step": P.STEP, "eval": P.EVAL}.get(self.die_on)
+        if want is None or kind != want:
+            return
+        self.seen += 1
+        if self.seen > self.after and self._armed():
+            os._exit(3)
 
     def copies(self, kind, P):
         """How many times to send a reply of ``kind``: 1, or 0 / 2 when a fault hits."""
@@ -151,6 +192,7 @@ def serve(make_binding, endpoint, rank, identities, watch, heartbeat_s=None,
                             "traceback": "" if user else traceback.format_exc()})
         sock.close(linger_s=2.0)
         return 1
+    faults.at_start()
     heartbeat = Heartbeat(connect, rank, beat, heartbeat_s or HEARTBEAT_S)
     hello = getattr(binding, "hello", dict)()
     sock.send(P.HELLO, {"rank": rank, "pid": os.getpid(), "signature": binding.signature,
@@ -175,6 +217,7 @@ def serve(make_binding, endpoint, rank, identities, watch, heartbeat_s=None,
             if msg.kind == P.STOP:
                 outcome["reason"] = msg.header["reason"]
                 return 0
+            faults.on_request(msg.kind, P)
             reply = _answer(binding, rank, msg, P)
             if reply is not None:
                 for _ in range(faults.copies(reply[0], P)):

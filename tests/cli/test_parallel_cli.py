@@ -1,5 +1,6 @@
 """scripts/runDnn.py end to end: real worker processes, real signals."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -131,3 +132,55 @@ def test_a_flood_on_the_socket_of_a_real_run_changes_nothing(tmp_path):
         for k in ("params", "opt.m", "opt.v"):
             assert np.array_equal(a[k], b[k]), k
     assert child_processes() == [] and shm_segments() == before
+
+
+def test_a_worker_that_dies_under_abort_ends_the_run_with_1_and_saves(tmp_path):
+    """--on-failure abort with a worker that really dies (it exits mid-run, injected by
+    DPNET_FAULTS): exit 1, the worker and how it ended named in one line, the weights
+    of the last whole step saved and loadable."""
+    ck = tmp_path / "ck.npz"
+    env = dict(os.environ, DPNET_FAULTS="die_on=step,after=30")
+    r = subprocess.run([sys.executable, SCRIPT, "--workers", "2", "--limit-train", "3000",
+                        "--epochs", "3", "--hidden", "32", "--on-failure", "abort",
+                        "--save", str(ck)], capture_output=True, text=True, timeout=150,
+                       cwd=ROOT, env=env)
+    assert r.returncode == 1, r.stderr
+    assert re.search(r"worker [01] \(pid \d+\) exited with code 3", r.stderr), r.stderr
+    assert "Traceback" not in r.stderr
+    m = re.search(r"saved the last weights \(step (\d+)\)", r.stderr)
+    assert m and int(m.group(1)) == 30, r.stderr
+    import dpnet
+    assert dpnet.load(str(ck)).n_params > 0
+    assert child_processes() == []
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path):
+    """The first Ctrl-C asks for a clean stop after the current step; while that step
+    cannot finish (its worker is suspended) a second Ctrl-C ends the run at once: 130,
+    no clean-stop report, no worker left."""
+    p = subprocess.Popen([sys.executable, SCRIPT, "--workers", "1", "--limit-train", "20000",
+                          "--epochs", "50", "--hidden", "64", "--on-failure", "abort"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                         start_new_session=True)
+    for line in p.stdout:
+        if line.startswith("epoch   1/50"):
+            break
+    workers = [c.pid for c in child_processes() if c.ppid() == p.pid]
+    assert len(workers) == 1, workers
+    os.kill(workers[0], signal.SIGSTOP)          # the step in flight cannot finish
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130, err
+    # at once: the step is not awaited; only the close gives the (suspended) worker its
+    # 2 s to take STOP before SIGKILL
+    assert time.monotonic() - t0 < 4, "the second Ctrl-C did not end the run at once"
+    assert "stopped by SIGINT" not in out and "interrupted" in err, (out, err)
+    assert "was suspended" not in err            # ended before the stall was judged
+    deadline = time.monotonic() + 5
+    while child_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert child_processes() == []
