@@ -58,3 +58,19 @@ def no_workers_left():
     while time.monotonic() < deadline and child_processes():
         time.sleep(0.05)
     assert child_processes() == [], "worker processes left running"
+
+
+def run_leftovers(pid):
+    """What the run of process ``pid`` made and left: its shared-memory segments and
+    ipc socket directories (both named ``dpnet_<creator pid>_...``). Checking a run's
+    own leftovers, not the machine's, keeps the check true while other dpnet runs (a
+    benchmark, another suite) come and go beside it."""
+    import os
+    from dpnet.parallel.transport import _ipc_base
+    prefix = f"dpnet_{pid}_"
+    segs = [f for f in os.listdir("/dev/shm") if f.startswith(prefix)]
+    try:
+        dirs = [d for d in os.listdir(_ipc_base()) if d.startswith(prefix)]
+    except (OSError, RuntimeError):
+        dirs = []
+    return sorted(segs + dirs)

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_leftovers
 from dpnet.training.text_checkpoint import load_text_checkpoint
 from dpnet.cli.lstm import run_lstm
 
@@ -212,14 +212,9 @@ def test_script_on_tiny_shakespeare_with_json(tmp_path):
     assert _recorded_text(str(js)) == str(js)
 
 
-def shm_segments():
-    return sorted(f for f in os.listdir("/dev/shm") if f.startswith("dpnet_"))
-
-
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("sig, workers", [(signal.SIGINT, 2), (signal.SIGTERM, 0)])
 def test_signal_mid_run_saves_and_exits_128_plus_the_signal(tmp_path, text, sig, workers):
-    before = shm_segments()
     ck = tmp_path / "int.npz"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     p = subprocess.Popen([sys.executable, SCRIPT, "--text", str(text), *SMALL,
@@ -239,7 +234,7 @@ def test_signal_mid_run_saves_and_exits_128_plus_the_signal(tmp_path, text, sig,
     c = load_text_checkpoint(ck)
     # mid-epoch the checkpoint carries the stream state; at an epoch boundary none
     assert c.step > 0 and (c.state is not None) == (c.step % c.chunks_per_epoch != 0)
-    assert shm_segments() == before
+    assert run_leftovers(p.pid) == []
 
 
 @pytest.mark.parametrize("flag", ["--save", "--json", "--plot"])

@@ -10,14 +10,10 @@ import time
 import pytest
 
 from dpnet.parallel.monitor import child_processes
-from conftest import ROOT
+from conftest import ROOT, run_leftovers
 
 SCRIPT = str(ROOT / "scripts" / "runDnn.py")
 pytestmark = pytest.mark.timeout(180)
-
-
-def shm_segments():
-    return sorted(f for f in os.listdir("/dev/shm") if f.startswith("dpnet_"))
 
 
 def test_two_workers_end_to_end(tmp_path):
@@ -39,7 +35,6 @@ def test_two_workers_end_to_end(tmp_path):
 @pytest.mark.parametrize("sig, group", [(signal.SIGINT, True), (signal.SIGTERM, False),
                                         (signal.SIGTERM, True)])
 def test_signal_stops_cleanly_saves_and_leaves_nothing(tmp_path, sig, group):
-    before = shm_segments()
     ck = tmp_path / "ck.npz"
     p = subprocess.Popen([sys.executable, SCRIPT, "--workers", "2", "--limit-train", "20000",
                           "--epochs", "50", "--save", str(ck), "--hidden", "256",
@@ -66,7 +61,7 @@ def test_signal_stops_cleanly_saves_and_leaves_nothing(tmp_path, sig, group):
     import psutil
     assert not [q for q in worker_pids if psutil.pid_exists(q)
                 and psutil.Process(q).status() != psutil.STATUS_ZOMBIE]
-    assert shm_segments() == before
+    assert run_leftovers(p.pid) == []
 
 
 def test_divergence_with_workers_is_one_line_and_idle_workers_are_not_started():
@@ -104,7 +99,6 @@ def test_a_flood_on_the_socket_of_a_real_run_changes_nothing(tmp_path):
 
     flags = ["--workers", "2", "--limit-train", "3000", "--epochs", "4", "--hidden", "64",
              "--batch-size", "100", "--quiet", "--on-failure", "abort"]
-    before = shm_segments()
     r = subprocess.run([sys.executable, SCRIPT, *flags, "--save", str(tmp_path / "a.npz")],
                        capture_output=True, text=True, timeout=150, cwd=ROOT)
     assert r.returncode == 0, r.stderr
@@ -131,7 +125,7 @@ def test_a_flood_on_the_socket_of_a_real_run_changes_nothing(tmp_path):
     with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
         for k in ("params", "opt.m", "opt.v"):
             assert np.array_equal(a[k], b[k]), k
-    assert child_processes() == [] and shm_segments() == before
+    assert child_processes() == [] and run_leftovers(p.pid) == []
 
 
 def test_a_worker_that_dies_under_abort_ends_the_run_with_1_and_saves(tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dpnet.parallel.monitor import child_processes
-from conftest import ROOT
+from conftest import ROOT, run_leftovers
 
 pytestmark = pytest.mark.timeout(240)
 DNN = str(ROOT / "scripts" / "runDnn.py")
@@ -49,12 +49,11 @@ def hang_up_mid_run(cmd, marker):
             break
     os.close(master)                         # the terminal is gone: writes now fail
     os.killpg(p.pid, signal.SIGHUP)
-    return p.wait(timeout=60), seen.decode(errors="replace")
+    return p.wait(timeout=60), seen.decode(errors="replace"), p.pid
 
 
 @pytest.mark.parametrize("kind", ["mlp", "lstm"])
 def test_a_closed_terminal_stops_cleanly_and_the_checkpoint_resumes_exactly(tmp_path, kind):
-    before = leftovers()
     if kind == "mlp":
         base = [sys.executable, DNN, "--workers", "2", "--limit-train", "6000", "--hidden",
                 "256", "--batch-size", "100", "--validation", "1000"]
@@ -64,13 +63,13 @@ def test_a_closed_terminal_stops_cleanly_and_the_checkpoint_resumes_exactly(tmp_
                 "8", "--seq-len", "32", "--print-every", "5", "--eval-every", "0",
                 "--sample-every", "0", "--save-every", "1000000"]
         whole, marker = ["--steps", "300"], b"step  10/300"
-    code, shown = hang_up_mid_run(base + whole + ["--save", str(tmp_path / "hup.npz")],
-                                  marker)
+    code, shown, pid = hang_up_mid_run(base + whole + ["--save", str(tmp_path / "hup.npz")],
+                                       marker)
     assert code == 128 + signal.SIGHUP, shown
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and (child_processes() or leftovers() != before):
+    while time.monotonic() < deadline and (child_processes() or run_leftovers(pid)):
         time.sleep(0.05)
-    assert child_processes() == [] and leftovers() == before
+    assert child_processes() == [] and run_leftovers(pid) == []
     # the checkpoint of the hang-up continues to the very end of an uninterrupted run
     r = subprocess.run(base + whole + ["--save", str(tmp_path / "straight.npz"), "--quiet"],
                        capture_output=True, text=True, cwd=ROOT, timeout=180)
@@ -86,7 +85,6 @@ def test_a_closed_terminal_stops_cleanly_and_the_checkpoint_resumes_exactly(tmp_
 
 
 def test_a_run_killed_with_its_group_is_swept_by_the_next(tmp_path):
-    before = leftovers()
     p = subprocess.Popen([sys.executable, DNN, "--workers", "2", "--limit-train", "20000",
                           "--epochs", "50", "--batch-size", "1000"], stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
@@ -112,8 +110,7 @@ def test_a_run_killed_with_its_group_is_swept_by_the_next(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"dpnet: removed {len(dead)} shared-memory segments (" in r.stderr, r.stderr
     assert "left by runs that are gone" in r.stderr
-    assert not [s for s in leftovers()[0] if s.startswith(f"dpnet_{p.pid}_")]
-    assert leftovers() == before
+    assert run_leftovers(p.pid) == []
 
 
 def small_shm(cmd):
@@ -124,21 +121,23 @@ def small_shm(cmd):
     if probe.returncode:
         pytest.skip(f"cannot make a mount namespace here: {probe.stderr.decode().strip()}")
     import shlex
-    return subprocess.run(["unshare", "-m", "sh", "-c",
-                           "mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "
-                           + " ".join(map(shlex.quote, cmd))],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    p = subprocess.Popen(["unshare", "-m", "sh", "-c",
+                          "mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "
+                          + " ".join(map(shlex.quote, cmd))],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    out, err = p.communicate(timeout=120)
+    # unshare execs sh, which execs the command: one process, one pid
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err), p.pid
 
 
 def test_a_small_dev_shm_is_one_line_naming_both_sizes():
-    before = leftovers()
-    r = small_shm([sys.executable, DNN, "--workers", "2", "--epochs", "1"])
+    r, pid = small_shm([sys.executable, DNN, "--workers", "2", "--epochs", "1"])
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Bus error" not in r.stderr, r.stderr
     assert "needs 186 MiB in /dev/shm, which has 64 MiB free" in lines[0]
     assert "--workers 0" in lines[0] and "--shm-size" in lines[0]
-    assert child_processes() == [] and leftovers() == before
+    assert child_processes() == [] and run_leftovers(pid) == []
 
 
 def test_segments_are_backed_when_made_so_no_write_can_raise_sigbus():
@@ -151,7 +150,7 @@ def test_segments_are_backed_when_made_so_no_write_can_raise_sigbus():
             "except SharedMemoryFull as e:\n"
             "    print('refused:', e)\n"
             "print('left:', [f for f in os.listdir('/dev/shm') if f.startswith('dpnet_')])\n")
-    r = small_shm([sys.executable, "-c", code])
+    r, _ = small_shm([sys.executable, "-c", code])
     assert r.returncode == 0, r.stderr
     assert "refused: shared memory: this run needs 95 MiB" in r.stdout
     assert "left: []" in r.stdout

@@ -16,24 +16,19 @@ from dpnet.engines import LocalEngine
 from dpnet.engines.errors import WorkerError
 from dpnet.engines.coordinator import MultiprocessEngine
 from dpnet.parallel.monitor import child_processes
-from conftest import ROOT
+from conftest import ROOT, run_leftovers
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def shm_segments():
-    return sorted(f for f in os.listdir("/dev/shm") if f.startswith("dpnet_"))
-
-
 @pytest.fixture(autouse=True)
 def no_leftovers():
-    before = shm_segments()
     yield
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and (child_processes() or shm_segments() != before):
+    while time.monotonic() < deadline and (child_processes() or run_leftovers(os.getpid())):
         time.sleep(0.05)
     assert child_processes() == [], "worker processes left running"
-    assert shm_segments() == before, "shared-memory segments left behind"
+    assert run_leftovers(os.getpid()) == [], "shared-memory segments left behind"
 
 
 def mlp(seed=0, dropout=0.0):
