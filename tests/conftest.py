@@ -60,6 +60,21 @@ def no_workers_left():
     assert child_processes() == [], "worker processes left running"
 
 
+@pytest.fixture
+def nothing_left():
+    """After the test: no worker process left, and none of the shared-memory segments
+    or socket directories this process made."""
+    yield
+    import os
+    import time
+    from dpnet.parallel.monitor import child_processes
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (child_processes() or run_leftovers(os.getpid())):
+        time.sleep(0.05)
+    assert child_processes() == [], "worker processes left running"
+    assert run_leftovers(os.getpid()) == [], "shared memory or sockets left behind"
+
+
 def run_leftovers(pid):
     """What the run of process ``pid`` made and left: its shared-memory segments and
     ipc socket directories (both named ``dpnet_<creator pid>_...``). Checking a run's

@@ -12,7 +12,8 @@ from dpnet.engines.coordinator import MultiprocessEngine
 from dpnet.models.lstm import CharLSTM
 from dpnet.optim.optimizers import SGD
 
-pytestmark = pytest.mark.timeout(120)
+# the LSTM engines under the same leak check as the MLP's (tests/engines/test_multiprocess.py)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("nothing_left")]
 TEXT = ("the quick brown fox jumps over the lazy dog. " * 40 +
         "pack my box with five dozen liquor jugs! " * 30)
 

@@ -7,6 +7,7 @@ comes back when a node is added. Each scenario runs in a process of its own
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +29,30 @@ def local2():
     return m.params.copy()
 
 
+def ray_processes():
+    import psutil
+    found = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            line = " ".join(p.info["cmdline"] or []) or p.info["name"] or ""
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if "raylet" in line or "gcs_server" in line:
+            found.append(p.pid)
+    return found
+
+
 def scenario(name, tmp_path):
     out = tmp_path / f"{name}.npy"
+    before = ray_processes()
     r = subprocess.run([sys.executable, str(ROOT / "tests" / "ray_scenarios.py"), name,
                         str(out)], capture_output=True, text=True, timeout=280, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
+    # Ray shut down with the scenario: none of its processes outlive it
+    deadline = time.monotonic() + 10
+    while set(ray_processes()) - set(before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not set(ray_processes()) - set(before)
     return json.loads(r.stdout.strip().splitlines()[-1]), np.load(out)
 
 

@@ -5,6 +5,9 @@ from dpnet import Dense, Dropout, Sequential
 from dpnet.engines.coordinator import MultiprocessEngine
 from dpnet.training import minimize
 
+# full-batch runs through workers under the same leak check as minibatch ones
+pytestmark = pytest.mark.usefixtures("nothing_left")
+
 
 def small(l2=0.0):
     return Sequential([Dense(784, 16, activation="tanh"), Dense(16, 10, activation="softmax")],

@@ -15,6 +15,9 @@ from dpnet.models.lstm import CharLSTM
 from dpnet.optim.optimizers import SGD, Adam
 from dpnet.training import TextHistory, fit_text
 
+# fit_text through workers under the same leak check as fit's
+pytestmark = pytest.mark.usefixtures("nothing_left")
+
 TEXT = ("the quick brown fox jumps over the lazy dog. " * 40 +
         "pack my box with five dozen liquor jugs! " * 30)
 QUIET = {"verbose": False, "eval_every": 0, "sample_every": 0}
