@@ -1,0 +1,100 @@
+"""Each runDnn / runDnnDebug flag that no other test exercised, seen to have its effect
+(issue 14): what the checkpoint records, what the weights become, what the run
+prints. Small runs in process (runDnnDebug.py), each against the same baseline."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import dpnet
+from conftest import ROOT
+
+DEBUG = str(ROOT / "scripts" / "runDnnDebug.py")
+DNN = str(ROOT / "scripts" / "runDnn.py")
+BASE = ["--limit-train", "600", "--validation", "200", "--epochs", "2", "--hidden", "16",
+        "--quiet"]
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_workers_left")]
+
+
+def run(tmp_path, *flags, script=DEBUG, name=None, expect=0):
+    path = tmp_path / f"{name or abs(hash(flags))}.npz"
+    js = tmp_path / f"{name or abs(hash(flags))}.json"
+    r = subprocess.run([sys.executable, script, *BASE, *flags, "--save", str(path),
+                        "--json", str(js)], capture_output=True, text=True, timeout=110,
+                       cwd=ROOT)
+    assert r.returncode == expect, r.stderr
+    if expect:
+        return r
+    return dpnet.load(str(path)), json.loads(js.read_text()), r
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("base"), name="base")
+
+
+@pytest.mark.parametrize("flags, check", [
+    (["--init", "zeros"],
+     lambda m: np.allclose(m.layers[0].W, m.layers[0].W[:, :1])),   # zeros: every unit alike
+    (["--optimizer", "momentum", "--momentum", "0.5"],
+     lambda m: m.optimizer.config()["momentum"] == 0.5),
+    (["--l2", "0.01"], lambda m: m.config()["l2"] == 0.01),
+    (["--clip", "0.05"], lambda m: m.config()["clip_norm"] == 0.05),
+    (["--output-activation", "sigmoid", "--loss", "binary_crossentropy"],
+     lambda m: m.config()["loss"] == "binary_crossentropy"),
+    (["--dtype", "float64"], lambda m: m.params.dtype == np.float64),
+    (["--seed", "7"], lambda m: True),
+    (["--standardize"], lambda m: True),
+])
+def test_each_flag_changes_the_model_and_is_recorded(tmp_path, baseline, flags, check):
+    m, summary, _ = run(tmp_path, *flags)
+    base, _, _ = baseline
+    assert check(m), m.config()
+    assert m.params.shape == base.params.shape
+    if "--dtype" in flags:                   # the same run in double precision: close, not equal
+        assert not np.array_equal(m.params.astype(np.float32), base.params)
+        np.testing.assert_allclose(m.params, base.params, rtol=1e-3, atol=1e-4)
+    else:
+        assert not np.allclose(m.params.astype(np.float64), base.params.astype(np.float64))
+
+
+def test_momentum_only_matters_to_the_optimizers_that_use_it(tmp_path):
+    a, _, _ = run(tmp_path, "--optimizer", "momentum", "--momentum", "0.5", name="m5")
+    b, _, _ = run(tmp_path, "--optimizer", "momentum", "--momentum", "0.95", name="m95")
+    assert not np.allclose(a.params, b.params)
+
+
+def test_a_seed_is_refused_on_resume_and_the_same_seed_continues(tmp_path):
+    m, _, _ = run(tmp_path, "--seed", "3", name="s3")
+    r = subprocess.run([sys.executable, DEBUG, *BASE, "--epochs", "3", "--seed", "4",
+                        "--load", str(tmp_path / "s3.npz")], capture_output=True, text=True,
+                       timeout=110, cwd=ROOT)
+    assert r.returncode == 2 and "seed" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_no_validation_set(tmp_path):
+    m, summary, r = run(tmp_path, "--validation", "0", name="noval")
+    assert summary["train"]["n"] == 600
+    assert "val_loss" not in json.dumps(summary)            # the baseline's JSON has it
+    r = run(tmp_path, "--validation", "0", "--patience", "1", name="noval2", expect=2)
+    assert "--patience needs a validation set" in r.stderr
+
+
+def test_patience_stops_a_run_that_stopped_improving(tmp_path):
+    # a learning rate far too high: the validation loss does not improve on its first
+    # epoch's, and patience 1 ends the run after the second of 6
+    _, summary, r = run(tmp_path, "--optimizer", "sgd", "--lr", "3", "--lr-final", "3",
+                        "--epochs", "6", "--patience", "1", "--allow-divergence", name="pat")
+    assert summary["stopped_early"] and summary["epochs"] < 6, summary
+
+
+def test_workers_0_trains_in_process_and_blas_threads_are_taken(tmp_path):
+    m0, s0, r0 = run(tmp_path, "--workers", "0", script=DNN, name="w0")
+    assert s0["engine"]["workers"] == 0
+    d, _, _ = run(tmp_path, name="dbg")
+    assert np.array_equal(m0.params, d.params)           # runDnn --workers 0 == runDnnDebug
+    m2, s2, _ = run(tmp_path, "--workers", "2", "--blas-threads", "2", script=DNN, name="w2")
+    assert s2["engine"]["blas_threads"] == 2
+    np.testing.assert_allclose(m2.params, d.params, rtol=1e-3, atol=1e-4)
