@@ -98,3 +98,19 @@ def test_workers_0_trains_in_process_and_blas_threads_are_taken(tmp_path):
     m2, s2, _ = run(tmp_path, "--workers", "2", "--blas-threads", "2", script=DNN, name="w2")
     assert s2["engine"]["blas_threads"] == 2
     np.testing.assert_allclose(m2.params, d.params, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("script", [DEBUG, str(ROOT / "scripts" / "runLstm.py")])
+def test_plot_without_matplotlib_is_one_line_before_training(tmp_path, script):
+    # a matplotlib that cannot be imported, first on the path: as if it were not installed
+    fake = tmp_path / "site" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
+    env = dict(__import__("os").environ, PYTHONPATH=str(tmp_path / "site"))
+    flags = BASE if script == DEBUG else ["--steps", "5", "--hidden", "8"]
+    r = subprocess.run([sys.executable, script, *flags, "--plot", str(tmp_path / "c.png")],
+                       capture_output=True, text=True, timeout=110, cwd=ROOT, env=env)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith(
+        "--plot needs matplotlib: pip install 'dpnet[plot]'")
+    assert "Traceback" not in r.stderr and "epoch" not in r.stdout and "step" not in r.stdout
