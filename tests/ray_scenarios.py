@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "engines"))
@@ -19,15 +18,7 @@ import ray  # noqa: E402
 from dpnet.engines import worker_group  # noqa: E402
 from dpnet.engines.coordinator import Coordinator  # noqa: E402
 from dpnet.engines.ray_cluster import RayLauncher  # noqa: E402
-from test_remote import data, mlp  # noqa: E402
-
-
-def wait_back(eng, rank, seconds=120):
-    """Rounds (evaluations) until ``rank`` is served again: where joins are handled."""
-    deadline = time.monotonic() + seconds
-    while not eng._ready[rank] and time.monotonic() < deadline:
-        eng.evaluate("val")
-    return eng._ready[rank]
+from test_remote import data, mlp, rounds_until  # noqa: E402
 
 
 def fit(eng, callbacks=()):
@@ -67,8 +58,8 @@ def main(scenario, out):
                 events.append(f"respawns={eng.respawns}")
                 if scenario == "node":
                     cluster.add_node(num_cpus=1)  # Ray restarts the actor there
-                lost = [r for r, ok in eng._ready.items() if not ok]
-                back = all([wait_back(eng, r) for r in lost])   # (it may be back already)
+                # (it may be back already)
+                back = rounds_until(eng, lambda: all(eng._ready.values()), seconds=120)
                 events.append("back" if back else "not back")
             return False
 

@@ -11,7 +11,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -28,7 +27,7 @@ def main():
     from dpnet.engines import worker_group
     from dpnet.engines.coordinator import Coordinator
     sys.path.insert(0, "tests/engines")
-    from test_remote import data, mlp
+    from test_remote import data, mlp, rounds_until
 
     group = worker_group("remote", 2, listen=f"tcp://0.0.0.0:{args.port}", keys=args.keys)
     eng = Coordinator(group, start_timeout=60, silence_timeout=1.0)
@@ -43,10 +42,8 @@ def main():
         elif epoch == 3:
             events.append(f"respawns={eng.respawns}")
             subprocess.run(["ip", "link", "set", args.cut_link, "up"], check=True)
-            deadline = time.monotonic() + 60
-            while not all(eng._ready.values()) and time.monotonic() < deadline:
-                eng.evaluate("val")           # rounds: where a worker is admitted again
-            events.append("rejoined" if all(eng._ready.values()) else "not back")
+            back = rounds_until(eng, lambda: all(eng._ready.values()))
+            events.append("rejoined" if back else "not back")
         return False
 
     x, y = data()

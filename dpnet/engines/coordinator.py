@@ -170,13 +170,13 @@ class Coordinator:
                 elif got.kind == P.ERROR:
                     self._raise_worker_error(got)
             now = time.monotonic()
-            for rank in sorted(waiting) if not getattr(self.group, "elastic", False) else ():
+            for rank in sorted(waiting) if not self.group.elastic else ():
                 why = self.group.problem(rank, now)
                 if why is not None:
                     raise WorkerError(f"worker {rank} ({self._who(rank)}) failed to start: "
                                       f"{why}", rank=rank)
             if now > deadline:
-                if getattr(self.group, "elastic", False):
+                if self.group.elastic:
                     joined = self.n_workers - len(waiting)
                     raise WorkerError(f"{joined} of {self.n_workers} remote workers joined "
                                       f"within {self.start_timeout:g} s", rank=min(waiting))
@@ -190,7 +190,7 @@ class Coordinator:
         try:
             P.check_signature(self._signature, got.header["signature"])
         except P.ProtocolError as e:
-            if not getattr(self.group, "elastic", False):
+            if not self.group.elastic:
                 raise
             self.group.refuse(got.rank, str(e))
             return False
@@ -307,7 +307,7 @@ class Coordinator:
     def _live(self):
         """The ranks to shard over: all of them, or for an elastic group those present
         now (waiting up to ``start_timeout`` for one to join if none is)."""
-        if not getattr(self.group, "elastic", False):
+        if not self.group.elastic:
             return list(range(self.n_workers))
         deadline = time.monotonic() + self.start_timeout
         while True:
@@ -534,7 +534,7 @@ class Coordinator:
             raise WorkerError(f"{what}; the weights it held since the last checkpoint are "
                               f"lost (a worker that applies the updates is not replaced)",
                               rank=rank)
-        if getattr(self.group, "elastic", False):
+        if self.group.elastic:
             # nothing to restart: the rank is vacated (whoever joins next takes it)
             # and the round starts over, its units cut among the workers that remain
             print(f"dpnet: {what}; its share goes to the other workers", file=sys.stderr)

@@ -6,7 +6,7 @@ only msgpack headers cross the socket. Each runs ``blas_threads`` BLAS threads.
 """
 from __future__ import annotations
 
-from .group import ProcessGroup
+from .group import ProcessGroup, blas_env
 
 
 class CpuProcesses(ProcessGroup):
@@ -28,8 +28,7 @@ class CpuProcesses(ProcessGroup):
                 f"{self.blas_threads} BLAS thread{'s' if self.blas_threads > 1 else ''} each")
 
     def env(self):
-        return {var: str(self.blas_threads)
-                for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        return blas_env(self.blas_threads)
 
     def stats(self):
         return dict(super().stats(), blas_threads=self.blas_threads)

@@ -51,6 +51,15 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 log = logging.getLogger(__name__)
 
 
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def blas_env(threads):
+    """The environment that gives a new process ``threads`` BLAS threads (BLAS reads it
+    once, when it loads)."""
+    return {var: str(threads) for var in BLAS_THREAD_VARS}
+
+
 class Drops:
     """Messages refused before use -- undecodable, from a peer that is no worker of the
     run, or not what was asked for -- counted; the first few logged, then only counted,

@@ -94,8 +94,8 @@ class RayLauncher:
         if host in ("0.0.0.0", "*"):
             host = ray.util.get_node_ip_address()
         endpoint = f"tcp://{host}:{port}"
-        env = {v: str(self.blas_threads) for v in
-               ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        from .group import blas_env
+        env = blas_env(self.blas_threads)
         actor = ray.remote(_Worker).options(
             max_restarts=-1, max_task_retries=-1, num_cpus=1,
             scheduling_strategy="SPREAD", runtime_env={"env_vars": env})

@@ -35,14 +35,13 @@ import numpy as np
 
 from ..parallel import protocol as P
 from ..parallel.transport import Router, is_loopback, split_tcp
-from .group import Ranked, WorkerGroup
+from .group import _ROOT, Ranked, WorkerGroup, blas_env
 
 
 class _Member:
     def __init__(self, identity, heartbeat_identity, host, pid):
         self.identity, self.heartbeat_identity = identity, heartbeat_identity
         self.host, self.pid = host, pid
-        self.joined_at = time.monotonic()
         self.fetched = 0                   # bytes of data streamed to it
 
 
@@ -130,10 +129,8 @@ class RemoteWorkers(WorkerGroup):
         host, port = split_tcp(self.endpoint)
         if host in ("0.0.0.0", "*", "::", "[::]"):
             host = "127.0.0.1"
-        env = dict(os.environ, **{v: str(self.blas_threads) for v in (
-            "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")})
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        env = dict(os.environ, **blas_env(self.blas_threads))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
         cmd = [sys.executable, "-m", "dpnet.workers.remote_worker", "--connect",
                f"tcp://{host}:{port}", "--wait", "10"]
         if self._local_curve is not None:
@@ -281,9 +278,6 @@ class RemoteWorkers(WorkerGroup):
     def who(self, rank):
         m = self.members.get(rank)
         return f"{m.host} pid {m.pid}" if m is not None else "gone"
-
-    def has(self, rank):
-        return rank in self.members
 
     def replace(self, rank):
         """Nothing to restart here: the rank is vacated for the next worker to join

@@ -360,8 +360,6 @@ class Dealer(_Socket):
                     | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-                self.connected_once = False
-                self.events = []
             self.socket.connect(endpoint)
         except BaseException:
             self.close()
@@ -378,14 +376,12 @@ class Dealer(_Socket):
         while self._monitor is not None and self._monitor.poll(0):
             ev = recv_monitor_message(self._monitor)["event"]
             if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.connected_once = True
                 seen.append("connected")
             elif ev == zmq.EVENT_DISCONNECTED:
                 seen.append("disconnected")
             elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
                         zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
                 seen.append("refused")
-        self.events += seen
         return seen
 
     def close(self, linger_s=0.0):

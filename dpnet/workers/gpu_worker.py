@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 import sys
 
+from .serve import FrameWeights
+
 # The device's memory a run leaves free for activations, the allocator's pool and
 # CUDA's own: data and model must fit in the rest.
 HEADROOM = 0.1
@@ -33,7 +35,7 @@ class UserFacing(Exception):
     coordinator reports it in one line, as a user error."""
 
 
-class DeviceBinding:
+class DeviceBinding(FrameWeights):
     """Weights, gradient and data on one CUDA device."""
 
     def __init__(self, cfg):
@@ -86,14 +88,8 @@ class DeviceBinding:
         return {"device": self.info}
 
     # -- the serve loop's questions -------------------------------------------------
-    def use_weights(self, h, arrays):
-        if h.get("weights", False):
-            self.model.params[...] = self.xp.asarray(arrays[-1])
-            self.version = h["weights_version"]
-        elif self.version != h["weights_version"]:
-            raise RuntimeError(f"this worker holds weights version {self.version}, the "
-                               f"coordinator asked for {h['weights_version']} without "
-                               f"sending them")
+    def put_weights(self, a):
+        self.model.params[...] = self.xp.asarray(a)
 
     def index(self, h, arrays):
         if h.get("indices", False):

@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from .serve import FrameWeights
+
 CHUNK = 1 << 24
 _HELD = {}            # checksum -> array: a worker that joins again does not fetch again
 
@@ -45,7 +47,7 @@ def _stopped(msg):
     return RunOver() if reason == "done" else Refused(reason)
 
 
-class FrameBinding:
+class FrameBinding(FrameWeights):
     """Host memory of its own: the data fetched or read from disk, the weights from
     each STEP's frame when they changed, the gradient back as a frame."""
 
@@ -58,7 +60,6 @@ class FrameBinding:
                                               cfg.get("task_options"),
                                               int(cfg.get("eval_batch_size", 2048)))
         self.data_checksum = data_checksum
-        self.version = None
 
     def hello(self):
         return {"host": socket.gethostname(), "data": self.data_checksum}
@@ -70,13 +71,10 @@ class FrameBinding:
             rows = slice(h["start"], h["stop"])
             src[0, rows] = arrays[first]
             src[1, rows] = arrays[first + 1]
-        if h.get("weights", False):
-            np.copyto(self.model.params, arrays[-1])
-            self.version = h["weights_version"]
-        elif self.version != h["weights_version"]:
-            raise RuntimeError(f"this worker holds weights version {self.version}, the "
-                               f"coordinator asked for {h['weights_version']} without "
-                               f"sending them")
+        super().use_weights(h, arrays)
+
+    def put_weights(self, a):
+        np.copyto(self.model.params, a)
 
     def index(self, h, arrays):
         return arrays[0] if h.get("indices", False) else None
@@ -289,9 +287,8 @@ def main(argv=None, prog=None):
         if os.environ.get("OPENBLAS_NUM_THREADS") != want:
             # BLAS reads its thread count when it loads (numpy is loaded already):
             # start afresh once with it set
-            env = dict(os.environ, **{v: want for v in ("OPENBLAS_NUM_THREADS",
-                                                         "OMP_NUM_THREADS",
-                                                         "MKL_NUM_THREADS")})
+            from dpnet.engines.group import blas_env
+            env = dict(os.environ, **blas_env(want))
             argv = sys.argv[1:] if argv is None else list(argv)
             os.execve(sys.executable, [sys.executable, "-m", "dpnet.workers.remote_worker",
                                        *argv], env)

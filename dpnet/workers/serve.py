@@ -64,6 +64,22 @@ def main(argv, module, binding_cls, user_errors=()):
                  heartbeat_s=cfg.get("heartbeat_s"), user_errors=user_errors)
 
 
+class FrameWeights:
+    """For bindings whose weights do not sit in shared memory: they come as the last
+    frame of a STEP or EVAL whenever they changed (``put_weights`` stores them), and
+    otherwise the version held must be the one the coordinator asks for."""
+    version = None                 # the weights this worker holds (None: none yet)
+
+    def use_weights(self, h, arrays):
+        if h.get("weights", False):
+            self.put_weights(arrays[-1])
+            self.version = h["weights_version"]
+        elif self.version != h["weights_version"]:
+            raise RuntimeError(f"this worker holds weights version {self.version}, the "
+                               f"coordinator asked for {h['weights_version']} without "
+                               f"sending them")
+
+
 class Faults:
     """Faults injected for tests of the coordinator, off unless ``DPNET_FAULTS`` is set
     (``"key=value,..."``):

@@ -80,17 +80,30 @@ class Launcher(threading.Thread):
                 env=dict(os.environ, **(self.env or {}))))
 
     def finish(self, timeout=20):
-        """Each worker's (exit code, stderr) once it has exited."""
         self.join(10)
-        out = []
-        for p in self.procs:
-            try:
-                _, err = p.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                _, err = p.communicate()
-            out.append((p.returncode, err))
-        return out
+        return finish(self.procs, timeout)
+
+
+def finish(procs, timeout=20):
+    """Each process's (exit code, stderr) once it has exited (killed after ``timeout``)."""
+    out = []
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            _, err = p.communicate()
+        out.append((p.returncode, err))
+    return out
+
+
+def rounds_until(eng, done, seconds=60):
+    """Evaluation rounds until ``done()`` -- rounds are where the coordinator reads
+    joins and admits workers; returns ``done()``."""
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        eng.evaluate("val")
+    return done()
 
 
 def remote_engine(n, extra=None, env=None, keys=None, listen="tcp://127.0.0.1:0", go=None,
@@ -281,10 +294,8 @@ def test_a_lost_worker_s_share_is_rerun_and_a_newcomer_takes_its_rank(capfd):
             launcher.procs.append(subprocess.Popen(
                 worker_cmd(eng.group.endpoint), cwd=ROOT, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True))
-            deadline = time.monotonic() + 60
-            while not eng._ready[1] and time.monotonic() < deadline:
-                eng.evaluate("val")              # rounds: where a newcomer is admitted
-            events.append("rejoined" if eng._ready[1] else "no newcomer")
+            back = rounds_until(eng, lambda: eng._ready[1])
+            events.append("rejoined" if back else "no newcomer")
         return False
 
     x, y = data()
@@ -314,17 +325,13 @@ def test_a_spare_waits_and_takes_the_first_rank_that_is_vacated(local2):
 
     def chaos(epoch, metrics):
         if epoch == 1:
-            deadline = time.monotonic() + 60
-            while not eng.group._spares and time.monotonic() < deadline:
-                eng.evaluate("val")              # rounds: where the third one's JOIN is read
+            rounds_until(eng, lambda: eng.group._spares)     # the third one's JOIN
             assert len(eng.group._spares) == 1
             os.kill(eng.group.members[0].pid, signal.SIGKILL)
             events.append("killed")
         elif epoch == 3:
-            deadline = time.monotonic() + 60
-            while not all(eng._ready.values()) and time.monotonic() < deadline:
-                eng.evaluate("val")
-            events.append("spare serves" if all(eng._ready.values()) else "no spare")
+            served = rounds_until(eng, lambda: all(eng._ready.values()))
+            events.append("spare serves" if served else "no spare")
         return False
 
     x, y = data()
@@ -445,7 +452,7 @@ def test_the_character_lstm_on_remote_workers_is_bit_for_bit_local_workers():
     worker its rows and the GRAD takes the new ones back: the same weights, losses and
     validation as two local workers reading it in shared memory -- also after a worker
     is lost mid-epoch and its streams re-run by the other (then to rounding)."""
-    from test_lstm_engines import batches, run as lstm_run
+    from test_lstm_engines import run as lstm_run
     ref, ref_losses, ref_val = lstm_run(MultiprocessEngine(workers=2), layers=2)
     eng, launcher = remote_engine(2)
     m, losses, val = lstm_run(eng, layers=2)

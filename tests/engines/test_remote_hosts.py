@@ -14,6 +14,7 @@ import pytest
 from dpnet.engines.coordinator import MultiprocessEngine
 from dpnet.parallel.keys import make_keys
 from netns import Hosts, can_make_namespaces
+from test_remote import finish
 
 ROOT = Path(__file__).resolve().parents[2]
 WHY_NOT = can_make_namespaces()
@@ -43,18 +44,6 @@ def start_workers(hosts, keys):
                        "--blas-threads", "1", "--wait", "60"]),
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i, ns in enumerate(hosts.workers)]
-
-
-def finish(procs, timeout=60):
-    out = []
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            _, err = p.communicate()
-        out.append((p.returncode, err))
-    return out
 
 
 def test_runDnn_with_workers_on_two_hosts_matches_local_workers(hosts, keys, tmp_path):
