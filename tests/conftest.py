@@ -7,6 +7,16 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = ROOT / "data" / "mnist"
 
 
+def write_idx(path, arr, gz=False, magic_type=0x08):
+    """``arr`` as an IDX file (MNIST's format), gzipped if asked."""
+    import gzip
+    import struct
+    raw = bytes([0, 0, magic_type, arr.ndim]) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    raw += arr.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
 @pytest.fixture(scope="session")
 def mnist_small():
     """The first 10,000 training images, the standard validation split and test set."""

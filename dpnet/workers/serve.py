@@ -90,20 +90,26 @@ class Faults:
     ``start_exit=CODE``          exit with CODE instead of saying HELLO
     ``die_on=step|eval``         exit (code 3) on receiving that request, once ``after``
                                  of them have been answered (default 0)
+    ``hang_on=step|eval``        the same, but stay alive (heartbeats go on) and never
+                                 answer: what a step timeout is for
     ``when=PATH``                the start and die faults only while PATH exists; with
                                  ``consume=1`` the one worker that fires removes it
                                  first, so its replacement (or the other ranks) go on
     """
 
     def __init__(self, drop=0.0, duplicate=0.0, seed=0, rank=0, start_delay=0.0,
-                 start_exit=None, die_on=None, after=0, when=None, consume=0):
+                 start_exit=None, die_on=None, hang_on=None, after=0, when=None,
+                 consume=0):
         import random
         self.drop, self.duplicate = float(drop), float(duplicate)
         self._rng = random.Random(int(seed) * 1009 + rank)
         self.dropped = self.duplicated = 0
         self.start_delay = float(start_delay)
         self.start_exit = None if start_exit is None else int(start_exit)
-        self.die_on, self.after, self.seen = die_on, int(after), 0
+        if die_on is not None and hang_on is not None:
+            raise ValueError("DPNET_FAULTS: die_on and hang_on exclude each other")
+        self.die_on, self.after, self.seen = die_on or hang_on, int(after), 0
+        self.hang = hang_on is not None
         self.when, self.consume = when, bool(int(consume))
 
     @classmethod
@@ -137,6 +143,11 @@ class Faults:
             return
         self.seen += 1
         if self.seen > self.after and self._armed():
+            if self.hang:
+                # until the coordinator kills it (or is gone: no orphan left behind)
+                parent = os.getppid()
+                while os.getppid() == parent:
+                    time.sleep(0.2)
             os._exit(3)
 
     def copies(self, kind, P):

@@ -1,19 +1,11 @@
 import gzip
-import struct
 
 import numpy as np
 import pytest
 
 from dpnet.data import DataError, load_mnist, one_hot, read_idx
 from dpnet.data.mnist import FILES
-from conftest import MNIST_DIR
-
-
-def write_idx(path, arr, gz=False, magic_type=0x08):
-    raw = bytes([0, 0, magic_type, arr.ndim]) + b"".join(struct.pack(">I", d) for d in arr.shape)
-    raw += arr.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(raw) if gz else raw)
-    return path
+from conftest import MNIST_DIR, write_idx
 
 
 def fake_mnist(tmp_path, n_train=30, n_test=10, gz=True):
