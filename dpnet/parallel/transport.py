@@ -393,16 +393,17 @@ class Dealer(_Socket):
 
 
 class Ticker:
-    """True from ``due()`` once every ``interval_s`` (monotonic), e.g. to send heartbeats."""
+    """True from ``due()`` once every ``interval_s`` (monotonic), e.g. to send heartbeats.
+    ``clock`` is for tests: any function returning seconds."""
 
-    def __init__(self, interval_s=HEARTBEAT_S):
+    def __init__(self, interval_s=HEARTBEAT_S, clock=time.monotonic):
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
-        self.interval_s = interval_s
-        self._next = time.monotonic() + interval_s
+        self.interval_s, self._clock = interval_s, clock
+        self._next = clock() + interval_s
 
     def due(self):
-        now = time.monotonic()
+        now = self._clock()
         if now < self._next:
             return False
         self._next = now + self.interval_s
@@ -410,7 +411,7 @@ class Ticker:
 
     def remaining(self):
         """Seconds until the next tick: a good receive timeout for an idle loop."""
-        return max(0.0, self._next - time.monotonic())
+        return max(0.0, self._next - self._clock())
 
 
 class CoordinatorWatch:
@@ -420,17 +421,18 @@ class CoordinatorWatch:
     if the parent dies the worker is re-parented and the pid changes. ``silence_s``:
     for remote workers, the longest quiet spell tolerated (None: ignore silence).
     Call ``saw_message()`` on every receive and check ``lost()`` outside the receive
-    branch, so a worker that hears nothing still notices.
+    branch, so a worker that hears nothing still notices. ``clock`` is for tests.
     """
 
-    def __init__(self, parent_pid=None, silence_s=None, dealer=None):
+    def __init__(self, parent_pid=None, silence_s=None, dealer=None, clock=time.monotonic):
         self.parent_pid = parent_pid
         self.silence_s = silence_s
         self.dealer = dealer                # a Dealer(monitor=True): its connection
-        self._last = time.monotonic()
+        self._clock = clock
+        self._last = clock()
 
     def saw_message(self):
-        self._last = time.monotonic()
+        self._last = self._clock()
 
     def lost(self):
         """None while the coordinator seems alive, else a reason."""
@@ -439,7 +441,7 @@ class CoordinatorWatch:
         if self.dealer is not None and "disconnected" in self.dealer.poll_events():
             return "lost the connection to the coordinator"
         if self.silence_s is not None:
-            quiet = time.monotonic() - self._last
+            quiet = self._clock() - self._last
             if quiet > self.silence_s:
                 return f"no message from the coordinator for {quiet:.1f} s"
         return None

@@ -147,15 +147,13 @@ def test_the_coordinator_checks_its_timeouts():
         Coordinator(CpuProcesses(1), on_failure="ignore")
 
 
-def test_close_stops_the_workers_by_message_within_a_second():
-    """STOP reaches every worker (addressed by its own identity) and each exits 0 at
-    once -- not killed after the 2 s grace."""
+def test_close_stops_the_workers_by_message():
+    """STOP reaches every worker (addressed by its own identity) and each exits 0 --
+    not killed after the 2 s grace (that would be -9). How fast: bench_failures.py."""
     x, y = data()
     eng = Coordinator(CpuProcesses(2))
     eng.start(mlp(), {"train": (x, y)})
     eng.gradient(0, np.arange(50))
     popens = [c.popen for c in eng.group.children.values()]
-    t0 = time.monotonic()
     eng.close()
-    assert time.monotonic() - t0 < 1.0
     assert [p.returncode for p in popens] == [0, 0]

@@ -36,13 +36,13 @@ def ctx():
 
 
 @pytest.mark.timeout(30)
-def test_sigkilled_worker_is_reported_dead_within_a_second(ctx):
+def test_a_sigkilled_worker_is_reported_dead(ctx):
     p = _start(ctx)
     mon = WorkerMonitor([p.pid])
     assert mon.is_alive(p.pid) and mon.dead() == []
     os.kill(p.pid, signal.SIGKILL)
     t0 = time.monotonic()
-    while mon.is_alive(p.pid) and time.monotonic() - t0 < 1.0:
+    while mon.is_alive(p.pid) and time.monotonic() - t0 < 10.0:   # latency: bench_failures
         time.sleep(0.01)
     # Not joined yet: the child is a zombie, and a zombie counts as dead.
     assert not mon.is_alive(p.pid) and mon.dead() == [p.pid] and not is_alive(p.pid)
@@ -76,7 +76,7 @@ def test_reap_kills_children_that_ignore_sigterm(ctx):
     plain = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     t0 = time.monotonic()
     ended = reap_children(timeout=0.5)
-    assert time.monotonic() - t0 < 3.0
+    assert time.monotonic() - t0 < 4 * 0.5 + 5        # its bound, and a busy machine's slack
     assert {stubborn.pid, plain.pid} <= set(ended)
     assert stubborn.exitcode == -signal.SIGKILL
     assert plain.poll() is not None                 # waited for: not a zombie

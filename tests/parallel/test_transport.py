@@ -59,17 +59,19 @@ def test_round_trip_with_a_spawned_worker(transport):
         assert not os.path.exists(r.endpoint[len("ipc://"):].rsplit("/", 1)[0])
 
 
-@pytest.mark.timeout(10)
-def test_recv_timeout_returns_none_within_the_deadline():
+@pytest.mark.timeout(30)
+def test_recv_timeout_returns_none_after_the_deadline():
+    """Never early; late only by what a busy machine's scheduler adds (the bound here
+    is generous on purpose: a latency claim belongs to a benchmark, not a test)."""
     with T.Router() as r:
         for timeout in (0.0, 0.2):
             t0 = time.monotonic()
             assert r.recv(timeout) is None
             elapsed = time.monotonic() - t0
-            assert timeout <= elapsed < timeout + 0.2
+            assert timeout <= elapsed < timeout + 5
         t0 = time.monotonic()
         assert r.recv_valid(0.2) is None
-        assert time.monotonic() - t0 < 0.4
+        assert 0.2 <= time.monotonic() - t0 < 5
 
 
 @pytest.mark.timeout(10)
@@ -140,21 +142,54 @@ def test_a_second_peer_cannot_take_a_connected_identity():
         thief.close()
 
 
-def test_ticker_and_coordinator_watch():
+class FakeClock:
+    """Seconds that pass only when the test says so."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_ticker_ticks_once_per_interval():
     with pytest.raises(ValueError, match="interval_s must be > 0"):
         T.Ticker(0)
+    clock = FakeClock()
+    t = T.Ticker(0.05, clock=clock)
+    assert not t.due() and t.remaining() == pytest.approx(0.05)
+    clock.now += 0.049
+    assert not t.due() and t.remaining() == pytest.approx(0.001)
+    clock.now += 0.001
+    assert t.due() and not t.due()                     # once, then the next interval
+    assert t.remaining() == pytest.approx(0.05)
+    clock.now += 1.0                                   # a long stall: one tick, not 20
+    assert t.due() and not t.due() and t.remaining() == pytest.approx(0.05)
+
+
+def test_ticker_on_the_real_clock_is_never_early():
     t = T.Ticker(0.05)
-    assert not t.due() and 0 < t.remaining() <= 0.05
-    time.sleep(0.06)
-    assert t.due() and not t.due()
+    t0 = time.monotonic()
+    while not t.due():
+        time.sleep(0.005)
+    assert time.monotonic() - t0 >= 0.05
+
+
+def test_coordinator_watch_parent_and_silence():
     assert T.CoordinatorWatch(parent_pid=os.getppid()).lost() is None
     assert "is gone" in T.CoordinatorWatch(parent_pid=os.getppid() + 1).lost()
-    w = T.CoordinatorWatch(silence_s=0.05)
+    clock = FakeClock()
+    w = T.CoordinatorWatch(silence_s=0.05, clock=clock)
     assert w.lost() is None
-    time.sleep(0.06)
-    assert "no message" in w.lost()
+    clock.now += 0.05
+    assert w.lost() is None                            # "longer than", not "as long as"
+    clock.now += 0.01
+    assert w.lost() == "no message from the coordinator for 0.1 s"
     w.saw_message()
     assert w.lost() is None
+    clock.now += 10
+    assert "for 10.0 s" in w.lost()
+    assert T.CoordinatorWatch(silence_s=None, clock=clock).lost() is None
 
 
 def test_ipc_dir_is_short_private_and_stale_ones_are_swept(tmp_path, monkeypatch):

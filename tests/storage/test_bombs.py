@@ -76,7 +76,8 @@ def refused(code, words):
     assert "REFUSED" in out, out
     for w in words:
         assert w in out["REFUSED"], (w, out["REFUSED"])
-    assert seconds < 0.5, seconds
+    assert seconds < 5, seconds            # reading it all would take far longer
+                                           # (and the peak memory below catches it too)
     assert peak < 300, f"peak resident memory {peak:.0f} MiB"
 
 
