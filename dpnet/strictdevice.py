@@ -297,7 +297,8 @@ zeros_like, empty_like, ones_like = _like(np.zeros_like), _like(np.empty_like), 
 # -- functions and ufuncs --------------------------------------------------------------
 for _name in ("add", "subtract", "multiply", "divide", "true_divide", "maximum", "minimum",
               "tanh", "exp", "log", "sqrt", "abs", "negative", "square", "isfinite",
-              "equal", "less", "greater", "right_shift", "bitwise_xor", "power"):
+              "equal", "less", "greater", "right_shift", "bitwise_xor", "power", "floor",
+              "cos", "sin"):
     globals()[_name] = _UFunc(getattr(np, _name))
 for _name in ("matmul", "dot", "sum", "where", "take", "concatenate", "stack", "clip",
               "count_nonzero", "copyto", "repeat", "argmax", "max", "min", "mean",

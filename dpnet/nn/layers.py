@@ -11,7 +11,7 @@ import numpy as np
 
 from .activations import get_activation
 from ..backend import xp_of
-from .initializers import INITIALIZERS, get_initializer
+from .initializers import get_initializer
 from .rng import uniform_rows
 
 
@@ -46,12 +46,22 @@ class Layer:
 
 
 class Dense(Layer):
-    """Fully connected layer followed by its activation: a = f(x @ W + b)."""
+    """Fully connected layer followed by its activation: a = f(x @ W + b).
 
-    def __init__(self, n_in, n_out, activation="linear", init="xavier_uniform"):
+    ``max_norm``: after every update, each column of W (the weights into one unit) is
+    scaled back to this L2 norm if it is longer (Srebro & Shraibman 2005; with dropout,
+    Hinton et al. 2012). None: no constraint."""
+
+    def __init__(self, n_in, n_out, activation="linear", init="xavier_uniform",
+                 max_norm=None):
         for label, v in (("n_in", n_in), ("n_out", n_out)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"Dense {label} must be a positive integer, got {v!r}")
+        if max_norm is not None and (not isinstance(max_norm, (int, float, np.integer,
+                                                               np.floating))
+                                     or isinstance(max_norm, bool) or not max_norm > 0):
+            raise ValueError(f"max_norm must be a positive number or None, got {max_norm!r}")
+        self.max_norm = None if max_norm is None else float(max_norm)
         self.n_in, self.n_out = int(n_in), int(n_out)
         self.activation = get_activation(activation)
         self.init_name = init if isinstance(init, str) else getattr(init, "__name__", "custom")
@@ -91,9 +101,22 @@ class Dense(Layer):
         dx = self._bufs.get(xp, "dx", (dz.shape[0], self.n_in), dz.dtype)
         return xp.matmul(dz, self.W.T, out=dx)    # (B, n_in)
 
+    def constrain(self):
+        """Apply ``max_norm`` to W's columns, in place (after an update)."""
+        if self.max_norm is None:
+            return
+        xp = xp_of(self.W)
+        norms = xp.sqrt((self.W * self.W).sum(axis=0))          # (n_out,)
+        too_long = norms > self.max_norm
+        self.W *= xp.where(too_long, self.max_norm / xp.maximum(norms, 1e-30), 1.0
+                           ).astype(self.W.dtype)
+
     def config(self):
-        return {"type": "dense", "n_in": self.n_in, "n_out": self.n_out,
-                "activation": self.activation.config(), "init": self.init_name}
+        cfg = {"type": "dense", "n_in": self.n_in, "n_out": self.n_out,
+               "activation": self.activation.config(), "init": self.init_name}
+        if self.max_norm is not None:
+            cfg["max_norm"] = self.max_norm
+        return cfg
 
     def __repr__(self):
         return f"Dense({self.n_in}, {self.n_out}, activation={self.activation.name!r})"
@@ -102,7 +125,7 @@ class Dense(Layer):
 class Dropout(Layer):
     """Inverted dropout: at training time zero each unit with probability ``rate`` and
     scale the survivors by 1/(1-rate), so inference needs no rescaling."""
-
+    random = True          # the model hands it a key per step
     def __init__(self, rate):
         if not isinstance(rate, (int, float, np.integer, np.floating)) or not 0 <= rate < 1:
             raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
@@ -136,19 +159,3 @@ class Dropout(Layer):
 
     def __repr__(self):
         return f"Dropout({self.rate})"
-
-
-def layer_from_config(cfg):
-    kind = cfg.get("type")
-    if kind == "dense":
-        # The initializer is recorded, not needed: a rebuilt layer's weights are always
-        # overwritten (from a checkpoint, or by the shared weights in a worker). A
-        # custom callable is known only by name, so it must not stop the rebuild.
-        init = cfg.get("init", "xavier_uniform")
-        layer = Dense(int(cfg["n_in"]), int(cfg["n_out"]), activation=cfg["activation"],
-                      init=init if init in INITIALIZERS else "xavier_uniform")
-        layer.init_name = init
-        return layer
-    if kind == "dropout":
-        return Dropout(float(cfg["rate"]))
-    raise ValueError(f"unknown layer type {kind!r} in model config")
