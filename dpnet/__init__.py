@@ -7,7 +7,9 @@ from ._version import __version__
 from . import data
 from .data import one_hot
 from .models import CharLSTM, Sequential, load
+from .nn.deform import Deform
 from .nn.layers import Dense, Dropout
+from .nn.maxout import Maxout
 from .optim import optimizers, schedules
 from .storage.checkpoint import CheckpointError
 from .training import EarlyStopping, History, ModelCheckpoint, fit, fit_text, minimize
@@ -25,6 +27,6 @@ def _fit(self, x, y, epochs=1, batch_size=32, **kwargs):
 # runs this file first, so every Sequential has it.
 Sequential.fit = _fit
 
-__all__ = ["Dense", "Dropout", "Sequential", "CharLSTM", "load", "one_hot", "CheckpointError",
+__all__ = ["Dense", "Dropout", "Deform", "Maxout", "Sequential", "CharLSTM", "load", "one_hot", "CheckpointError",
            "EarlyStopping", "ModelCheckpoint", "History", "fit", "fit_text", "minimize", "optimizers",
            "schedules", "data", "__version__"]

@@ -1,10 +1,12 @@
-"""Sequential: a stack of Dense (and Dropout) layers over one flat parameter vector."""
+"""Sequential: a stack of Dense (and Dropout, Deform) layers over one flat parameter vector."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import check_dtype, to_numpy, xp_of
-from ..nn.layers import Dense, Dropout, Layer, layer_from_config
+from ..nn.deform import Deform
+from ..nn.layer_config import layer_from_config
+from ..nn.layers import Dense, Dropout, Layer
 from ..nn.losses import get_loss
 from ..nn.params import ParamLayout
 from ..nn.rng import mix_key
@@ -38,11 +40,15 @@ class Sequential:
             raise ValueError("Sequential needs at least one Dense layer")
         for l in layers:
             if not isinstance(l, Layer):
-                raise TypeError(f"Sequential takes Dense/Dropout layers, got {l!r}")
+                raise TypeError(f"Sequential takes Dense, Maxout, Dropout and Deform layers, got {l!r}")
         dense = [l for l in layers if isinstance(l, Dense)]
         for a, b in zip(dense, dense[1:]):
             if a.n_out != b.n_in:
                 raise ValueError(f"layer sizes do not chain: {a!r} is followed by {b!r}")
+        for i, l in enumerate(layers):
+            if isinstance(l, Deform) and (i != 0 or l.n_in != dense[0].n_in):
+                raise ValueError(f"{l!r} must be the first layer, before a Dense layer of "
+                                 f"{l.n_in} inputs")
         if not isinstance(layers[-1], Dense):
             raise ValueError(f"the last layer must be Dense, got {layers[-1]!r}")
         self.layers = layers
@@ -71,6 +77,8 @@ class Sequential:
         self._bind()
         self._weight_slices = [self.layout.slice_of(f"{i}.W")
                                for i, l in enumerate(layers) if isinstance(l, Dense)]
+        self._constrained = [l for l in layers
+                             if isinstance(l, Dense) and l.max_norm is not None]
         self.init_params(self.seed)
         self.seed_step(self.seed, 0)
         self.last_correct = 0
@@ -132,7 +140,7 @@ class Sequential:
         """Returns the last layer's pre-activation (fused loss) or output."""
         last = len(self.layers) - 1
         for i, l in enumerate(self.layers):
-            if isinstance(l, Dropout):
+            if getattr(l, "random", False):          # Dropout, Deform
                 key = mix_key(*self._step_key, i) if training else None
                 x = l.forward(x, key=key, row0=self._row0, training=training)
             else:
@@ -209,6 +217,8 @@ class Sequential:
             if norm > self.clip_norm:
                 g *= self.clip_norm / norm
         self.optimizer.step(self.params, g)
+        for l in self._constrained:
+            l.constrain()
 
     def train_on_batch(self, x, y):
         x, y = check_data(self, x, y, "the batch")

@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from ..engines import make_engine
+from ..nn.deform import Deform
 from ..nn.layers import Dropout
 from .epochs import check_training_data, check_validation
 
@@ -26,9 +27,16 @@ def _check(model, method, maxiter):
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not isinstance(maxiter, int) or maxiter <= 0:
         raise ValueError(f"maxiter must be a positive integer, got {maxiter!r}")
-    if any(isinstance(l, Dropout) and l.rate > 0 for l in getattr(model, "layers", [])):
+    layers = getattr(model, "layers", [])
+    if any(isinstance(l, Dropout) and l.rate > 0 for l in layers):
         raise ValueError("line searches need a deterministic objective: "
                          "full-batch training does not support dropout")
+    if any(isinstance(l, Deform) for l in layers):
+        raise ValueError("line searches need a deterministic objective: "
+                         "full-batch training does not support Deform")
+    if any(getattr(l, "max_norm", None) is not None for l in layers):
+        raise ValueError("scipy's minimizers do not keep a max_norm constraint: "
+                         "full-batch training does not support max_norm")
 
 
 class _Objective:
