@@ -99,13 +99,29 @@ def test_data_that_does_not_fit_is_one_line_naming_the_sizes():
 
 def test_a_device_error_mid_run_is_one_line_and_the_last_weights_are_saved(tmp_path):
     ck = tmp_path / "ck.npz"
+    # (the fault is placed by counting device operations: 400 lands in a gradient of
+    # this network without deformations; one in an update is the next test's)
     r = run("runDnnGPU.py", "--limit-train", "1000", "--epochs", "2", "--hidden", "32",
-            "--save", str(ck), "--quiet",
+            "--save", str(ck), "--quiet", "--augment", "none",
             env={"DPNET_DEVICE": "standin", "DPNET_STANDIN_FAIL_AFTER": "400"})
     one_line_error(r, 1, "device failed", "cudaErrorIllegalAddress")
     assert "saved the last weights (step" in r.stderr
     import dpnet
     assert 0 < dpnet.load(ck).checkpoint_meta["training"]["step"] < 16
+
+
+def test_a_device_error_during_an_update_saves_nothing_and_says_why(tmp_path):
+    """With the default deformations, operation 400 falls inside the optimizer's update
+    on the device: those weights are neither the old nor the new ones, so nothing is
+    saved, and the line says so."""
+    ck = tmp_path / "ck.npz"
+    r = run("runDnnGPU.py", "--limit-train", "1000", "--epochs", "2", "--hidden", "32",
+            "--save", str(ck), "--quiet",
+            env={"DPNET_DEVICE": "standin", "DPNET_STANDIN_FAIL_AFTER": "400"})
+    assert r.returncode == 1, r.stderr
+    assert "could not be saved" in r.stderr and "half updated" in r.stderr, r.stderr
+    assert "cudaErrorIllegalAddress" in r.stderr and "Traceback" not in r.stderr
+    assert not ck.exists()
 
 
 def test_runLstm_gpu_ends_with_the_in_process_weights_and_samples_anywhere(tmp_path):

@@ -37,7 +37,7 @@ def baseline(tmp_path_factory):
 
 @pytest.mark.parametrize("flags, check", [
     (["--init", "zeros"],
-     lambda m: np.allclose(m.layers[0].W, m.layers[0].W[:, :1])),   # zeros: every unit alike
+     lambda m: np.allclose(m.layers[1].W, m.layers[1].W[:, :1])),   # zeros: every unit alike
     (["--optimizer", "momentum", "--momentum", "0.5"],
      lambda m: m.optimizer.config()["momentum"] == 0.5),
     (["--l2", "0.01"], lambda m: m.config()["l2"] == 0.01),
