@@ -16,7 +16,7 @@ LAYERS = [
     ("dpnet.models",),
     ("dpnet.engines", "dpnet.workers", "workers"),
     ("dpnet.training",),
-    ("dpnet.cli",),
+    ("dpnet.cli", "dpnet.sklearn"),
     ("dpnet",),                                  # the public facade, dpnet/__init__.py
 ]
 MATH = ("dpnet.nn", "dpnet.optim", "dpnet.models")

@@ -1,0 +1,384 @@
+"""scikit-learn estimators over dpnet: ``MLPClassifier`` and ``MLPRegressor``.
+
+Their parameters are scikit-learn's own ``MLPClassifier``'s where dpnet has the
+same thing (``hidden_layer_sizes``, ``activation``, ``solver``, ``alpha``,
+``batch_size``, ``learning_rate_init``, ``max_iter``, ``tol``, ``n_iter_no_change``,
+``early_stopping``, ``validation_fraction``, ``random_state``, ``warm_start``,
+``verbose``), plus ``workers`` (CPU worker processes; 0 trains in this process),
+``callback(i, coef) -> stop?`` after every iteration, and ``solver`` taking every dpnet
+optimizer and scipy's ``lbfgs``/``cg`` (full batch; ``max_iter`` is then their
+iteration limit). ``batch_size`` may also be a fraction of the training set (the 002
+blog's minibatch size).
+
+An iteration is an epoch (a pass over the data) for the minibatch solvers, as in
+scikit-learn. Training stops after ``max_iter`` of them, or when for
+``n_iter_no_change`` iterations in a row the training loss (with ``early_stopping``:
+the held-out accuracy or R^2) did not improve on the best by ``tol``; with
+``early_stopping`` the best iteration's weights are kept. Ctrl-C stops after the
+current step and keeps the weights trained so far (``coef_`` is current).
+
+Fitted attributes: ``coef_`` (a copy of the flat parameter vector), ``coefs_`` and
+``intercepts_`` (per-layer views of it, scikit-learn's layout), ``loss_curve_``,
+``best_loss_``, ``validation_scores_`` and ``best_validation_score_`` (with
+``early_stopping``), ``n_iter_``, ``n_features_in_``, ``classes_`` (classifier),
+``model_`` (the dpnet ``Sequential``).
+
+scikit-learn is an optional dependency (``pip install 'dpnet[sklearn]'``); importing
+``dpnet`` does not need it. Every check of ``sklearn.utils.estimator_checks`` runs in
+the test suite (tests/test_sklearn.py) and passes, except two that scikit-learn itself
+skips where their dependencies are missing: ``check_array_api_input`` (needs
+``SCIPY_ARRAY_API=1``; these estimators take NumPy arrays) and
+``check_classifier_data_not_an_array`` / ``check_regressor_data_not_an_array`` (need
+pandas, not a dependency of dpnet).
+
+A fitted estimator pickles (joblib, ``GridSearchCV(n_jobs=...)``, need it); dpnet's own
+files never hold pickles -- save the network with ``est.model_.save(path)``.
+"""
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import accuracy_score, r2_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import LabelEncoder
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import check_is_fitted, validate_data
+except ImportError as e:                       # pragma: no cover - the extra is missing
+    raise ImportError("dpnet.sklearn needs scikit-learn: pip install 'dpnet[sklearn]'") from e
+
+from .models.mlp import Sequential
+from .nn.layers import Dense, _Buffers
+from .optim.optimizers import OPTIMIZERS, get_optimizer
+from .training.epochs import fit as fit_epochs
+from .training.fullbatch import minimize
+
+FULL_BATCH = {"lbfgs": "L-BFGS-B", "cg": "CG"}
+ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
+               "lecun_tanh": "lecun_tanh", "leaky_relu": "leaky_relu", "sigmoid": "sigmoid",
+               "linear": "linear"}
+
+
+def _seed(random_state):
+    """An int seed from scikit-learn's random_state (None, int, RandomState, Generator)."""
+    if random_state is None:
+        return int(np.random.default_rng().integers(2**31 - 1))
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        return int(random_state) % (2**31 - 1)
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(2**31 - 1))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(2**31 - 1))
+    raise ValueError(f"random_state must be None, an int, a numpy RandomState or "
+                     f"Generator, got {random_state!r}")
+
+
+class _BaseMLP(BaseEstimator):
+    _loss = _out = None
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", solver="adam",
+                 alpha=1e-4, batch_size="auto", learning_rate_init=1e-3, max_iter=200,
+                 tol=1e-4, n_iter_no_change=10, early_stopping=False,
+                 validation_fraction=0.1, random_state=None, warm_start=False,
+                 verbose=False, workers=0, callback=None):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.workers = workers
+        self.callback = callback
+
+    # -- checks ----------------------------------------------------------------------
+    def _check_params(self):
+        sizes = self.hidden_layer_sizes
+        sizes = [sizes] if isinstance(sizes, numbers.Integral) else list(sizes)
+        if not all(isinstance(s, numbers.Integral) and s > 0 for s in sizes):
+            raise ValueError(f"hidden_layer_sizes must be positive integers, got "
+                             f"{self.hidden_layer_sizes!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(sorted(ACTIVATIONS))}, "
+                             f"got {self.activation!r}")
+        if self.solver not in OPTIMIZERS and self.solver not in FULL_BATCH:
+            raise ValueError(f"solver must be one of {', '.join(list(OPTIMIZERS) + list(FULL_BATCH))}"
+                             f", got {self.solver!r}")
+        for name, lo in (("alpha", 0.0), ("tol", 0.0)):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Real) or not v >= lo:
+                raise ValueError(f"{name} must be a number >= {lo:g}, got {v!r}")
+        if not isinstance(self.learning_rate_init, numbers.Real) or not self.learning_rate_init > 0:
+            raise ValueError(f"learning_rate_init must be > 0, got {self.learning_rate_init!r}")
+        for name in ("max_iter", "n_iter_no_change"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.validation_fraction, numbers.Real) or \
+                not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got "
+                             f"{self.validation_fraction!r}")
+        if not isinstance(self.workers, numbers.Integral) or self.workers < 0:
+            raise ValueError(f"workers must be an integer >= 0, got {self.workers!r}")
+        return [int(s) for s in sizes]
+
+    def _batch(self, n):
+        b = self.batch_size
+        if isinstance(b, str) and b == "auto":
+            return min(200, n)
+        if isinstance(b, numbers.Integral) and not isinstance(b, bool) and b > 0:
+            return min(int(b), n)
+        if isinstance(b, numbers.Real) and 0 < b <= 1:         # a fraction of the data
+            return max(1, int(round(b * n)))
+        raise ValueError(f"batch_size must be 'auto', a positive integer or a fraction in "
+                         f"(0, 1], got {b!r}")
+
+    # -- the network -----------------------------------------------------------------
+    def _build(self, n_in, n_out, seed):
+        sizes = [n_in] + self._check_params()
+        act = ACTIVATIONS[self.activation]
+        layers = [Dense(a, b, activation=act) for a, b in zip(sizes, sizes[1:])]
+        layers.append(Dense(sizes[-1], n_out, activation=self._out))
+        if self.solver in FULL_BATCH:
+            opt = get_optimizer("sgd", lr=self.learning_rate_init)      # unused by scipy
+        else:
+            opt = get_optimizer(self.solver, lr=self.learning_rate_init)
+        return Sequential(layers, loss=self._loss, optimizer=opt, l2=float(self.alpha),
+                          dtype=np.float64, seed=seed)
+
+    def _views(self):
+        m = self.model_
+        dense = [(i, l) for i, l in enumerate(m.layers) if isinstance(l, Dense)]
+        views = m.layout.views(m.params)
+        self.coefs_ = [views[f"{i}.W"] for i, _ in dense]
+        self.intercepts_ = [views[f"{i}.b"] for i, _ in dense]
+
+    def __setstate__(self, state):
+        # a pickled estimator may come back with read-only arrays (joblib memory-maps
+        # them when it hands estimators to other processes): the model gets writable
+        # copies of its vectors and optimizer state, and fresh work buffers
+        self.__dict__.update(state)
+        m = self.__dict__.get("model_")
+        if m is not None:
+            m.rebind(params=m.params.copy(), grads=m.grads.copy())
+            for layer in m.layers:
+                if hasattr(layer, "_bufs"):
+                    layer._bufs = _Buffers()
+            opt = m.optimizer
+            opt.state = {k: np.array(v) for k, v in opt.state.items()}
+            if getattr(opt, "_tmp", None) is not None:
+                opt._tmp = np.empty_like(m.params)
+            self._views()
+
+    @property
+    def coef_(self):
+        """The flat parameter vector (a copy): every layer's W then b, in order."""
+        check_is_fitted(self, "model_")
+        return self.model_.params.copy()
+
+    # -- training --------------------------------------------------------------------
+    def _fit(self, X, y, incremental=False):
+        self._check_params()
+        first = not (hasattr(self, "model_") and (self.warm_start or incremental))
+        if first:
+            seed = _seed(self.random_state)
+            self.model_ = self._build(X.shape[1], self._n_outputs(y), seed)
+            self._seed_, self.n_iter_, self.loss_curve_ = seed, 0, []
+            self.best_loss_ = np.inf
+            self.validation_scores_, self.best_validation_score_ = [], -np.inf
+            self._views()
+        elif X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but this estimator was fitted "
+                             f"with {self.n_features_in_}")
+        self.n_features_in_ = X.shape[1]
+        val = None
+        if self.early_stopping and not incremental:
+            strat = y if self._loss != "mse" and len(np.unique(y)) > 1 else None
+            try:
+                X, Xv, y, yv = train_test_split(X, y, test_size=self.validation_fraction,
+                                                random_state=self._seed_, stratify=strat)
+            except ValueError:
+                X, Xv, y, yv = train_test_split(X, y, test_size=self.validation_fraction,
+                                                random_state=self._seed_)
+            val = (Xv, yv)
+        if self.solver in FULL_BATCH:
+            self._fit_full_batch(X, y, 1 if incremental else self.max_iter, val)
+        else:
+            self._fit_minibatch(X, y, 1 if incremental else self.max_iter, val)
+        return self
+
+    def _after_iteration(self, loss, val, stop_state):
+        """Record an iteration; True when training should stop."""
+        self.n_iter_ += 1
+        self.loss_curve_.append(float(loss))
+        if val is not None:
+            score = self._score(self._predict_raw(val[0]), val[1])
+            self.validation_scores_.append(score)
+            improved = score > self.best_validation_score_ + self.tol
+            if score > self.best_validation_score_:
+                self.best_validation_score_ = score
+                stop_state["best"] = self.model_.params.copy()
+        else:
+            improved = loss < self.best_loss_ - self.tol
+            self.best_loss_ = min(self.best_loss_, float(loss))
+        stop_state["bad"] = 0 if improved else stop_state["bad"] + 1
+        if self.verbose:
+            print(f"Iteration {self.n_iter_}, loss = {loss:.8f}")
+        if self.callback is not None and self.callback(self.n_iter_, self.coef_):
+            return True
+        return stop_state["bad"] >= self.n_iter_no_change
+
+    def _fit_minibatch(self, X, y, iterations, val):
+        state = {"bad": 0, "best": None, "stopped": False}
+        start = self.n_iter_
+
+        def each_epoch(epoch, metrics):
+            stop = self._after_iteration(metrics["loss"], val, state)
+            state["stopped"] |= stop
+            return stop
+
+        hist = fit_epochs(self.model_, X, y, epochs=start + iterations,
+                          batch_size=self._batch(len(X)), callbacks=[each_epoch],
+                          seed=self._seed_, verbose=0, progress=False,
+                          workers=int(self.workers), initial_epoch=start, divergence=None)
+        self._finish(hist.interrupted, state, iterations)
+
+    def _fit_full_batch(self, X, y, iterations, val):
+        state = {"bad": 0, "best": None, "stopped": False}
+
+        def each_iteration(i, metrics):
+            stop = self._after_iteration(metrics["loss"], val, state)
+            state["stopped"] |= stop
+            return stop
+
+        minimize(self.model_, X, y, method=FULL_BATCH[self.solver], maxiter=iterations,
+                 workers=int(self.workers), callback=each_iteration)
+        self._finish(False, state, iterations)
+
+    def _finish(self, interrupted, state, iterations):
+        if state["best"] is not None:                 # early stopping: the best weights
+            self.model_.params[...] = state["best"]
+        if interrupted:
+            warnings.warn("training interrupted: the weights trained so far are kept",
+                          RuntimeWarning)
+        elif not state["stopped"] and iterations > 1:
+            warnings.warn(f"stopped after max_iter={self.max_iter} iterations without "
+                          f"converging", ConvergenceWarning)
+        if self.best_loss_ == np.inf:
+            self.best_loss_ = min(self.loss_curve_, default=np.inf)
+        if self.early_stopping:
+            self.best_loss_ = None
+
+    # -- inference -------------------------------------------------------------------
+    def _predict_raw(self, X):
+        return self.model_.predict_proba(np.asarray(X, dtype=np.float64))
+
+    def _validate(self, X, reset):
+        return validate_data(self, X, reset=reset, dtype=np.float64)
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """A fully connected classifier (softmax and cross-entropy) trained by dpnet; see the
+    module's docstring for the parameters and attributes."""
+    _loss, _out = "categorical_crossentropy", "softmax"
+
+    def _n_outputs(self, y):
+        return max(2, len(self.classes_))
+
+    def _score(self, proba, y):
+        return accuracy_score(y, proba.argmax(axis=1))
+
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y, dtype=np.float64, reset=True)
+        check_classification_targets(y)
+        if not (self.warm_start and hasattr(self, "model_")):
+            self._encoder = LabelEncoder().fit(y)
+            self.classes_ = self._encoder.classes_
+        return self._fit(X, self._encode(y))
+
+    def partial_fit(self, X, y, classes=None):
+        first = not hasattr(self, "model_")
+        X, y = validate_data(self, X, y, dtype=np.float64, reset=first)
+        check_classification_targets(y)
+        if first:
+            if classes is None:
+                raise ValueError("classes must be given on the first call to partial_fit")
+            self._encoder = LabelEncoder().fit(np.asarray(classes))
+            self.classes_ = self._encoder.classes_
+        return self._fit(X, self._encode(y), incremental=True)
+
+    def _encode(self, y):
+        unseen = np.setdiff1d(np.unique(y), self.classes_)
+        if unseen.size:
+            raise ValueError(f"y contains classes {unseen.tolist()} not in classes_ "
+                             f"{self.classes_.tolist()}")
+        return self._encoder.transform(y).astype(np.int64)
+
+    def predict_proba(self, X):
+        check_is_fitted(self, "model_")
+        p = self._predict_raw(self._validate(X, reset=False))
+        return p[:, :len(self.classes_)] if len(self.classes_) > 1 else p[:, :1] * 0 + 1
+
+    def predict_log_proba(self, X):
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+    def predict(self, X):
+        winners = self.predict_proba(X).argmax(axis=1)
+        return self.classes_[winners]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = False
+        return tags
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """A fully connected regressor (linear output, mean squared error) trained by dpnet;
+    see the module's docstring for the parameters and attributes."""
+    _loss, _out = "mse", "linear"
+
+    def _n_outputs(self, y):
+        return y.shape[1]
+
+    def _score(self, pred, y):
+        return r2_score(y, pred)
+
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y, dtype=np.float64, reset=True, multi_output=True,
+                             y_numeric=True)
+        self._1d = y.ndim == 1
+        return self._fit(X, y.reshape(len(y), -1))
+
+    def partial_fit(self, X, y):
+        first = not hasattr(self, "model_")
+        X, y = validate_data(self, X, y, dtype=np.float64, reset=first, multi_output=True,
+                             y_numeric=True)
+        if first:
+            self._1d = y.ndim == 1
+        return self._fit(X, y.reshape(len(y), -1), incremental=True)
+
+    def predict(self, X):
+        check_is_fitted(self, "model_")
+        out = self._predict_raw(self._validate(X, reset=False))
+        return out.ravel() if self._1d else out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+
+__all__ = ["MLPClassifier", "MLPRegressor"]

@@ -1,0 +1,278 @@
+"""dpnet.sklearn: scikit-learn's own estimator checks (none skipped), and each
+parameter and attribute seen to do what scikit-learn's MLP does with it -- labels of
+any type, partial_fit, every solver, batch fractions, stopping rules, early stopping,
+random states, warm starts, callbacks, Ctrl-C, worker processes, Pipeline and
+GridSearchCV without leftovers."""
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+
+from sklearn.base import clone  # noqa: E402
+from sklearn.datasets import load_iris, make_regression  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.model_selection import GridSearchCV  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import check_estimator  # noqa: E402
+
+from dpnet.optim.optimizers import OPTIMIZERS  # noqa: E402
+from dpnet.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+from conftest import ROOT, run_leftovers  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(autouse=True)
+def quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+@pytest.fixture(scope="module")
+def iris():
+    X, y = load_iris(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+# what scikit-learn itself skips here, and why (dpnet.sklearn's docstring says the same)
+SKIPPED_BY_SKLEARN = {
+    "check_array_api_input": "SCIPY_ARRAY_API is not set",
+    "check_classifier_data_not_an_array": "pandas is not installed",
+    "check_regressor_data_not_an_array": "pandas is not installed",
+}
+
+
+@pytest.mark.parametrize("est", [MLPClassifier(random_state=0), MLPRegressor(random_state=0)],
+                         ids=["classifier", "regressor"])
+def test_scikit_learns_estimator_checks_all_pass(est):
+    results = check_estimator(est, on_fail=None)
+    failed = [(r["check_name"], repr(r["exception"])[:300]) for r in results
+              if r["status"] == "failed"]
+    assert failed == []
+    for r in results:
+        if r["status"] == "skipped":
+            assert r["check_name"] in SKIPPED_BY_SKLEARN, r
+            assert SKIPPED_BY_SKLEARN[r["check_name"]] in str(r["exception"]), r
+    assert sum(r["status"] == "passed" for r in results) > 40
+
+
+def test_labels_of_any_type(iris):
+    X, y = iris
+    for labels in (np.array(["setosa", "versicolor", "virginica"])[y], y - 5,
+                   np.array([-7, 0, 30])[y]):
+        c = MLPClassifier(hidden_layer_sizes=(16,), learning_rate_init=0.01, batch_size=16,
+                          max_iter=30, random_state=0).fit(X, labels)
+        assert list(c.classes_) == sorted(set(labels.tolist()))
+        pred = c.predict(X)
+        assert pred.dtype == labels.dtype and set(pred) <= set(labels)
+        assert c.score(X, labels) > 0.9
+        p = c.predict_proba(X)
+        assert p.shape == (150, 3) and np.allclose(p.sum(axis=1), 1)
+
+
+def test_partial_fit_needs_the_classes_first_and_then_learns(iris):
+    X, y = iris
+    c = MLPClassifier(hidden_layer_sizes=(16,), learning_rate_init=0.01, batch_size=16,
+                      random_state=0)
+    with pytest.raises(ValueError, match="classes must be given on the first call"):
+        c.partial_fit(X[:50], y[:50])
+    c.partial_fit(X[:50], y[:50], classes=[0, 1, 2])
+    losses = [c.loss_curve_[-1]]
+    for _ in range(20):
+        c.partial_fit(X, y)
+        losses.append(c.loss_curve_[-1])
+    assert c.n_iter_ == 21 and len(c.loss_curve_) == 21
+    assert losses[-1] < 0.5 * losses[0]
+    with pytest.raises(ValueError, match=r"classes \[7\] not in classes_"):
+        c.partial_fit(X[:3], np.array([7, 0, 1]))
+
+
+@pytest.mark.parametrize("solver", list(OPTIMIZERS) + ["lbfgs", "cg"])
+def test_every_solver_trains(iris, solver):
+    X, y = iris
+    lr = {"sgd": 0.1, "momentum": 0.05, "nesterov": 0.05, "adagrad": 0.1}.get(solver, 0.01)
+    c = MLPClassifier(hidden_layer_sizes=(16,), solver=solver, learning_rate_init=lr,
+                      batch_size=32, max_iter=40, random_state=0).fit(X, y)
+    assert c.loss_curve_[-1] < 0.6 * c.loss_curve_[0], (solver, c.loss_curve_[:3])
+    assert c.n_iter_ == len(c.loss_curve_) <= 40
+    assert c.score(X, y) > 0.85
+
+
+def test_batch_size_auto_an_int_or_a_fraction(iris):
+    X, y = iris
+    for batch, steps in (("auto", 1), (32, 5), (0.25, 4), (1.0, 1)):
+        c = MLPClassifier(hidden_layer_sizes=(4,), batch_size=batch, max_iter=3,
+                          random_state=0).fit(X, y)
+        assert c.model_.optimizer.t == 3 * steps, batch
+    with pytest.raises(ValueError, match="batch_size must be 'auto', a positive integer or "
+                                         "a fraction in"):
+        MLPClassifier(batch_size=1.5, max_iter=1).fit(X, y)
+
+
+def test_tol_and_n_iter_no_change_stop_a_run_that_stopped_improving(iris):
+    X, y = iris
+    c = MLPClassifier(hidden_layer_sizes=(16,), learning_rate_init=0.01, batch_size=16,
+                      max_iter=500, tol=0.05, n_iter_no_change=3, random_state=0).fit(X, y)
+    assert c.n_iter_ < 500
+    curve = np.array(c.loss_curve_)
+    # each of the last 3 failed to beat the best before it by tol (scikit-learn's rule)
+    for k in range(len(curve) - 3, len(curve)):
+        assert curve[k] > curve[:k].min() - 0.05, (k, curve)
+    # and the one before them did (else the run would have stopped earlier)
+    k = len(curve) - 4
+    assert k == 0 or curve[k] <= curve[:k].min() - 0.05
+    assert c.best_loss_ == curve.min()
+
+
+def test_early_stopping_keeps_the_best_held_out_weights(iris):
+    X, y = iris
+    c = MLPClassifier(hidden_layer_sizes=(16,), learning_rate_init=0.01, batch_size=16,
+                      max_iter=200, early_stopping=True, validation_fraction=0.2,
+                      n_iter_no_change=5, random_state=0).fit(X, y)
+    assert len(c.validation_scores_) == c.n_iter_
+    assert c.best_validation_score_ == max(c.validation_scores_) and c.best_loss_ is None
+    # the held-out part, as split: the kept weights score exactly the best score on it
+    from sklearn.model_selection import train_test_split
+    _, Xv, _, yv = train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
+    assert c.score(Xv, yv) == c.best_validation_score_
+
+
+def test_random_state_int_randomstate_or_generator(iris):
+    X, y = iris
+    kw = dict(hidden_layer_sizes=(8,), max_iter=5, batch_size=32)
+
+    def coef(rs):
+        return MLPClassifier(random_state=rs, **kw).fit(X, y).coef_
+
+    assert np.array_equal(coef(3), coef(3)) and not np.array_equal(coef(3), coef(4))
+    assert np.array_equal(coef(np.random.RandomState(1)), coef(np.random.RandomState(1)))
+    assert np.array_equal(coef(np.random.default_rng(2)), coef(np.random.default_rng(2)))
+    with pytest.raises(ValueError, match="random_state must be None, an int"):
+        coef("seven")
+
+
+def test_warm_start_continues_and_a_cold_start_does_not(iris):
+    X, y = iris
+    kw = dict(hidden_layer_sizes=(8,), max_iter=5, batch_size=32, random_state=0)
+    warm = MLPClassifier(warm_start=True, **kw).fit(X, y)
+    after_one = warm.coef_
+    warm.fit(X, y)
+    assert warm.n_iter_ == 10 and len(warm.loss_curve_) == 10
+    ten = MLPClassifier(**dict(kw, max_iter=10)).fit(X, y)
+    assert np.array_equal(warm.coef_, ten.coef_)                 # 5 + 5 == 10 in one go
+    cold = MLPClassifier(**kw).fit(X, y)
+    cold.fit(X, y)
+    assert cold.n_iter_ == 5 and np.array_equal(cold.coef_, after_one)
+
+
+def test_coef_coefs_intercepts_and_the_callback(iris):
+    X, y = iris
+    seen = []
+
+    def cb(i, coef):
+        seen.append((i, coef))
+        return i == 4                                            # stop after the 4th
+
+    c = MLPClassifier(hidden_layer_sizes=(8, 5), max_iter=50, batch_size=32,
+                      random_state=0, callback=cb).fit(X, y)
+    assert [i for i, _ in seen] == [1, 2, 3, 4] and c.n_iter_ == 4
+    assert np.array_equal(seen[-1][1], c.coef_)
+    assert not np.array_equal(seen[0][1], seen[-1][1])
+    assert [w.shape for w in c.coefs_] == [(4, 8), (8, 5), (5, 3)]
+    assert [b.shape for b in c.intercepts_] == [(8,), (5,), (3,)]
+    flat = np.concatenate([a.ravel() for w, b in zip(c.coefs_, c.intercepts_) for a in (w, b)])
+    assert np.array_equal(flat, c.coef_)
+    coef = c.coef_
+    coef[:] = 0                                                  # a copy
+    assert np.any(c.coef_ != 0)
+    before = c.predict_proba(X)
+    c.coefs_[0][...] = 0                                         # views of the model
+    assert not np.allclose(c.predict_proba(X), before)
+
+
+def test_verbose_prints_each_iteration(iris, capsys):
+    X, y = iris
+    MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, verbose=True, random_state=0).fit(X, y)
+    out = capsys.readouterr().out
+    assert [line.split(",")[0] for line in out.strip().splitlines()] == \
+        ["Iteration 1", "Iteration 2", "Iteration 3"]
+
+
+def test_worker_processes_give_the_in_process_weights(iris):
+    X, y = iris
+    kw = dict(hidden_layer_sizes=(16,), max_iter=5, batch_size=30, random_state=0)
+    one = MLPClassifier(workers=0, **kw).fit(X, y)
+    two = MLPClassifier(workers=2, **kw).fit(X, y)
+    np.testing.assert_allclose(two.coef_, one.coef_, rtol=1e-10, atol=1e-12)
+
+
+def test_a_regressor_with_one_or_several_outputs():
+    X, y = make_regression(300, 6, n_targets=2, noise=0.1, random_state=0)
+    y = y / y.std(axis=0)
+    r = MLPRegressor(hidden_layer_sizes=(32,), learning_rate_init=0.01, batch_size=32,
+                     max_iter=100, random_state=0).fit(X, y)
+    assert r.predict(X).shape == (300, 2) and r.score(X, y) > 0.95
+    r1 = clone(r).fit(X, y[:, 0])
+    assert r1.predict(X).shape == (300,) and r1.score(X, y[:, 0]) > 0.95
+
+
+CTRL_C = """
+import os, signal, warnings
+import numpy as np
+from sklearn.datasets import load_iris
+from dpnet.sklearn import MLPClassifier
+X, y = load_iris(return_X_y=True)
+start = MLPClassifier(hidden_layer_sizes=(8,), max_iter=1, batch_size=10, random_state=0)
+start = start.fit(X, y).coef_
+def cb(i, coef):
+    if i == 3:
+        os.kill(os.getpid(), signal.SIGINT)          # as Ctrl-C in a terminal
+c = MLPClassifier(hidden_layer_sizes=(8,), max_iter=100, batch_size=10, random_state=0,
+                  callback=cb)
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    c.fit(X, y)
+print(c.n_iter_, any("interrupted" in str(x.message) for x in w),
+      not np.array_equal(c.coef_, start), c.score(X, y) > 0.3)
+"""
+
+
+def test_ctrl_c_keeps_the_weights_trained_so_far():
+    r = subprocess.run([sys.executable, "-c", CTRL_C], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    n_iter, warned, moved, sane = r.stdout.split()
+    assert int(n_iter) in (3, 4) and warned == moved == sane == "True", r.stdout
+
+
+def test_pipeline_and_grid_search_with_workers_leave_nothing_behind(iris):
+    """GridSearchCV(n_jobs=2) runs fits in two joblib processes, each starting and
+    stopping its own dpnet worker processes."""
+    import psutil
+    X, y = iris
+    pipe = make_pipeline(StandardScaler(),
+                         MLPClassifier(hidden_layer_sizes=(8,), max_iter=10, batch_size=30,
+                                       random_state=0, workers=1))
+    grid = GridSearchCV(pipe, {"mlpclassifier__learning_rate_init": [1e-3, 1e-2]}, cv=2,
+                        n_jobs=2).fit(X, y)
+    assert grid.best_params_["mlpclassifier__learning_rate_init"] in (1e-3, 1e-2)
+    assert 0 <= grid.score(X, y) <= 1
+    helpers = psutil.Process().children(recursive=True)       # joblib's, still alive
+    assert helpers, "expected joblib worker processes"
+    for p in helpers:
+        assert "dpnet" not in " ".join(p.cmdline()), p.cmdline()   # no dpnet worker
+        assert run_leftovers(p.pid) == []                          # no segment, no socket
+
+
+def test_importing_dpnet_does_not_import_scikit_learn():
+    r = subprocess.run([sys.executable, "-c", "import dpnet, sys; "
+                        "print('sklearn' in sys.modules)"], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT, env=dict(os.environ))
+    assert r.stdout.strip() == "False", r.stderr
