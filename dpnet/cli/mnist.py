@@ -133,6 +133,10 @@ def dnn_parser(prog, workers=False, gpu=False):
     a("--json", type=path_arg, default=None, metavar="PATH",
       help="write the run summary as JSON (- for standard output)")
     a("--plot", type=path_arg, default=None, metavar="PATH", help="save learning curves as a PNG (matplotlib)")
+    a("--report-test", action="store_true",
+      help="also show the test accuracy in every epoch line (as the 000 seed does) and "
+           "name the best epoch by validation loss at the end; off by default: the "
+           "validation set chooses, the test set is evaluated once")
     a("--quiet", action="store_true",
       help="no per-epoch lines or progress bar (the final result is still shown)")
     a("--allow-divergence", action="store_true",
@@ -301,11 +305,40 @@ def per_class_accuracy(model, x, y, n_classes=10):
             for k in range(n_classes)]
 
 
-def report(model, hist, results, per_class, wall, out=print):
+def curve_summary(hist):
+    """The training curve as the 001 seed sums it up: loss minimum and final, accuracy
+    maximum and final (each with its epoch); and the best epoch by validation loss,
+    with its test accuracy when that was watched (--report-test)."""
+    h, epochs = hist.history, hist.epochs
+    lines = []
+    if epochs and h.get("loss"):
+        loss = h["loss"]
+        i = int(np.argmin(loss))
+        text = (f"training loss: min {loss[i]:.4f} (epoch {epochs[i]}), final {loss[-1]:.4f}")
+        if h.get("accuracy"):
+            acc = h["accuracy"]
+            j = int(np.argmax(acc))
+            text += f"; accuracy: max {acc[j]:.4f} (epoch {epochs[j]}), final {acc[-1]:.4f}"
+        lines.append(text)
+    if epochs and h.get("val_loss") and h.get("test_accuracy"):
+        k = int(np.argmin(h["val_loss"]))
+        lines.append(f"best epoch by validation loss: {epochs[k]} (val_loss "
+                     f"{h['val_loss'][k]:.4f}, val_acc {h['val_accuracy'][k]:.4f}, test_acc "
+                     f"{h['test_accuracy'][k]:.4f})")
+    return lines
+
+
+def report(model, hist, results, per_class, wall, out=print, settings=None):
     out("")
-    out(f"test accuracy: {results['test']['accuracy'] * 100:.2f}%  "
-        f"(loss {results['test']['loss']:.4f})")
+    test = results["test"]
+    right = int(round(test["accuracy"] * test["n"]))
+    out(f"test accuracy: {test['accuracy'] * 100:.2f}%  ({right}/{test['n']} right, "
+        f"loss {test['loss']:.4f})")
     out("per-digit accuracy: " + "  ".join(f"{k}: {a * 100:.1f}%" for k, a in enumerate(per_class)))
+    for line in curve_summary(hist):
+        out(line)
+    if settings:
+        out(settings)
     sps = hist.samples / hist.wall_time if hist.wall_time > 0 else 0.0
     out(f"execution time: {wall:.1f} s ("
         + (f"{hist.wall_time:.1f} s training, {sps:,.0f} samples/s)" if hist.samples
@@ -315,7 +348,8 @@ def report(model, hist, results, per_class, wall, out=print):
                                           [l.n_out for l in dense]))
     out("weight shapes: " + ", ".join(f"W{i + 1} {l.W.shape[0]}x{l.W.shape[1]} + b{i + 1} "
                                      f"{l.b.shape[0]}" for i, l in enumerate(dense)))
-    out(f"total weights: {model.n_params:,}")
+    nodes = dense[0].n_in + sum(l.n_out for l in dense)
+    out(f"total weights: {model.n_params:,}  (total nodes: {nodes:,})")
 
 
 def plot_history(hist, path):
@@ -497,7 +531,8 @@ def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog,
                 seed=args.seed, verbose=not args.quiet, engine=engine,
                 checkpoint=args.save, initial_step=initial_step, history=hist,
                 divergence=None if args.allow_divergence else 100.0,
-                checkpoint_extra={"optimizer": args.optimizer, "data": data_recipe(args)})
+                checkpoint_extra={"optimizer": args.optimizer, "data": data_recipe(args)},
+                test_data=(data.x_test, data.y_test) if args.report_test else None)
     except WorkerError:
         if args.save:     # the weights are those of the last completed step: keep them
             if args.optimizer in FULL_BATCH:    # (fit has written its checkpoint itself)
@@ -528,7 +563,7 @@ def _finish(args, model, data, hist, workers, t_start, epochs_before, say):
     # on stderr when stdout carries the JSON summary
     report(model, hist, results, per_class, wall,
            out=(lambda line: print(line, file=sys.stderr)) if json_on_stdout(args.json)
-           else print)
+           else print, settings=_settings(args))
     if args.save and (hist.step == 0 or not hist.epochs):
         _save(args, model, data, hist)
     if args.json:
@@ -539,6 +574,13 @@ def _finish(args, model, data, hist, workers, t_start, epochs_before, say):
             plot_history(hist, args.plot)
         else:
             say("no complete epoch: no plot written")
+
+
+def _settings(args):
+    if args.optimizer in FULL_BATCH:
+        return f"optimizer: {args.optimizer} (full batch)"
+    lr = f"{args.lr:g}" if args.lr == args.lr_final else f"{args.lr:g} annealed to {args.lr_final:g}"
+    return f"optimizer: {args.optimizer}, learning rate {lr}, batch size {args.batch_size}"
 
 
 def _summary(args, model, hist, results, per_class, wall, workers, epochs_before):

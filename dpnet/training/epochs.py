@@ -45,7 +45,7 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
         shuffle=True, seed=None, verbose=1, engine=None, workers=0, checkpoint=None,
         initial_step=0, history=None, print_fn=print, progress=None, divergence=100.0,
         checkpoint_extra=None, validation_split=None, initial_epoch=None,
-        sample_weight=None, class_weight=None):
+        sample_weight=None, class_weight=None, test_data=None):
     """Train ``model`` on (x, y).
 
     epochs: the epoch to stop after (counting from 0, as Keras's ``epochs`` with
@@ -65,6 +65,9 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
       for integer (or one-hot) class labels, unnamed classes weighing 1. A step's loss
       is then the mean of weight x loss over its batch (as Keras's); both multiply.
       Validation losses stay unweighted.
+    test_data: (x, y) also evaluated after every epoch and shown (``test_loss``,
+      ``test_accuracy`` in the history): to watch, not to choose by -- choosing an epoch
+      or a setting on it would make the test score optimistic.
     progress: show a tqdm bar per epoch (default: when stderr is a terminal).
     divergence: stop (``Diverged``, a FloatingPointError) when an epoch's loss is more
       than this many times the first epoch's; None lets a run go where it goes.
@@ -92,6 +95,8 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
     datasets = {"train": (x, y) if w is None else (x, y, w)}
     if validation_data is not None:
         datasets["val"] = check_validation(model, validation_data)
+    if test_data is not None:
+        datasets["test"] = check_validation(model, test_data)
     if initial_epoch is not None:
         if initial_step:
             raise ValueError("give initial_step or initial_epoch, not both")
@@ -110,6 +115,7 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
                      "val" in datasets, list(callbacks), checkpoint, say,
                      progress=verbose and sys.stderr.isatty() if progress is None else progress)
     plan.classify = model.classifies(y)          # else a regression: no accuracy reported
+    plan.report_test = "test" in datasets
     if divergence is not None and not (isinstance(divergence, (int, float))
                                        and divergence > 1):
         raise ValueError(f"divergence must be a factor > 1 or None, got {divergence!r}")
@@ -177,6 +183,7 @@ class EpochPlan(Plan):
         self.end = epochs * self.steps_per_epoch
         self.epoch = self.order = self.bar = None
         self.classify = True
+        self.report_test = False
         self.divergence = 100.0
         self.first_loss = None
         self.extra = {}
@@ -224,6 +231,11 @@ class EpochPlan(Plan):
             metrics["val_loss"] = vl
             if self.classify:
                 metrics["val_accuracy"] = vc / max(vn, 1)
+        if self.report_test:
+            tl, tn, tc = self.loop.engine.evaluate("test")
+            metrics["test_loss"] = tl
+            if self.classify:
+                metrics["test_accuracy"] = tc / max(tn, 1)
         metrics["lr"] = self.model.optimizer.lr
         metrics["seconds"] = time.perf_counter() - self.t0
         epoch = self.epoch + 1
@@ -270,6 +282,10 @@ def format_epoch(epoch, epochs, m):
         parts.append(f"val_loss {m['val_loss']:.4f}")
     if "val_accuracy" in m:
         parts.append(f"val_acc {m['val_accuracy']:.4f}")
+    if "test_accuracy" in m:
+        parts.append(f"test_acc {m['test_accuracy']:.4f}")
+    elif "test_loss" in m:
+        parts.append(f"test_loss {m['test_loss']:.4f}")
     parts += [f"lr {m['lr']:.2e}", f"{m['seconds']:.1f}s"]
     return "  ".join(parts)
 
