@@ -86,6 +86,10 @@ def lstm_parser(prog):
       help="clip the gradient to this global L2 norm (default: 5; 0 = off)")
     a("--clip-value", type=float_in(0), default=None, metavar="V",
       help="clip each gradient entry to [-V, V], before --clip (default: off; 0 = off)")
+    a("--train-temperature", type=float_in(0, lo_open=True), default=None, metavar="T",
+      help="the softmax temperature of the output in training: the model learns "
+           "softmax(logits / T) (the 000 seed's temperature argument of train; default: 1, "
+           "or the checkpoint's with --load); --temperature still scales sampling on top")
     a("--forget-bias", type=float_in(-100, 100), default=DEFAULT_FORGET_BIAS,
       help="initial forget-gate bias (default: 0, which trains better here than 1 with "
            "the state carried through whole epochs; see DEFAULT_FORGET_BIAS)")
@@ -325,8 +329,11 @@ def _model(args, ck, vocab, H, L):
         if args.clip is None:
             clip["clip_norm"] = 5.0
         return CharLSTM(len(vocab), H, seed=args.seed, forget_bias=args.forget_bias,
-                        optimizer=opt, num_layers=L, **clip)
+                        optimizer=opt, num_layers=L, temperature=args.train_temperature or 1.0,
+                        **clip)
     model = ck.model
+    if args.train_temperature is not None:
+        model.temperature = args.train_temperature
     if args.optimizer is not None and args.optimizer != model.optimizer.name:
         raise UserError(f"--optimizer {args.optimizer}: the checkpoint was trained with "
                         f"{model.optimizer.name} (its state would not fit)")

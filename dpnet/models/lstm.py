@@ -166,7 +166,7 @@ class CharLSTM:
 
     def __init__(self, vocab_size, hidden_size, dtype=np.float32, seed=0, forget_bias=1.0,
                  init="xavier_uniform", optimizer="adam", clip_norm=None, clip_value=None,
-                 xp=np, num_layers=1):
+                 xp=np, num_layers=1, temperature=1.0):
         self.vocab_size = _positive_int("vocab_size", vocab_size)
         self.hidden_size = _positive_int("hidden_size", hidden_size)
         self.num_layers = _positive_int("num_layers", num_layers)
@@ -178,6 +178,7 @@ class CharLSTM:
                 or not math.isfinite(forget_bias):
             raise ValueError(f"forget_bias must be a finite number, got {forget_bias!r}")
         self.forget_bias = float(forget_bias)
+        self.temperature = temperature
         self.init_name = init if isinstance(init, str) else getattr(init, "__name__", "custom")
         self._init = get_initializer(init)
         for name, v in (("clip_norm", clip_norm), ("clip_value", clip_value)):
@@ -199,6 +200,20 @@ class CharLSTM:
         params, grads = self.layout.allocate(self.dtype, xp)
         self.bind(params, grads)
         self.init_params(self.seed)
+
+    @property
+    def temperature(self):
+        """The softmax temperature of the output: the model's distribution is
+        softmax(logits / temperature), in training (the 000 seed's ``temperature``
+        argument of ``train``), in its losses, and under any sampling temperature."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, t):
+        if not isinstance(t, (int, float, np.floating)) or isinstance(t, bool) \
+                or not math.isfinite(t) or t <= 0:
+            raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
+        self._temperature = float(t)
 
     # -- parameters -------------------------------------------------------------------
     def bind(self, params, grads=None):
@@ -412,6 +427,8 @@ class CharLSTM:
         Z, N = w.Z, w.Z.shape[0]
         ys = targets.T.reshape(N)                    # time-major, like the rows of Z
         rows = xp.arange(N)
+        if self._temperature != 1.0:
+            Z *= 1.0 / self._temperature             # softmax(logits / temperature)
         Z -= Z.max(axis=1, keepdims=True)            # shift by the max: exp never overflows
         picked = Z[rows, ys]                         # (N,) shifted logit of the target
         xp.exp(Z, out=Z)
@@ -420,7 +437,8 @@ class CharLSTM:
         if grad:
             Z /= sums[:, None]                       # softmax
             Z[rows, ys] -= 1
-            Z *= 1.0 / N                             # mean over predicted characters
+            # mean over predicted characters; d(logits / T)/d(logits) = 1 / T
+            Z *= 1.0 / (N * self._temperature)
         return loss
 
     # -- backward ---------------------------------------------------------------------
@@ -575,8 +593,9 @@ class CharLSTM:
                return_state=False, on_draw=None):
         """``length`` ids drawn one at a time after feeding ``prime_ids`` (at least one).
 
-        Each draw is from softmax(logits / temperature): temperature < 1 sharpens
-        towards the argmax, > 1 flattens. Deterministic for a ``seed``. With
+        Each draw is from softmax(logits / (temperature * self.temperature)), the
+        model's own distribution at ``temperature`` 1: below 1 sharpens towards the
+        argmax, above 1 flattens. Deterministic for a ``seed``. With
         ``return_state`` also the (h, c) reached just before the last id (prime or drawn)
         was fed, so ``sample([ids[-1]], ..., state=that)`` continues the same text.
         ``on_draw(id)`` is called as each id is drawn (to show text as it comes)."""
@@ -610,7 +629,7 @@ class CharLSTM:
             logits = to_numpy(w.layers[-1].Hs[1] @ self.Wy + self.by)[0].astype(np.float64)
             # Shift before dividing: a tiny temperature then sends the others to -inf
             # (probability 0), never to inf - inf.
-            p = np.exp((logits - logits.max()) / float(temperature))
+            p = np.exp((logits - logits.max()) / (float(temperature) * self._temperature))
             cdf = np.cumsum(p)
             # Inverse-CDF draw: one uniform per character, robust to p not summing to 1.
             j = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
@@ -648,7 +667,8 @@ class CharLSTM:
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers,
                 "dtype": self.dtype.name,
                 "forget_bias": self.forget_bias, "init": self.init_name, "seed": self.seed,
-                "clip_norm": self.clip_norm, "clip_value": self.clip_value}
+                "clip_norm": self.clip_norm, "clip_value": self.clip_value,
+                **({} if self._temperature == 1.0 else {"temperature": self._temperature})}
 
     def describe(self):
         return dict(self.config(), n_params=self.n_params,
@@ -672,7 +692,8 @@ class CharLSTM:
         m = cls(cfg["vocab_size"], cfg["hidden_size"], dtype=cfg.get("dtype", "float32"),
                 seed=cfg.get("seed", 0), forget_bias=cfg.get("forget_bias", 1.0),
                 init=init, optimizer=optimizer, clip_norm=cfg.get("clip_norm"),
-                clip_value=cfg.get("clip_value"), xp=xp, num_layers=cfg.get("num_layers", 1))
+                clip_value=cfg.get("clip_value"), xp=xp, num_layers=cfg.get("num_layers", 1),
+                temperature=cfg.get("temperature", 1.0))
         m.init_name = cfg.get("init", m.init_name)
         return m
 

@@ -33,6 +33,7 @@ def baseline(tmp_path, text, capsys):
     (["--clip-value", "0.0005"], lambda c, s: c.model.clip_value == 0.0005),
     (["--forget-bias", "2.0"], lambda c, s: True),
     (["--optimizer", "adagrad"], lambda c, s: s["optimizer"]["name"] == "adagrad"),
+    (["--train-temperature", "2"], lambda c, s: c.model.temperature == 2.0),
 ])
 def test_each_flag_changes_the_model_and_is_recorded(tmp_path, text, capsys, baseline,
                                                      flags, check):
@@ -41,6 +42,20 @@ def test_each_flag_changes_the_model_and_is_recorded(tmp_path, text, capsys, bas
     assert check(c, s)
     assert not np.allclose(c.model.params, base.model.params)
     assert s["train_losses"][-1] < s["train_losses"][0]       # and it trains
+
+
+def test_train_temperature_continues_from_the_checkpoint_unless_given(tmp_path, text,
+                                                                     capsys):
+    train(tmp_path, text, capsys, "t", "--train-temperature", "0.5")
+    ck = tmp_path / "t.npz"
+    rc, _, err = cli(["--text", text, *SMALL, "--steps", "50", "--load", ck, "--save", ck],
+                     capsys)
+    assert rc == 0, err
+    assert load_text_checkpoint(ck).model.temperature == 0.5
+    rc, _, err = cli(["--text", text, *SMALL, "--steps", "60", "--load", ck, "--save", ck,
+                      "--train-temperature", "1.5"], capsys)
+    assert rc == 0, err
+    assert load_text_checkpoint(ck).model.temperature == 1.5
 
 
 def test_forget_bias_sets_the_forget_gates_bias(tmp_path, text, capsys):

@@ -111,6 +111,44 @@ def test_constructor_rejects(kwargs, words):
         CharLSTM(**kwargs)
 
 
+# -- the output's temperature ---------------------------------------------------------
+def test_a_temperature_is_the_loss_of_the_scaled_logits_and_its_gradient_matches():
+    """softmax(logits / T): the loss of a model with Wy, by scaled by 1/T and T = 1, and
+    the gradient against finite differences; T = 1 changes nothing, not even the config."""
+    rng = np.random.default_rng(3)
+    m = model64()
+    x, y = batch(rng)
+    s0 = state(rng)
+    plain = m.predict_loss(x, y, s0)[0]
+    assert "temperature" not in m.config()
+    m.temperature = 2.5
+    hot = m.predict_loss(x, y, s0)[0]
+    scaled = model64()
+    for name in ("Wy", "by"):
+        scaled.params[scaled.layout.slice_of(name)] /= 2.5
+    assert hot == pytest.approx(scaled.predict_loss(x, y, s0)[0], rel=1e-12)
+    assert hot != pytest.approx(plain)
+    m.loss_and_grad(x, y, s0)
+    g = m.grads.copy()
+    num = fd_grad(lambda: m.predict_loss(x, y, s0)[0], m.params)
+    assert np.linalg.norm(g - num) <= 1e-7 * np.linalg.norm(num)
+    back = CharLSTM.from_config(m.config())
+    assert back.temperature == 2.5 and m.config()["temperature"] == 2.5
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got 0"):
+        m.temperature = 0
+
+
+def test_sampling_multiplies_the_models_temperature():
+    m = model64()
+    m.temperature = 2.0
+    twin = model64()
+    for name in ("Wy", "by"):
+        twin.params[twin.layout.slice_of(name)] /= 2.0
+    for t in (0.5, 1.0, 1.7):
+        assert m.sample([1, 2], 40, temperature=t, seed=4) == \
+            twin.sample([1, 2], 40, temperature=t, seed=4)
+
+
 # -- gradients ---------------------------------------------------------------------------
 @pytest.mark.parametrize("layers", [1, 3])
 def test_gradient_matches_finite_differences_every_entry(layers):
