@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from ..data import load_mnist
+from ..data.table import Table, load_table
 from ..engines import gpu_engine, make_engine
 from ..engines.errors import WorkerError
 from ..models.loading import load_weights_into
@@ -57,8 +58,8 @@ def dnn_parser(prog, workers=False, gpu=False):
     a("--activation", nargs="+", default=["relu"], choices=sorted(ACTIVATIONS), metavar="NAME",
       help="hidden activation, one for all or one per hidden layer: "
            f"{', '.join(sorted(ACTIVATIONS))} (default: relu)")
-    a("--output-activation", default="softmax", choices=sorted(ACTIVATIONS), metavar="NAME",
-      help="output activation (default: softmax)")
+    a("--output-activation", default=None, choices=sorted(ACTIVATIONS), metavar="NAME",
+      help="output activation (default: softmax; linear for a --target regression)")
     a("--loss", default="categorical_crossentropy", choices=sorted(LOSSES), metavar="NAME",
       help=f"{', '.join(sorted(LOSSES))} (default: categorical_crossentropy)")
     a("--init", default="xavier_uniform", metavar="NAME",
@@ -117,12 +118,23 @@ def dnn_parser(prog, workers=False, gpu=False):
     a("--seed", type=nonneg_int, default=0, help="seed for init, shuffling, dropout (default: 0)")
     a("--standardize", action="store_true",
       help="zero mean, unit variance per pixel (training statistics) instead of [0, 1]")
-    a("--validation", type=nonneg_int, default=10_000,
-      help="hold out the last N training images for validation (default: 10000)")
+    a("--validation", type=nonneg_int, default=None,
+      help="hold out the last N training images for validation (default: 10000; for a "
+           "--target table, a tenth of its training rows)")
     a("--limit-train", type=positive_int, default=None, metavar="N",
       help="use only the first N training images (smoke runs)")
-    a("--data", type=path_arg, default=None, metavar="DIR",
-      help="MNIST directory with the four IDX files (default: $DPNET_DATA or data/mnist)")
+    a("--data", type=path_arg, default=None, metavar="DIR|CSV",
+      help="MNIST directory with the four IDX files (default: $DPNET_DATA or data/mnist); "
+           "with --target, a CSV file with a header row")
+    a("--target", default=None, metavar="COLUMN",
+      help="train on the table --data CSV: predict this column from the others -- a "
+           "classifier, or with --loss mse a regressor; non-numeric columns of up to 32 "
+           "values are one-hot encoded, features standardized with training statistics")
+    a("--drop", nargs="+", default=[], metavar="COLUMN",
+      help="with --target: leave these columns out (names, ids, free text)")
+    a("--test-fraction", type=float_in(0, 1, lo_open=True, hi_open=True), default=0.2,
+      metavar="F", help="with --target: the share of rows (shuffled by --seed) held out "
+                        "as the test set (default: 0.2)")
     a("--dtype", default="float32", choices=["float32", "float64"], help="(default: float32)")
     a("--save", type=path_arg, default=None, metavar="PATH", help="write a checkpoint after each epoch")
     a("--load", type=path_arg, default=None, metavar="PATH",
@@ -183,21 +195,22 @@ def default_augment(args):
             first["shift"], first["rotate"], first["scale"], first["shear"])
         args.elastic_alpha, args.elastic_sigma = first["alpha"], first["sigma"]
         return first["kind"]
-    if args.standardize or args.optimizer in FULL_BATCH:
+    if args.standardize or args.optimizer in FULL_BATCH or args.target:
         return "none"
     return "affine"
 
 
-def build_model(args, steps_per_epoch):
+def build_model(args, steps_per_epoch, n_in=784, n_out=10):
     acts = args.activation
     if len(acts) not in (1, len(args.hidden)):
         raise UserError(f"--activation takes one name for all hidden layers or one per "
                         f"hidden layer ({len(args.hidden)}), got {len(acts)}")
     if len(acts) == 1:
         acts = acts * len(args.hidden)
-    sizes = [784] + list(args.hidden)
+    sizes = [n_in] + list(args.hidden)
     pieces = [args.maxout or 1] * (len(sizes) - 1) + [1]
-    check_model_size(sum((a + 1) * b * k for a, b, k in zip(sizes, sizes[1:] + [10], pieces)),
+    check_model_size(sum((a + 1) * b * k for a, b, k in zip(sizes, sizes[1:] + [n_out],
+                                                             pieces)),
                      args.dtype,
                      f"--hidden {' '.join(map(str, args.hidden))}")
     layers = []
@@ -205,6 +218,8 @@ def build_model(args, steps_per_epoch):
     if not chosen:
         args.augment = default_augment(args)
     if args.augment != "none":
+        if args.target:
+            raise UserError("--augment deforms MNIST's images; a --target table has none")
         # (a checkpoint's choice meeting --standardize: the resume check names the
         # data preparation that differs)
         if args.standardize and (chosen or not args.load):
@@ -215,16 +230,16 @@ def build_model(args, steps_per_epoch):
                              alpha=args.elastic_alpha, sigma=args.elastic_sigma))
     if args.input_dropout:
         layers.append(Dropout(args.input_dropout))
-    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
         if args.maxout:
-            layers.append(Maxout(n_in, n_out, pieces=args.maxout, init=args.init,
+            layers.append(Maxout(a, b, pieces=args.maxout, init=args.init,
                                  max_norm=args.max_norm))
         else:
-            layers.append(Dense(n_in, n_out, activation=acts[i], init=args.init,
+            layers.append(Dense(a, b, activation=acts[i], init=args.init,
                                 max_norm=args.max_norm))
         if args.dropout:
             layers.append(Dropout(args.dropout))
-    layers.append(Dense(sizes[-1], 10, activation=args.output_activation, init=args.init,
+    layers.append(Dense(sizes[-1], n_out, activation=args.output_activation, init=args.init,
                         max_norm=args.max_norm))
     if args.optimizer in FULL_BATCH:
         given = [f for f, v in (("--lr", args.lr), ("--lr-final", args.lr_final))
@@ -260,12 +275,17 @@ def build_model(args, steps_per_epoch):
 def data_recipe(args):
     """How this run prepared its data: what a resumed run must repeat (the weights were
     fitted to exactly that data)."""
-    return {"standardize": bool(args.standardize), "validation": int(args.validation),
-            "limit_train": args.limit_train, "dtype": args.dtype}
+    recipe = {"standardize": bool(args.standardize), "validation": int(args.validation),
+              "limit_train": args.limit_train, "dtype": args.dtype}
+    if args.target:
+        recipe.update(target=args.target, drop=sorted(args.drop),
+                      test_fraction=args.test_fraction)
+    return recipe
 
 
 RECIPE_FLAGS = {"standardize": "--standardize", "validation": "--validation",
-                "limit_train": "--limit-train", "dtype": "--dtype"}
+                "limit_train": "--limit-train", "dtype": "--dtype", "target": "--target",
+                "drop": "--drop", "test_fraction": "--test-fraction"}
 
 
 def check_resume(path, training, now, recipe=None):
@@ -300,9 +320,21 @@ def note_changes(prog, path, meta, model):
 
 
 def per_class_accuracy(model, x, y, n_classes=10):
-    pred = model.predict_proba(x).argmax(axis=1)      # MNIST is single-label, any loss
+    if n_classes == 0:                                # a regression
+        return []
+    pred = model.predict_proba(x).argmax(axis=1)      # single-label, any loss
     return [float((pred[y == k] == k).mean()) if (y == k).any() else float("nan")
             for k in range(n_classes)]
+
+
+def regression_scores(model, x, y, mean=0.0, std=1.0):
+    """Mean squared error in the target's units (targets standardized as (y - mean) /
+    std) and the coefficient of determination R^2 on (x, y)."""
+    pred = np.asarray(model.predict_proba(x), dtype=np.float64).reshape(len(y), -1) * std + mean
+    y = np.asarray(y, dtype=np.float64).reshape(len(y), -1) * std + mean
+    mse = float(((pred - y) ** 2).mean())
+    var = float(((y - y.mean(axis=0)) ** 2).mean())
+    return {"mse": mse, "r2": 1.0 - mse / var if var > 0 else float("nan")}
 
 
 def curve_summary(hist):
@@ -328,13 +360,18 @@ def curve_summary(hist):
     return lines
 
 
-def report(model, hist, results, per_class, wall, out=print, settings=None):
+def report(model, hist, results, per_class, wall, out=print, settings=None, classes=None):
     out("")
     test = results["test"]
-    right = int(round(test["accuracy"] * test["n"]))
-    out(f"test accuracy: {test['accuracy'] * 100:.2f}%  ({right}/{test['n']} right, "
-        f"loss {test['loss']:.4f})")
-    out("per-digit accuracy: " + "  ".join(f"{k}: {a * 100:.1f}%" for k, a in enumerate(per_class)))
+    if "accuracy" in test:
+        right = int(round(test["accuracy"] * test["n"]))
+        out(f"test accuracy: {test['accuracy'] * 100:.2f}%  ({right}/{test['n']} right, "
+            f"loss {test['loss']:.4f})")
+        names = classes or range(len(per_class))
+        out(f"per-{'class' if classes else 'digit'} accuracy: "
+            + "  ".join(f"{k}: {a * 100:.1f}%" for k, a in zip(names, per_class)))
+    else:                                             # a regression
+        out(f"test MSE: {test['mse']:.6g}  R^2: {test['r2']:.4f}  ({test['n']} rows)")
     for line in curve_summary(hist):
         out(line)
     if settings:
@@ -446,18 +483,23 @@ def _run_dnn_locked(args, prog, default_workers):
         args.quiet = True
     if args.plot:
         plot_format(args.plot)
-    data = load_mnist(args.data, standardize=args.standardize, validation=args.validation,
-                      limit_train=args.limit_train, dtype=np.dtype(args.dtype))
+    data = _load_data(args)
     if args.limit_train is not None and args.limit_train > len(data.x_train):
         print(f"{prog}: note: --limit-train {args.limit_train} is more than the "
               f"{len(data.x_train):,} training images there are; using them all",
               file=sys.stderr)
     steps_per_epoch = -(-len(data.x_train) // args.batch_size)
-    model = build_model(args, steps_per_epoch)
+    n_out = data.n_classes if isinstance(data, Table) else 10
+    model = build_model(args, steps_per_epoch, n_in=data.x_train.shape[1], n_out=n_out or 1)
     initial_step, hist = _resume(args, model, data)
     say = (lambda *a, **k: None) if args.quiet else print
+    what = "rows" if isinstance(data, Table) else "images"
     say(f"{prog}: {model.n_params:,} parameters, {len(data.x_train):,} training / "
-        f"{len(data.x_val):,} validation / {len(data.x_test):,} test images")
+        f"{len(data.x_val):,} validation / {len(data.x_test):,} test {what}")
+    if isinstance(data, Table):
+        say(f"{prog}: {len(data.features)} features from {os.path.basename(args.data)} "
+            f"({', '.join(data.features)}); target {data.target!r}: "
+            + (f"{data.n_classes} classes" if data.classes else "a number"))
     engine, workers = _engine(args, default_workers, prog, say)
     try:
         _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog, say)
@@ -468,6 +510,42 @@ def _run_dnn_locked(args, prog, default_workers):
         print(f"{prog}: saved the last weights (step {hist.step}) to {args.save}",
               file=sys.stderr)
     return exit_code(hist)
+
+
+REGRESSION_LOSSES = ("mse", "mean_squared_error")
+
+
+def _load_data(args):
+    """MNIST, or with --target the CSV table; --validation and --output-activation
+    resolved for it."""
+    if args.target is None:
+        for flag, given in (("--drop", args.drop), ("--test-fraction",
+                                                    args.test_fraction != 0.2)):
+            if given:
+                raise UserError(f"{flag} is for a --target table")
+        if args.data is not None and os.path.isfile(args.data):
+            raise UserError(f"--data {args.data} is a file: give --target COLUMN to train "
+                            f"on a CSV table, or an MNIST directory")
+        args.validation = 10_000 if args.validation is None else args.validation
+        args.output_activation = args.output_activation or "softmax"
+        return load_mnist(args.data, standardize=args.standardize, validation=args.validation,
+                          limit_train=args.limit_train, dtype=np.dtype(args.dtype))
+    if args.data is None:
+        raise UserError("--target names a column of a CSV table: give the file with --data")
+    if args.standardize:
+        raise UserError("--standardize is for MNIST: a table is always standardized with "
+                        "its training rows' statistics")
+    if args.limit_train is not None:
+        raise UserError("--limit-train is for MNIST: a table uses all its rows "
+                        "(--test-fraction and --validation split them)")
+    regression = args.loss in REGRESSION_LOSSES
+    table = load_table(args.data, args.target,
+                       task="regression" if regression else "classification",
+                       test_fraction=args.test_fraction, validation=args.validation,
+                       seed=args.seed, drop=args.drop, dtype=np.dtype(args.dtype))
+    args.validation = len(table.x_val)
+    args.output_activation = args.output_activation or ("linear" if regression else "softmax")
+    return table
 
 
 def _resume(args, model, data):
@@ -557,13 +635,18 @@ def _finish(args, model, data, hist, workers, t_start, epochs_before, say):
                "test": model.evaluate(data.x_test, data.y_test)}
     if val is not None:
         results["val"] = model.evaluate(*val)
-    per_class = per_class_accuracy(model, data.x_test, data.y_test)
+    regression = getattr(data, "classes", 1) is None
+    if regression:
+        results["test"].update(regression_scores(model, data.x_test, data.y_test,
+                                                 data.y_mean, data.y_std))
+    per_class = per_class_accuracy(model, data.x_test, data.y_test,
+                                   0 if regression else data.n_classes)
     wall = time.perf_counter() - t_start
     # the result is shown with --quiet too (it hides the epochs and the progress bar),
     # on stderr when stdout carries the JSON summary
     report(model, hist, results, per_class, wall,
            out=(lambda line: print(line, file=sys.stderr)) if json_on_stdout(args.json)
-           else print, settings=_settings(args))
+           else print, settings=_settings(args), classes=getattr(data, "classes", None))
     if args.save and (hist.step == 0 or not hist.epochs):
         _save(args, model, data, hist)
     if args.json:
@@ -593,7 +676,8 @@ def _summary(args, model, hist, results, per_class, wall, workers, epochs_before
         "wall_seconds": wall, "train_seconds": hist.wall_time,
         "samples_per_second": hist.samples / hist.wall_time if hist.wall_time else 0.0,
         "n_params": int(model.n_params),
-        "layers": [784] + list(args.hidden) + [10],
+        "layers": [l.n_in for l in model.layers if isinstance(l, Dense)][:1]
+        + [l.n_out for l in model.layers if isinstance(l, Dense)],
         "engine": {"workers": workers, **(getattr(hist, "engine_stats", {}) or {})},
         "args": vars(args),
         "platform": {"python": platform.python_version(), "numpy": np.__version__,

@@ -1,0 +1,158 @@
+"""Tabular data from the command line (issue 13): runDnn / runDnnDebug --data CSV
+--target COLUMN on the shipped data/tables/passengers.csv -- a classifier, a regressor,
+one-hot columns, the seeded test split, statistics of the training rows alone, resume
+-- and every refusal, each one line with exit code 2."""
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dpnet.data import DataError
+from dpnet.data.table import load_table
+from conftest import ROOT
+
+DEBUG = str(ROOT / "scripts" / "runDnnDebug.py")
+DNN = str(ROOT / "scripts" / "runDnn.py")
+CSV = ROOT / "data" / "tables" / "passengers.csv"
+TRAIN = ["--drop", "passenger_id", "name", "--hidden", "32", "--epochs", "30",
+         "--batch-size", "32", "--lr", "3e-3", "--lr-final", "3e-4", "--quiet"]
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_workers_left")]
+
+
+def run(*args, script=DEBUG, tmp_path=None):
+    extra = ["--json", str(tmp_path / "s.json")] if tmp_path else []
+    r = subprocess.run([sys.executable, script, "--data", str(CSV), *map(str, args), *extra],
+                       capture_output=True, text=True, timeout=110, cwd=ROOT)
+    summary = json.loads((tmp_path / "s.json").read_text()) if tmp_path and \
+        r.returncode == 0 else None
+    return r, summary
+
+
+@pytest.mark.parametrize("script, extra", [(DEBUG, []), (DNN, ["--workers", "2"])])
+def test_a_classifier_from_the_table(tmp_path, script, extra):
+    r, s = run("--target", "survived", *TRAIN, *extra, script=script, tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (s["train"]["n"], s["val"]["n"], s["test"]["n"]) == (432, 48, 120)
+    assert s["layers"] == [10, 32, 2]                 # 7 columns, two of them one-hot
+    assert s["test"]["accuracy"] > 0.7                # the rule behind the data is found
+    assert "per-class accuracy: 0: " in r.stdout and "  1: " in r.stdout
+    assert len(s["per_class_test_accuracy"]) == 2
+
+
+def test_a_regressor_from_the_table(tmp_path):
+    r, s = run("--target", "fare", "--loss", "mse", *TRAIN, tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert s["layers"][-1] == 1 and "accuracy" not in s["test"]
+    assert s["test"]["r2"] > 0.5 and s["test"]["mse"] > 0
+    assert f"test MSE: {s['test']['mse']:.6g}  R^2: {s['test']['r2']:.4f}  (120 rows)" \
+        in r.stdout
+    assert "test accuracy" not in r.stdout
+
+
+def test_string_labels_are_named_in_the_report(tmp_path):
+    rows = list(csv.reader(CSV.open()))
+    rows[0][-1] = "fate"
+    for row in rows[1:]:
+        row[-1] = {"0": "lost", "1": "saved"}[row[-1]]
+    path = tmp_path / "fates.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    r = subprocess.run([sys.executable, DEBUG, "--data", str(path), "--target", "fate", *TRAIN],
+                       capture_output=True, text=True, timeout=110, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "per-class accuracy: lost: " in r.stdout and "  saved: " in r.stdout
+
+
+def test_one_hot_columns_and_statistics_of_the_training_rows_alone():
+    t = load_table(CSV, "survived", drop=["passenger_id", "name"], seed=3)
+    assert t.features == ["pclass", "sex=female", "sex=male", "age", "sibsp", "parch", "fare",
+                          "embarked=C", "embarked=Q", "embarked=S"]
+    assert t.classes == ["0", "1"]
+    np.testing.assert_allclose(t.x_train.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(t.x_train.std(axis=0), 1, atol=1e-4)
+    assert not np.allclose(t.x_test.mean(axis=0), 0, atol=1e-3)   # not the test rows'
+    # the same seed splits the same way, another seed otherwise; the fraction is kept
+    again = load_table(CSV, "survived", drop=["passenger_id", "name"], seed=3)
+    assert np.array_equal(again.x_test, t.x_test)
+    other = load_table(CSV, "survived", drop=["passenger_id", "name"], seed=4,
+                       test_fraction=0.3, validation=0)
+    assert len(other.x_test) == 180 and len(other.x_val) == 0 and len(other.x_train) == 420
+
+
+def test_resume_is_exact_and_needs_the_same_table_settings(tmp_path):
+    common = ["--target", "survived", "--drop", "passenger_id", "name", "--hidden", "16",
+              "--batch-size", "32", "--lr-final", "1e-3", "--quiet"]
+    whole, part = tmp_path / "whole.npz", tmp_path / "part.npz"
+    assert run(*common, "--epochs", "4", "--save", whole)[0].returncode == 0
+    assert run(*common, "--epochs", "2", "--save", part)[0].returncode == 0
+    r, _ = run(*common, "--epochs", "4", "--load", part, "--save", part)
+    assert r.returncode == 0, r.stderr
+    import dpnet
+    assert np.array_equal(dpnet.load(whole).params, dpnet.load(part).params)
+    r, _ = run(*common, "--epochs", "6", "--load", part, "--test-fraction", "0.3")
+    assert r.returncode == 2 and "resuming needs the same settings" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def edited(tmp_path, change):
+    rows = list(csv.reader(CSV.open()))
+    change(rows)
+    path = tmp_path / "edited.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+def blank_age(rows):
+    rows[7][4] = ""
+
+
+def dup_header(rows):
+    rows[0][2] = "sex"
+
+
+def ragged(rows):
+    rows[12].append("extra")
+
+
+@pytest.mark.parametrize("change, args, words", [
+    (blank_age, ["--target", "survived", "--drop", "name"],
+     "edited.csv: row 8, column 'age': missing value ''; fill or drop such rows first"),
+    (None, ["--target", "survived"],
+     "non-numeric columns with more than 32 distinct values cannot be one-hot encoded: "
+     "'name' (306 distinct values); drop them (--drop)"),
+    (None, ["--target", "Survived", "--drop", "name"], "no column 'Survived' (columns: "),
+    (None, ["--target", "sex", "--loss", "mse", "--drop", "name"],
+     "row 2, column 'sex': 'male' is not a number (a regression target must be)"),
+    (None, ["--target", "survived", "--drop", "survived"], "'survived' is the target"),
+    (dup_header, ["--target", "survived", "--drop", "name"], "column names appear twice: sex"),
+    (ragged, ["--target", "survived", "--drop", "name"], "row 13 has 11 fields, the header 10"),
+    (None, ["--target", "survived", "--drop", "name", "--augment", "affine"],
+     "--augment deforms MNIST's images"),
+    (None, ["--target", "survived", "--drop", "name", "--standardize"],
+     "--standardize is for MNIST"),
+])
+def test_refusals_are_one_line(tmp_path, change, args, words):
+    path = edited(tmp_path, change) if change else CSV
+    r = subprocess.run([sys.executable, DEBUG, "--data", str(path), *args, "--epochs", "1"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2, r.stderr
+    assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_files_that_are_not_tables_are_named(tmp_path):
+    for content, words in (("", "is empty: expected a header row"),
+                           ("a,b\n", "has a header but no rows"),
+                           ("a,b\n1,1\n", "the target 'b' has one value ('1')")):
+        p = tmp_path / "t.csv"
+        p.write_text(content)
+        with pytest.raises(DataError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            load_table(p, "b")
+    with pytest.raises(DataError, match="does not exist"):
+        load_table(tmp_path / "none.csv", "b")
+    (tmp_path / "bin.csv").write_bytes(b"a,b\n\xff\xfe,1\n")
+    with pytest.raises(DataError, match="is not UTF-8 text"):
+        load_table(tmp_path / "bin.csv", "b")
