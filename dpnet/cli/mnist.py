@@ -27,7 +27,7 @@ from ..optim.schedules import Anneal
 from ..storage.checkpoint import CheckpointError, read_checkpoint
 from ..training.callbacks import EarlyStopping
 from ..training.epochs import fit, save_training_checkpoint
-from ..training.fullbatch import minimize
+from ..training.fullbatch import minimize, minimize_minibatches
 from ..training.history import History, exit_code
 from .presets import PRESETS, apply_preset, preset_help
 from .common import (Parser, SaveLock, UserError, add_remote_flags, cap_workers,
@@ -69,6 +69,10 @@ def dnn_parser(prog, workers=False, gpu=False):
       help="minibatch: " + ", ".join(OPTIMIZERS) + "; full-batch via scipy: lbfgs, cg "
            "(--epochs is then the iteration limit; no --lr, --batch-size, --dropout) "
            "(default: adam)")
+    a("--mb-maxiter", type=positive_int, default=None, metavar="K",
+      help="with --optimizer lbfgs/cg: minibatches of --batch-size, K scipy iterations "
+           "on each (the 002 blog's mini-batch CG and L-BFGS-B); --epochs counts passes. "
+           "Without it they run full batch")
     a("--lr", type=float_in(0, lo_open=True), default=None,
       help="learning rate (default: 1e-3; not with lbfgs/cg)")
     a("--lr-final", type=float_in(0, lo_open=True), default=None,
@@ -408,6 +412,35 @@ def plot_history(hist, path):
     plt.close(fig)
 
 
+def _run_minibatch_scipy(args, model, data, val, engine, hist, say):
+    """--optimizer lbfgs/cg --mb-maxiter K: scipy on one minibatch at a time."""
+    done = len(hist.epochs)
+    if args.epochs <= done:
+        say("nothing to train (raise --epochs)")
+        return
+    steps = -(-len(data.x_train) // args.batch_size)
+
+    def record(epoch, metrics):
+        hist.append(epoch, metrics)
+        hist.step = epoch * steps
+        hist.samples += len(data.x_train)
+        if args.save:
+            _save(args, model, data, hist)
+            hist.saved_step = hist.step
+        return False
+
+    t0 = time.perf_counter()
+    evals = minimize_minibatches(model, data.x_train, data.y_train,
+                                 method=FULL_BATCH[args.optimizer],
+                                 batch_size=args.batch_size, mb_maxiter=args.mb_maxiter,
+                                 epochs=args.epochs, validation_data=val, engine=engine,
+                                 seed=args.seed, callback=record,
+                                 print_fn=None if args.quiet else say, initial_epoch=done)
+    hist.wall_time = time.perf_counter() - t0
+    say(f"scipy {FULL_BATCH[args.optimizer]} on minibatches of {args.batch_size}, "
+        f"{args.mb_maxiter} iterations each: {evals} gradient evaluations")
+
+
 def _run_full_batch(args, model, data, val, engine, hist, say):
     """--optimizer lbfgs/cg: scipy's minimizer, one full-batch gradient per evaluation."""
     done = hist.step                   # iterations a --load checkpoint already ran
@@ -554,7 +587,8 @@ def _resume(args, model, data):
     if not args.load:
         return 0, History()
     meta = load_weights_into(model, args.load, optimizer="state")
-    full = args.optimizer in FULL_BATCH          # one step = the whole training set
+    # one step = the whole training set (full batch), else a minibatch
+    full = args.optimizer in FULL_BATCH and not args.mb_maxiter
     training = meta.get("training") or {}
     step = check_resume(args.load, training,
                         {"seed": args.seed,
@@ -597,8 +631,13 @@ def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog,
     val = (data.x_val, data.y_val) if len(data.x_val) else None
     if callbacks and val is None:
         raise UserError("--patience needs a validation set (--validation > 0)")
+    if args.mb_maxiter is not None and args.optimizer not in FULL_BATCH:
+        raise UserError(f"--mb-maxiter is for --optimizer lbfgs or cg, not "
+                        f"{args.optimizer}")
     try:
-        if args.optimizer in FULL_BATCH:
+        if args.optimizer in FULL_BATCH and args.mb_maxiter:
+            _run_minibatch_scipy(args, model, data, val, engine, hist, say)
+        elif args.optimizer in FULL_BATCH:
             _run_full_batch(args, model, data, val, engine, hist, say)
         elif initial_step >= args.epochs * steps_per_epoch:
             say(f"{prog}: the checkpoint has trained {len(hist.epochs) or '?'} epochs "
@@ -660,6 +699,9 @@ def _finish(args, model, data, hist, workers, t_start, epochs_before, say):
 
 
 def _settings(args):
+    if args.optimizer in FULL_BATCH and args.mb_maxiter:
+        return (f"optimizer: {args.optimizer} on minibatches, {args.mb_maxiter} iterations "
+                f"each, batch size {args.batch_size}")
     if args.optimizer in FULL_BATCH:
         return f"optimizer: {args.optimizer} (full batch)"
     lr = f"{args.lr:g}" if args.lr == args.lr_final else f"{args.lr:g} annealed to {args.lr_final:g}"

@@ -41,13 +41,16 @@ def _check(model, method, maxiter):
 
 class _Objective:
     """scipy's view of the model: ``value_and_grad(theta)`` for the line searches and
-    ``iteration(theta)`` after each accepted step (metrics, printing, the callback)."""
+    ``iteration(theta)`` after each accepted step (metrics, printing, the callback).
+    ``idx``: the training samples the objective covers (default: all of them)."""
 
-    def __init__(self, model, engine, n, validate, maxiter, callback, print_fn, offset=0):
+    def __init__(self, model, engine, n, validate, maxiter, callback, print_fn, offset=0,
+                 idx=None, first_eval=0):
         self.model, self.engine, self.validate = model, engine, validate
         self.maxiter, self.callback, self.print_fn = maxiter, callback, print_fn
         self.offset = offset
-        self.all_idx = np.arange(n)
+        self.all_idx = np.arange(n) if idx is None else idx
+        self.first_eval = first_eval
         self.evals = self.iterations = 0
         self.t0 = time.perf_counter()
 
@@ -55,8 +58,8 @@ class _Objective:
         model = self.model
         model.params[...] = theta                # cast to the model's dtype
         self.evals += 1
-        self.engine.weights_changed(self.evals)
-        loss, _, _ = self.engine.gradient(self.evals, self.all_idx)
+        self.engine.weights_changed(self.first_eval + self.evals)
+        loss, _, _ = self.engine.gradient(self.first_eval + self.evals, self.all_idx)
         model.add_penalty_grad(model.grads)      # the L2 term, as apply_gradients adds it
         return loss + model.l2_penalty(), model.grads.astype(np.float64)
 
@@ -119,3 +122,63 @@ def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
         if own:
             engine.close()
     return result
+
+
+def minimize_minibatches(model, x, y, method="L-BFGS-B", batch_size=1000, mb_maxiter=3,
+                         epochs=1, validation_data=None, engine=None, workers=0, seed=0,
+                         callback=None, print_fn=None, initial_epoch=0):
+    """scipy's minimizer on one minibatch at a time, as the 002 blog runs CG and L-BFGS-B:
+    each epoch visits the shuffled training set in batches of ``batch_size``, and on each
+    batch scipy runs ``mb_maxiter`` iterations from the current weights (a fresh
+    curvature memory per batch). ``callback(epoch, metrics) -> stop?`` after each
+    epoch; metrics as ``fit``'s (training and validation loss and accuracy)."""
+    try:
+        from scipy.optimize import minimize as scipy_minimize
+    except ImportError:
+        raise ImportError("CG and L-BFGS need scipy: pip install scipy") from None
+    _check(model, method, mb_maxiter)
+    from ..data.batching import batch_slices, epoch_order
+    x, y = check_training_data(model, x, y)
+    datasets = {"train": (x, y)}
+    if validation_data is not None:
+        datasets["val"] = check_validation(model, validation_data)
+    classify = model.classifies(y)
+    slices = batch_slices(len(x), int(batch_size))
+    own = engine is None
+    engine = make_engine(workers) if own else engine
+    evals = 0
+    try:
+        engine.start(model, datasets)
+        for epoch in range(int(initial_epoch), int(epochs)):
+            t0 = time.perf_counter()
+            order = epoch_order(len(x), epoch, seed, True)
+            for sl in slices:
+                f = _Objective(model, engine, len(x), False, mb_maxiter, None, None,
+                               idx=np.sort(order[sl]), first_eval=evals)
+                result = scipy_minimize(f.value_and_grad, model.params.astype(np.float64),
+                                        jac=True, method=method,
+                                        options={"maxiter": int(mb_maxiter)})
+                model.params[...] = result.x
+                evals += f.evals
+            engine.weights_changed(evals + 1)
+            tl, tn, tc = engine.evaluate("train")
+            metrics = {"loss": tl}
+            if classify:
+                metrics["accuracy"] = tc / max(tn, 1)
+            if "val" in datasets:
+                vl, vn, vc = engine.evaluate("val")
+                metrics["val_loss"] = vl
+                if classify:
+                    metrics["val_accuracy"] = vc / max(vn, 1)
+            metrics["seconds"] = time.perf_counter() - t0
+            if print_fn is not None:
+                short = {"accuracy": "acc", "val_accuracy": "val_acc"}
+                print_fn(f"epoch {epoch + 1:>3}/{epochs}  " + "  ".join(
+                    f"{short.get(k, k)} {v:.4f}" for k, v in metrics.items()
+                    if k != "seconds") + f"  {metrics['seconds']:.1f}s")
+            if callback is not None and callback(epoch + 1, metrics):
+                break
+    finally:
+        if own:
+            engine.close()
+    return evals
