@@ -16,8 +16,6 @@ sklearn = pytest.importorskip("sklearn")
 from sklearn.base import clone  # noqa: E402
 from sklearn.datasets import load_iris, make_regression  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
-from sklearn.model_selection import GridSearchCV  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import check_estimator  # noqa: E402
 
@@ -252,23 +250,50 @@ def test_ctrl_c_keeps_the_weights_trained_so_far():
     assert int(n_iter) in (3, 4) and warned == moved == sane == "True", r.stdout
 
 
-def test_pipeline_and_grid_search_with_workers_leave_nothing_behind(iris):
+GRID = """
+import json, psutil
+from sklearn.datasets import load_iris
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from dpnet.sklearn import MLPClassifier
+from conftest import run_leftovers
+X, y = load_iris(return_X_y=True)
+pipe = make_pipeline(StandardScaler(),
+                     MLPClassifier(hidden_layer_sizes=(8,), max_iter=10, batch_size=30,
+                                   random_state=0, workers=1))
+grid = GridSearchCV(pipe, {"mlpclassifier__learning_rate_init": [1e-3, 1e-2]}, cv=2,
+                    n_jobs=2).fit(X, y)
+helpers = psutil.Process().children(recursive=True)        # joblib's, kept for reuse
+print(json.dumps({
+    "best": grid.best_params_["mlpclassifier__learning_rate_init"],
+    "score": grid.score(X, y),
+    "helpers": [p.pid for p in helpers],
+    "dpnet_children": [p.pid for p in helpers if "dpnet" in " ".join(p.cmdline())],
+    "leftovers": {p.pid: run_leftovers(p.pid) for p in helpers}}))
+"""
+
+
+def test_pipeline_and_grid_search_with_workers_leave_nothing_behind(tmp_path):
     """GridSearchCV(n_jobs=2) runs fits in two joblib processes, each starting and
-    stopping its own dpnet worker processes."""
+    stopping its own dpnet worker processes: none is left, nor any shared-memory segment
+    or socket, while the search's process lives or after it ends (run in a process of
+    its own: joblib keeps its helpers for the life of the process that started them)."""
+    import json
     import psutil
-    X, y = iris
-    pipe = make_pipeline(StandardScaler(),
-                         MLPClassifier(hidden_layer_sizes=(8,), max_iter=10, batch_size=30,
-                                       random_state=0, workers=1))
-    grid = GridSearchCV(pipe, {"mlpclassifier__learning_rate_init": [1e-3, 1e-2]}, cv=2,
-                        n_jobs=2).fit(X, y)
-    assert grid.best_params_["mlpclassifier__learning_rate_init"] in (1e-3, 1e-2)
-    assert 0 <= grid.score(X, y) <= 1
-    helpers = psutil.Process().children(recursive=True)       # joblib's, still alive
-    assert helpers, "expected joblib worker processes"
-    for p in helpers:
-        assert "dpnet" not in " ".join(p.cmdline()), p.cmdline()   # no dpnet worker
-        assert run_leftovers(p.pid) == []                          # no segment, no socket
+    script = tmp_path / "grid.py"
+    script.write_text(GRID)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=240, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT / "tests")))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["best"] in (1e-3, 1e-2) and 0 <= out["score"] <= 1
+    assert out["helpers"], "expected joblib worker processes"
+    assert out["dpnet_children"] == [] and all(v == [] for v in out["leftovers"].values())
+    gone = psutil.wait_procs([psutil.Process(p) for p in out["helpers"]
+                              if psutil.pid_exists(p)], timeout=30)[1]
+    assert gone == [] and all(run_leftovers(p) == [] for p in out["helpers"])
 
 
 def test_importing_dpnet_does_not_import_scikit_learn():
