@@ -370,7 +370,8 @@ class Dealer(_Socket):
 
     def poll_events(self):
         """Read the monitor's pending events; returns the names of those seen now
-        ("connected", "disconnected", "refused": the handshake failed)."""
+        ("connected", "disconnected", "refused": the handshake failed on the keys or the
+        protocol, "dropped": the peer left in the middle of it)."""
         from zmq.utils.monitor import recv_monitor_message
         seen = []
         while self._monitor is not None and self._monitor.poll(0):
@@ -379,9 +380,12 @@ class Dealer(_Socket):
                 seen.append("connected")
             elif ev == zmq.EVENT_DISCONNECTED:
                 seen.append("disconnected")
-            elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
-                        zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+            elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
                 seen.append("refused")
+            elif ev == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                # the peer went away during the handshake (a coordinator closing at the
+                # end of its run): not a refusal -- ZeroMQ reconnects by itself
+                seen.append("dropped")
         return seen
 
     def close(self, linger_s=0.0):
