@@ -30,6 +30,7 @@ from .rng import uniform_rows
 
 KINDS = ("affine", "elastic")
 N_AFFINE = 5           # uniforms per image for the affine map: angle, scale, shear, tx, ty
+CHUNK = 128            # images deformed at a time
 
 
 def _number(name, v, lo=0.0, hi=math.inf):
@@ -114,8 +115,18 @@ class Deform(Layer):
         if x.ndim != 2 or x.shape[1] != self.n_in:
             raise ValueError(f"Deform{self.image_shape} takes rows of {self.n_in} pixels, "
                              f"got {x.shape}")
-        ys, xs = self.draw(key, row0, x.shape[0], xp_of(x))
-        return sample_bilinear(x, self.image_shape, ys, xs, self.fill)   # (B, H*W)
+        xp = xp_of(x)
+        if x.shape[0] <= CHUNK:
+            ys, xs = self.draw(key, row0, x.shape[0], xp)
+            return sample_bilinear(x, self.image_shape, ys, xs, self.fill)   # (B, H*W)
+        # in blocks whose work arrays stay in cache (a 1000-image batch at once runs
+        # ~3x slower per image here); each row's draw depends on its row alone
+        out = xp.empty_like(x)
+        for s in range(0, x.shape[0], CHUNK):
+            e = min(s + CHUNK, x.shape[0])
+            ys, xs = self.draw(key, row0 + s, e - s, xp)
+            out[s:e] = sample_bilinear(x[s:e], self.image_shape, ys, xs, self.fill)
+        return out
 
     def backward(self, dy):
         # the first layer: nothing below it needs a gradient (the model stops before)
