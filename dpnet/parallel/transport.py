@@ -383,8 +383,9 @@ class Dealer(_Socket):
             elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
                 seen.append("refused")
             elif ev == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-                # the peer went away during the handshake (a coordinator closing at the
-                # end of its run): not a refusal -- ZeroMQ reconnects by itself
+                # the peer cut the handshake: a server refusing a plaintext client, or
+                # a coordinator closing at the end of its run -- the caller tells them
+                # apart (a remote worker: by whether that coordinator admitted it before)
                 seen.append("dropped")
         return seen
 

@@ -155,9 +155,10 @@ def _fetch(sock, rank, name, spec, timeout_s):
     return a
 
 
-def join_and_serve(args, curve, outcome):
+def join_and_serve(args, curve, outcome, rejoining=False):
     """One membership: JOIN, the data, the serve loop. Returns the exit code; the
-    reason it ended is in ``outcome['reason']``."""
+    reason it ended is in ``outcome['reason']``. ``rejoining``: this process was a
+    member of a run at this address before."""
     from dpnet.parallel import protocol as P
     from dpnet.parallel.transport import CoordinatorWatch, Dealer
     from .serve import serve
@@ -175,7 +176,11 @@ def join_and_serve(args, curve, outcome):
         deadline = time.monotonic() + args.wait
         admit = None
         while admit is None:
-            if "refused" in sock.poll_events():
+            events = sock.poll_events()
+            # a cut handshake is a refusal (a plaintext client, an unknown key) -- except
+            # when joining again a coordinator that admitted this worker before: then it
+            # is that coordinator closing at the end of its run, as the keys were good
+            if "refused" in events or ("dropped" in events and not rejoining):
                 raise Refused("the coordinator refused the connection: its CURVE key is "
                               "not the one in --keys, or this worker's key is not in its "
                               "allowed/ directory, or it needs --keys")
@@ -306,9 +311,11 @@ def run(args, curve, prog="dpnet-worker"):
     needs ``connect``, ``data``, ``wait``, ``once``; ``curve``: (public, secret,
     server public) or None. What a launcher such as a Ray actor calls in its own thread."""
     try:
+        rejoining = False
         while True:
             outcome = {}
-            code = join_and_serve(args, curve, outcome)
+            code = join_and_serve(args, curve, outcome, rejoining)
+            rejoining = True
             reason = outcome.get("reason", "")
             if reason.startswith("refused"):
                 raise Refused(reason[len("refused"):].lstrip(": "))
