@@ -78,8 +78,12 @@ def dnn_parser(prog, workers=False, gpu=False):
     a("--lr-final", type=float_in(0, lo_open=True), default=None,
       help="anneal the learning rate geometrically from --lr to this value over the "
            "run (default: 1e-5; give the same value as --lr for a constant rate)")
-    a("--momentum", type=float_in(0, 1, hi_open=True), default=0.9,
-      help="for momentum/nesterov (default: 0.9)")
+    a("--momentum", type=float_in(0, 1, hi_open=True), default=None,
+      help="for momentum/nesterov: the factor by which the velocity decays each step "
+           "(default: 0.9)")
+    a("--momentum-decay", type=float_in(0, 1, hi_open=True), default=None, metavar="MU",
+      help="the same factor under the 002 blog's name (velocity = MU * velocity - lr * "
+           "gradient); give one of the two")
     a("--l2", type=float_in(0), default=0.0, help="L2 penalty on weights (default: 0)")
     a("--clip", type=float_in(0, lo_open=True), default=None,
       help="clip the gradient to this global L2 norm")
@@ -257,6 +261,11 @@ def build_model(args, steps_per_epoch, n_in=784, n_out=10):
     if args.lr_final != args.lr:
         lr = Anneal(args.lr, args.lr_final, total_steps=max(1, args.epochs * steps_per_epoch))
     kw = {"lr": lr}
+    if args.momentum is not None and args.momentum_decay is not None \
+            and args.momentum != args.momentum_decay:
+        raise UserError(f"--momentum {args.momentum:g} and --momentum-decay "
+                        f"{args.momentum_decay:g} name the same factor: give one")
+    args.momentum = next(v for v in (args.momentum, args.momentum_decay, 0.9) if v is not None)
     if args.optimizer in ("momentum", "nesterov"):
         kw["momentum"] = args.momentum
     if args.optimizer in FULL_BATCH:

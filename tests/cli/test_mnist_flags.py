@@ -66,6 +66,16 @@ def test_momentum_only_matters_to_the_optimizers_that_use_it(tmp_path):
     assert not np.allclose(a.params, b.params)
 
 
+def test_momentum_decay_is_the_momentum_under_the_002_blogs_name(tmp_path):
+    a, _, _ = run(tmp_path, "--optimizer", "nesterov", "--momentum", "0.6", name="mom")
+    b, _, _ = run(tmp_path, "--optimizer", "nesterov", "--momentum-decay", "0.6", name="dec")
+    assert b.optimizer.config()["momentum"] == 0.6
+    assert np.array_equal(a.params, b.params)
+    r = run(tmp_path, "--optimizer", "nesterov", "--momentum", "0.6", "--momentum-decay",
+            "0.7", name="both", expect=2)
+    assert "--momentum 0.6 and --momentum-decay 0.7 name the same factor" in r.stderr
+
+
 def test_a_seed_is_refused_on_resume_and_the_same_seed_continues(tmp_path):
     m, _, _ = run(tmp_path, "--seed", "3", name="s3")
     r = subprocess.run([sys.executable, DEBUG, *BASE, "--epochs", "3", "--seed", "4",
