@@ -329,7 +329,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def predict_proba(self, X):
         check_is_fitted(self, "model_")
         p = self._predict_raw(self._validate(X, reset=False))
-        return p[:, :len(self.classes_)] if len(self.classes_) > 1 else p[:, :1] * 0 + 1
+        if len(self.classes_) == 1:            # one class seen: it is certain
+            return np.ones((len(p), 1))
+        return p
 
     def predict_log_proba(self, X):
         with np.errstate(divide="ignore"):
