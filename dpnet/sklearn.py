@@ -14,8 +14,9 @@ An iteration is an epoch (a pass over the data) for the minibatch solvers, as in
 scikit-learn. Training stops after ``max_iter`` of them, or when for
 ``n_iter_no_change`` iterations in a row the training loss (with ``early_stopping``:
 the held-out accuracy or R^2) did not improve on the best by ``tol``; with
-``early_stopping`` the best iteration's weights are kept. Ctrl-C stops after the
-current step and keeps the weights trained so far (``coef_`` is current).
+``early_stopping`` the best iteration's weights are kept. With a minibatch solver,
+Ctrl-C stops after the current step and keeps the weights trained so far (``coef_`` is
+current); scipy's lbfgs/cg end with the KeyboardInterrupt.
 
 Fitted attributes: ``coef_`` (a copy of the flat parameter vector), ``coefs_`` and
 ``intercepts_`` (per-layer views of it, scikit-learn's layout), ``loss_curve_``,
@@ -25,7 +26,7 @@ Fitted attributes: ``coef_`` (a copy of the flat parameter vector), ``coefs_`` a
 
 scikit-learn is an optional dependency (``pip install 'dpnet[sklearn]'``); importing
 ``dpnet`` does not need it. Every check of ``sklearn.utils.estimator_checks`` runs in
-the test suite (tests/test_sklearn.py) and passes, except two that scikit-learn itself
+the test suite (tests/test_sklearn.py) and passes, except three that scikit-learn itself
 skips where their dependencies are missing: ``check_array_api_input`` (needs
 ``SCIPY_ARRAY_API=1``; these estimators take NumPy arrays) and
 ``check_classifier_data_not_an_array`` / ``check_regressor_data_not_an_array`` (need
@@ -155,7 +156,7 @@ class _BaseMLP(BaseEstimator):
             opt = get_optimizer("sgd", lr=self.learning_rate_init)      # unused by scipy
         else:
             opt = get_optimizer(self.solver, lr=self.learning_rate_init)
-        return Sequential(layers, loss=self._loss, optimizer=opt, l2=float(self.alpha),
+        return Sequential(layers, loss=self._loss, optimizer=opt, l2=0.0,
                           dtype=np.float64, seed=seed)
 
     def _views(self):
@@ -213,6 +214,10 @@ class _BaseMLP(BaseEstimator):
                 X, Xv, y, yv = train_test_split(X, y, test_size=self.validation_fraction,
                                                 random_state=self._seed_)
             val = (Xv, yv)
+        # scikit-learn's alpha: (alpha / 2) * ||W||^2 added to the loss summed over a
+        # batch, i.e. alpha / batch size on the mean loss that dpnet's l2 scales
+        per = len(X) if self.solver in FULL_BATCH else self._batch(len(X))
+        self.model_.l2 = float(self.alpha) / per
         if self.solver in FULL_BATCH:
             self._fit_full_batch(X, y, 1 if incremental else self.max_iter, val)
         else:
@@ -263,8 +268,11 @@ class _BaseMLP(BaseEstimator):
             state["stopped"] |= stop
             return stop
 
-        minimize(self.model_, X, y, method=FULL_BATCH[self.solver], maxiter=iterations,
-                 workers=int(self.workers), callback=each_iteration)
+        result = minimize(self.model_, X, y, method=FULL_BATCH[self.solver],
+                          maxiter=iterations, workers=int(self.workers),
+                          callback=each_iteration)
+        # scipy stopping on its own (its tolerances met) is convergence too
+        state["stopped"] |= result is not None and result.nit < iterations
         self._finish(False, state, iterations)
 
     def _finish(self, interrupted, state, iterations):
@@ -301,7 +309,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return accuracy_score(y, proba.argmax(axis=1))
 
     def fit(self, X, y):
-        X, y = validate_data(self, X, y, dtype=np.float64, reset=True)
+        warm = self.warm_start and hasattr(self, "model_")
+        X, y = validate_data(self, X, y, dtype=np.float64, reset=not warm)
         check_classification_targets(y)
         if not (self.warm_start and hasattr(self, "model_")):
             self._encoder = LabelEncoder().fit(y)
@@ -359,7 +368,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return r2_score(y, pred)
 
     def fit(self, X, y):
-        X, y = validate_data(self, X, y, dtype=np.float64, reset=True, multi_output=True,
+        warm = self.warm_start and hasattr(self, "model_")
+        X, y = validate_data(self, X, y, dtype=np.float64, reset=not warm, multi_output=True,
                              y_numeric=True)
         self._1d = y.ndim == 1
         return self._fit(X, y.reshape(len(y), -1))

@@ -1,4 +1,5 @@
-"""dpnet.sklearn: scikit-learn's own estimator checks (none skipped), and each
+"""dpnet.sklearn: scikit-learn's own estimator checks (all pass but the three that
+scikit-learn itself skips here, named below), and each
 parameter and attribute seen to do what scikit-learn's MLP does with it -- labels of
 any type, partial_fit, every solver, batch fractions, stopping rules, early stopping,
 random states, warm starts, callbacks, Ctrl-C, worker processes, Pipeline and
@@ -301,3 +302,36 @@ def test_importing_dpnet_does_not_import_scikit_learn():
                         "print('sklearn' in sys.modules)"], capture_output=True, text=True,
                        timeout=60, cwd=ROOT, env=dict(os.environ))
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_alpha_is_scikit_learns_penalty_per_batch(iris):
+    """scikit-learn adds (alpha / 2) ||W||^2 to a batch's summed loss: on dpnet's mean
+    loss that is alpha / batch size (the whole set for lbfgs/cg)."""
+    X, y = iris
+    c = MLPClassifier(hidden_layer_sizes=(4,), alpha=0.3, batch_size=30, max_iter=1,
+                      random_state=0).fit(X, y)
+    assert c.model_.l2 == pytest.approx(0.3 / 30)
+    c = MLPClassifier(hidden_layer_sizes=(4,), alpha=0.3, solver="lbfgs", max_iter=2,
+                      random_state=0).fit(X, y)
+    assert c.model_.l2 == pytest.approx(0.3 / 150)
+
+
+def test_lbfgs_that_converges_does_not_warn(iris):
+    X, y = iris
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        c = MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=500, tol=1e-2,
+                          random_state=0).fit(X, y)
+    assert c.n_iter_ < 500
+    assert not [x for x in w if issubclass(x.category, ConvergenceWarning)]
+
+
+def test_a_warm_start_with_other_features_is_refused_and_changes_nothing(iris):
+    X, y = iris
+    c = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, warm_start=True,
+                      random_state=0).fit(X, y)
+    before = c.coef_
+    with pytest.raises(ValueError, match="features"):
+        c.fit(np.hstack([X, X[:, :2]]), y)
+    assert c.n_features_in_ == 4 and np.array_equal(c.coef_, before)
+    assert c.predict(X).shape == (150,)

@@ -66,9 +66,10 @@ def dnn_parser(prog, workers=False, gpu=False):
       help="weight initializer: xavier_uniform, xavier_normal, he_normal, he_uniform, "
            "lecun_normal, lecun_uniform, zeros (default: xavier_uniform)")
     a("--optimizer", default="adam", choices=list(OPTIMIZERS) + list(FULL_BATCH),
-      help="minibatch: " + ", ".join(OPTIMIZERS) + "; full-batch via scipy: lbfgs, cg "
-           "(--epochs is then the iteration limit; no --lr, --batch-size, --dropout) "
-           "(default: adam)")
+      help="minibatch: " + ", ".join(OPTIMIZERS) + "; via scipy: lbfgs, cg, full batch "
+           "(--epochs is then the iteration limit) or with --mb-maxiter on minibatches; "
+           "they take no --lr, --dropout, --input-dropout, --augment, --max-norm, "
+           "--patience, --report-test (default: adam)")
     a("--mb-maxiter", type=positive_int, default=None, metavar="K",
       help="with --optimizer lbfgs/cg: minibatches of --batch-size, K scipy iterations "
            "on each (the 002 blog's mini-batch CG and L-BFGS-B); --epochs counts passes. "
@@ -222,9 +223,11 @@ def build_model(args, steps_per_epoch, n_in=784, n_out=10):
                      args.dtype,
                      f"--hidden {' '.join(map(str, args.hidden))}")
     layers = []
-    chosen = args.augment is not None
-    if not chosen:
+    chosen = args.augment is not None and "augment" not in args.from_preset
+    if args.augment is None:
         args.augment = default_augment(args)
+    elif not chosen and not args.load and default_augment(args) == "none":
+        args.augment = "none"           # a recipe's deformations where none can apply
     if args.augment != "none":
         if args.target:
             raise UserError("--augment deforms MNIST's images; a --target table has none")
@@ -250,8 +253,9 @@ def build_model(args, steps_per_epoch, n_in=784, n_out=10):
     layers.append(Dense(sizes[-1], n_out, activation=args.output_activation, init=args.init,
                         max_norm=args.max_norm))
     if args.optimizer in FULL_BATCH:
-        given = [f for f, v in (("--lr", args.lr), ("--lr-final", args.lr_final))
-                 if v is not None]
+        given = [f for f, v, k in (("--lr", args.lr, "lr"),
+                                   ("--lr-final", args.lr_final, "lr_final"))
+                 if v is not None and k not in args.from_preset]
         if given:
             raise UserError(f"--optimizer {args.optimizer} is full-batch: scipy chooses its "
                             f"own steps; drop {' and '.join(given)}")
@@ -261,6 +265,8 @@ def build_model(args, steps_per_epoch, n_in=784, n_out=10):
     if args.lr_final != args.lr:
         lr = Anneal(args.lr, args.lr_final, total_steps=max(1, args.epochs * steps_per_epoch))
     kw = {"lr": lr}
+    if "momentum" in args.from_preset and args.momentum_decay is not None:
+        args.momentum = None            # the user's name for it wins over the recipe's
     if args.momentum is not None and args.momentum_decay is not None \
             and args.momentum != args.momentum_decay:
         raise UserError(f"--momentum {args.momentum:g} and --momentum-decay "
@@ -356,17 +362,22 @@ def curve_summary(hist):
     with its test accuracy when that was watched (--report-test)."""
     h, epochs = hist.history, hist.epochs
     lines = []
-    if epochs and h.get("loss"):
+    def seen(key):                      # a metric some epochs have (NaN: not measured)
+        return bool(epochs) and key in h and not np.all(np.isnan(h[key]))
+
+    if seen("loss"):
         loss = h["loss"]
-        i = int(np.argmin(loss))
+        i = int(np.nanargmin(loss))
         text = (f"training loss: min {loss[i]:.4f} (epoch {epochs[i]}), final {loss[-1]:.4f}")
-        if h.get("accuracy"):
+        if seen("accuracy"):
             acc = h["accuracy"]
-            j = int(np.argmax(acc))
+            j = int(np.nanargmax(acc))
             text += f"; accuracy: max {acc[j]:.4f} (epoch {epochs[j]}), final {acc[-1]:.4f}"
         lines.append(text)
-    if epochs and h.get("val_loss") and h.get("test_accuracy"):
-        k = int(np.argmin(h["val_loss"]))
+    if seen("val_loss") and seen("test_accuracy"):
+        # among the epochs that watched the test set
+        watched = np.where(np.isnan(h["test_accuracy"]), np.inf, h["val_loss"])
+        k = int(np.argmin(watched))
         lines.append(f"best epoch by validation loss: {epochs[k]} (val_loss "
                      f"{h['val_loss'][k]:.4f}, val_acc {h['val_accuracy'][k]:.4f}, test_acc "
                      f"{h['test_accuracy'][k]:.4f})")
@@ -505,6 +516,10 @@ def run_dnn(argv=None, prog=None, workers_flag=False, default_workers=0, gpu=Fal
     parser = dnn_parser(prog or os.path.basename(sys.argv[0]), workers=workers_flag, gpu=gpu)
     apply_preset(parser, argv)
     args = parser.parse_args(argv)
+    # what the preset chose, not the user: checks of "flags that do not go together"
+    # skip these (a value typed that equals the preset's counts as the preset's)
+    preset = PRESETS[args.preset][1] if args.preset else {}
+    args.from_preset = sorted(k for k, v in preset.items() if getattr(args, k) == v)
     args.gpu = gpu
     return guarded(parser.prog, _run_dnn, args, parser.prog, default_workers)
 
@@ -640,6 +655,12 @@ def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog,
     val = (data.x_val, data.y_val) if len(data.x_val) else None
     if callbacks and val is None:
         raise UserError("--patience needs a validation set (--validation > 0)")
+    if args.optimizer in FULL_BATCH:
+        for flag, given in (("--report-test", args.report_test),
+                            ("--patience", args.patience is not None)):
+            if given:
+                raise UserError(f"{flag} is for the minibatch optimizers, not --optimizer "
+                                f"{args.optimizer}")
     if args.mb_maxiter is not None and args.optimizer not in FULL_BATCH:
         raise UserError(f"--mb-maxiter is for --optimizer lbfgs or cg, not "
                         f"{args.optimizer}")
@@ -661,7 +682,9 @@ def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog,
                 test_data=(data.x_test, data.y_test) if args.report_test else None)
     except WorkerError:
         if args.save:     # the weights are those of the last completed step: keep them
-            if args.optimizer in FULL_BATCH:    # (fit has written its checkpoint itself)
+            # (fit has written its checkpoint itself; on minibatches scipy's weights
+            # mid-epoch are no step's, and the epoch's checkpoint is already written)
+            if args.optimizer in FULL_BATCH and not args.mb_maxiter:
                 _save(args, model, data, hist)
                 hist.saved_step = hist.step
             if hist.saved_step is not None:

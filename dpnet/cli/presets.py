@@ -10,12 +10,12 @@ PRESETS = {
         "the 000 seed's plain net: 784-784-400-10 ReLU, Nesterov momentum 0.99, L2 1e-4, "
         "batch 500",
         dict(hidden=[784, 400], activation=["relu"], optimizer="nesterov", momentum=0.99,
-             lr=0.01, lr_final=1e-4, l2=1e-4, batch_size=500, epochs=30)),
+             lr=0.01, lr_final=1e-4, l2=1e-4, batch_size=500, epochs=30, augment="none")),
     "maxout": (
         "no knowledge of the image: 2 layers of 240 maxout units x 5 pieces, dropout 0.2 "
         "on the pixels and 0.5 on the units, max-norm 2",
         dict(hidden=[240, 240], maxout=5, input_dropout=0.2, dropout=0.5, max_norm=2.0,
-             lr=1e-3, lr_final=1e-5, batch_size=128, epochs=120)),
+             lr=1e-3, lr_final=1e-5, batch_size=128, epochs=120, augment="none")),
     "deformed": (
         "784-800-800-10 ReLU on images deformed afresh every epoch: affine and elastic "
         "(Simard et al. 2003)",

@@ -131,7 +131,8 @@ def minimize_minibatches(model, x, y, method="L-BFGS-B", batch_size=1000, mb_max
     each epoch visits the shuffled training set in batches of ``batch_size``, and on each
     batch scipy runs ``mb_maxiter`` iterations from the current weights (a fresh
     curvature memory per batch). ``callback(epoch, metrics) -> stop?`` after each
-    epoch; metrics as ``fit``'s (training and validation loss and accuracy)."""
+    epoch; metrics as ``fit``'s (training and validation loss and accuracy) and
+    ``iterations``, scipy's over the epoch's batches."""
     try:
         from scipy.optimize import minimize as scipy_minimize
     except ImportError:
@@ -152,6 +153,7 @@ def minimize_minibatches(model, x, y, method="L-BFGS-B", batch_size=1000, mb_max
         for epoch in range(int(initial_epoch), int(epochs)):
             t0 = time.perf_counter()
             order = epoch_order(len(x), epoch, seed, True)
+            iterations = 0
             for sl in slices:
                 f = _Objective(model, engine, len(x), False, mb_maxiter, None, None,
                                idx=np.sort(order[sl]), first_eval=evals)
@@ -160,6 +162,7 @@ def minimize_minibatches(model, x, y, method="L-BFGS-B", batch_size=1000, mb_max
                                         options={"maxiter": int(mb_maxiter)})
                 model.params[...] = result.x
                 evals += f.evals
+                iterations += int(result.nit)
             engine.weights_changed(evals + 1)
             tl, tn, tc = engine.evaluate("train")
             metrics = {"loss": tl}
@@ -171,11 +174,12 @@ def minimize_minibatches(model, x, y, method="L-BFGS-B", batch_size=1000, mb_max
                 if classify:
                     metrics["val_accuracy"] = vc / max(vn, 1)
             metrics["seconds"] = time.perf_counter() - t0
+            metrics["iterations"] = iterations          # scipy's, over the epoch's batches
             if print_fn is not None:
                 short = {"accuracy": "acc", "val_accuracy": "val_acc"}
                 print_fn(f"epoch {epoch + 1:>3}/{epochs}  " + "  ".join(
                     f"{short.get(k, k)} {v:.4f}" for k, v in metrics.items()
-                    if k != "seconds") + f"  {metrics['seconds']:.1f}s")
+                    if k not in ("seconds", "iterations")) + f"  {metrics['seconds']:.1f}s")
             if callback is not None and callback(epoch + 1, metrics):
                 break
     finally:

@@ -36,9 +36,16 @@ class History:
         self.engine_stats = {}
 
     def append(self, epoch, metrics):
+        """Record an epoch. A metric that earlier epochs lacked (a resumed run that now
+        watches the test set) or that this one lacks gets NaN there, so every list in
+        ``history`` stays as long as ``epochs``."""
+        n = len(self.epochs)
         self.epochs.append(epoch)
         for k, v in metrics.items():
-            self.history.setdefault(k, []).append(v)
+            self.history.setdefault(k, [math.nan] * n).append(v)
+        for k, values in self.history.items():
+            if len(values) == n:
+                values.append(math.nan)
 
     def to_dict(self):
         return {"epochs": self.epochs, "history": self.history, "interrupted": self.interrupted,

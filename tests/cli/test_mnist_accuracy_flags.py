@@ -144,7 +144,32 @@ def test_each_recipe_parses_and_runs_a_short_epoch(tmp_path, name):
     assert [l.n_out for l in hidden] == [32, 16]
     if values.get("maxout"):
         assert all(isinstance(l, Maxout) and l.pieces == values["maxout"] for l in hidden)
-    if values.get("augment"):
+    # every recipe says whether it deforms the images (the default would otherwise)
+    assert "augment" in values
+    if values["augment"] == "none":
+        assert not any(isinstance(l, Deform) for l in m.layers)
+    else:
         assert m.layers[0].kind == values["augment"]
     if values.get("max_norm"):
         assert all(l.max_norm == values["max_norm"] for l in m.layers if isinstance(l, Dense))
+
+
+def test_a_recipes_values_do_not_count_as_flags_given(tmp_path):
+    """--preset seed000 sets --momentum and --lr: --momentum-decay and lbfgs still go
+    with it; --preset deformed's deformations give way to --standardize."""
+    r = subprocess.run([sys.executable, DEBUG, "--preset", "seed000", "--momentum-decay",
+                        "0.9", "--limit-train", "600", "--validation", "100", "--epochs", "1",
+                        "--hidden", "16", "--quiet", "--save", str(tmp_path / "a.npz")],
+                       capture_output=True, text=True, timeout=110, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    import dpnet
+    assert dpnet.load(tmp_path / "a.npz").optimizer.config()["momentum"] == 0.9
+    for extra in (["--optimizer", "lbfgs"], ["--standardize"]):
+        preset = "seed000" if "lbfgs" in extra else "deformed"
+        r = subprocess.run([sys.executable, DEBUG, "--preset", preset, *extra,
+                            "--limit-train", "600", "--validation", "100", "--epochs", "1",
+                            "--hidden", "16", "--quiet", "--json", str(tmp_path / "s.json")],
+                           capture_output=True, text=True, timeout=110, cwd=ROOT)
+        assert r.returncode == 0, (extra, r.stderr)
+        import json
+        assert json.loads((tmp_path / "s.json").read_text())["args"]["augment"] == "none"

@@ -60,3 +60,28 @@ def test_report_test_shows_the_test_accuracy_each_epoch_and_the_best_epoch(tmp_p
     # watching the test set changes nothing in the training
     _, plain = run(tmp_path, *extra, script=script)
     assert plain["history"]["val_loss"] == h["val_loss"]
+
+
+def test_report_test_can_start_or_stop_across_a_resume(tmp_path):
+    """Epochs that did not watch the test set have NaN there; the report names the best
+    epoch among those that did, and the checkpoint loads again."""
+    ck = tmp_path / "r.npz"
+    common = ["--epochs", "2", "--save", str(ck)]
+    out, s = run(tmp_path, *common)
+    out, s = run(tmp_path, "--epochs", "4", "--load", str(ck), "--save", str(ck),
+                 "--report-test")
+    h = s["history"]
+    assert len(h["test_accuracy"]) == 4 and np.isnan(h["test_accuracy"][:2]).all()
+    k = 2 + int(np.argmin(h["val_loss"][2:]))
+    assert f"best epoch by validation loss: {k + 1} " in out
+    out, s = run(tmp_path, "--epochs", "5", "--load", str(ck), "--save", str(ck))
+    assert len(s["history"]["test_accuracy"]) == 5
+    assert np.isnan(s["history"]["test_accuracy"][4])
+
+
+def test_report_test_and_patience_are_refused_with_scipy(tmp_path):
+    for flag in (["--report-test"], ["--patience", "2"]):
+        r = subprocess.run([sys.executable, DEBUG, *BASE, "--optimizer", "lbfgs", *flag],
+                           capture_output=True, text=True, timeout=110, cwd=ROOT)
+        assert r.returncode == 2, r.stderr
+        assert f"{flag[0]} is for the minibatch optimizers, not --optimizer lbfgs" in r.stderr

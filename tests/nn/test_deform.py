@@ -88,9 +88,20 @@ def test_zoom_and_shear_keep_the_centre(digits):
     blob = np.zeros((1, 784), np.float32)
     blob[0, 13 * 28 + 13: 13 * 28 + 15] = 1.0         # rows 13, 14; columns 13, 14:
     blob[0, 14 * 28 + 13: 14 * 28 + 15] = 1.0         # centred on (13.5, 13.5)
+    x0 = x[:64]
     for p in (dict(zoom=0.8), dict(zoom=1.2), dict(shear=0.3)):
         r, c = centre_of_mass(warp(blob, **p))
         assert r == pytest.approx(13.5) and c == pytest.approx(13.5), p
+        assert not np.allclose(warp(x0, **p), x0), p             # and they do move pixels
+    # reading at zoom z spreads the picture by 1/z: its spread about the centre grows for
+    # z < 1 (and shrinks for z > 1) by about that factor
+    def spread(img):
+        img = img.reshape(-1, *SHAPE).astype(np.float64)
+        r = np.arange(28) - 13.5
+        d2 = r[:, None] ** 2 + r[None, :] ** 2
+        return (img * d2).sum(axis=(1, 2)) / img.sum(axis=(1, 2))
+    ratio = np.median(spread(warp(x0, zoom=0.8)) / spread(x0))
+    assert ratio == pytest.approx(1 / 0.8 ** 2, rel=0.1)
 
 
 @pytest.mark.parametrize("kind", ["affine", "elastic"])

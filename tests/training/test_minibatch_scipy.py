@@ -33,6 +33,9 @@ def test_each_batch_gets_k_iterations_and_the_loss_falls(method):
     assert [e for e, _ in seen] == [1, 2, 3]
     # 6 batches x 3 epochs, each at least one evaluation and a few per iteration
     assert 18 <= evals <= 18 * 4 * 6
+    # each batch gets K = 4 iterations (scipy may stop one short on a batch it solved)
+    for _, mt in seen:
+        assert 0.8 * 6 * 4 <= mt["iterations"] <= 6 * 4, mt
     losses = [mt["loss"] for _, mt in seen]
     assert losses[-1] < losses[0] < before
     assert seen[-1][1]["loss"] == pytest.approx(m.evaluate(x, y)["loss"], rel=1e-9)
