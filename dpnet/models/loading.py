@@ -87,8 +87,8 @@ def load_weights_into(model, path, optimizer="checkpoint"):
     theirs = type(model).upgrade_config(theirs)
     for key in type(model).architecture_keys:
         if key in ours and theirs.get(key) != ours[key]:
-            raise CheckpointError(f"checkpoint {path!r} does not match the model: {key} "
-                                  f"{_brief(theirs.get(key))} != {_brief(ours[key])}")
+            raise CheckpointError(f"checkpoint {path!r} does not match the model: "
+                                  f"{_difference(key, theirs.get(key), ours[key])}")
     params = _check_params(path, arrays, meta, model.n_params, model.dtype)
     if optimizer == "state":
         ours = {k: v for k, v in model.optimizer.config().items() if k != "schedule"}
@@ -112,6 +112,19 @@ def load_weights_into(model, path, optimizer="checkpoint"):
 
 def _to_backend(like, host):
     return xp_of(like).asarray(host)
+
+
+def _difference(key, theirs, ours):
+    """Where the checkpoint's architecture value differs from the model's: the first
+    layer that differs and its settings, or both values in brief."""
+    if isinstance(theirs, list) and isinstance(ours, list) and len(theirs) == len(ours):
+        for i, (a, b) in enumerate(zip(theirs, ours)):
+            if a != b and isinstance(a, dict) and isinstance(b, dict):
+                keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+                return (f"layer {i} ({a.get('type')}): the checkpoint has "
+                        + ", ".join(f"{k} {a.get(k)!r}" for k in keys) + "; this model "
+                        + ", ".join(f"{k} {b.get(k)!r}" for k in keys))
+    return f"{key} {_brief(theirs)} != {_brief(ours)}"
 
 
 def _brief(layers):

@@ -57,7 +57,9 @@ def test_a_resume_with_augment_is_exact_and_needs_the_same_augment(tmp_path):
                             "--batch-size", "50", "--lr-final", "1e-3", *other, "--load",
                             str(tmp_path / "first.npz")],
                            capture_output=True, text=True, timeout=110, cwd=ROOT)
-        assert r.returncode == 2 and "does not match the model: layers" in r.stderr, r.stderr
+        assert r.returncode == 2 and "does not match the model: " in r.stderr, r.stderr
+        assert ("layer 0 (deform): the checkpoint has shift 2.0; this model shift 1.0"
+                in r.stderr) if "--shift" in other else ("layers [deform" in r.stderr)
         assert "Traceback" not in r.stderr
 
 

@@ -92,8 +92,13 @@ def test_architecture_mismatch_names_the_difference(tmp_path):
     p = tmp_path / "m.npz"
     trained().save(p)
     other = model(hidden=9)
-    with pytest.raises(CheckpointError, match=r"layers .*dense\(5, 8, relu\).* != .*dense\(5, 9, relu\)"):
+    # the first layer that differs, and how
+    with pytest.raises(CheckpointError, match=r"layer 0 \(dense\): the checkpoint has n_out 8; "
+                                              r"this model n_out 9"):
         load_weights_into(other, p)
+    # another number of layers: both lists in brief
+    with pytest.raises(CheckpointError, match=r"layers \[dense\(5, 8, relu\), .*\] != \[dense"):
+        load_weights_into(dpnet.Sequential([dpnet.Dense(5, 3, activation="softmax")]), p)
     same = model(seed=7)
     load_weights_into(same, p)
     assert np.array_equal(same.params, dpnet.load(p).params)
