@@ -245,32 +245,28 @@ class _BaseMLP(BaseEstimator):
             return True
         return stop_state["bad"] >= self.n_iter_no_change
 
-    def _fit_minibatch(self, X, y, iterations, val):
-        state = {"bad": 0, "best": None, "stopped": False}
-        start = self.n_iter_
-
-        def each_epoch(epoch, metrics):
+    def _each(self, val, state):
+        """The callback fit and minimize call after every iteration."""
+        def each(i, metrics):
             stop = self._after_iteration(metrics["loss"], val, state)
             state["stopped"] |= stop
             return stop
+        return each
 
+    def _fit_minibatch(self, X, y, iterations, val):
+        state = {"bad": 0, "best": None, "stopped": False}
+        start = self.n_iter_
         hist = fit_epochs(self.model_, X, y, epochs=start + iterations,
-                          batch_size=self._batch(len(X)), callbacks=[each_epoch],
+                          batch_size=self._batch(len(X)), callbacks=[self._each(val, state)],
                           seed=self._seed_, verbose=0, progress=False,
                           workers=int(self.workers), initial_epoch=start, divergence=None)
         self._finish(hist.interrupted, state, iterations)
 
     def _fit_full_batch(self, X, y, iterations, val):
         state = {"bad": 0, "best": None, "stopped": False}
-
-        def each_iteration(i, metrics):
-            stop = self._after_iteration(metrics["loss"], val, state)
-            state["stopped"] |= stop
-            return stop
-
         result = minimize(self.model_, X, y, method=FULL_BATCH[self.solver],
                           maxiter=iterations, workers=int(self.workers),
-                          callback=each_iteration)
+                          callback=self._each(val, state))
         # scipy stopping on its own (its tolerances met) is convergence too
         state["stopped"] |= result is not None and result.nit < iterations
         self._finish(False, state, iterations)

@@ -18,15 +18,11 @@ import ray  # noqa: E402
 from dpnet.engines import worker_group  # noqa: E402
 from dpnet.engines.coordinator import Coordinator  # noqa: E402
 from dpnet.engines.ray_cluster import RayLauncher  # noqa: E402
-from test_remote import data, mlp, rounds_until  # noqa: E402
+from test_remote import rounds_until, train  # noqa: E402
 
 
 def fit(eng, callbacks=()):
-    x, y = data()
-    m = mlp()
-    m.fit(x, y, epochs=5, batch_size=50, validation_data=(x[:200], y[:200]), engine=eng,
-          verbose=0, callbacks=list(callbacks))
-    return m
+    return train(eng, epochs=5, callbacks=callbacks)[0]
 
 
 def main(scenario, out):

@@ -102,8 +102,8 @@ def dnn_parser(prog, workers=False, gpu=False):
       help="deform each training image afresh every time it is seen, in whichever "
            "process computes its step: a random affine map (--shift, --rotate, --scale, "
            "--shear), or that and an elastic distortion (--elastic-alpha, "
-           "--elastic-sigma) (default: affine; none with --standardize or lbfgs/cg, "
-           "and with --load whatever the checkpoint was trained with)")
+           "--elastic-sigma) (default: affine; none with --standardize, lbfgs/cg or a "
+           "--target table, and with --load whatever the checkpoint was trained with)")
     a("--shift", type=float_in(0), default=2.0, metavar="PX",
       help="with --augment: shift of up to PX pixels along each axis (default: 2)")
     a("--rotate", type=float_in(0, 180), default=10.0, metavar="DEG",
@@ -546,8 +546,8 @@ def _run_dnn_locked(args, prog, default_workers):
               f"{len(data.x_train):,} training images there are; using them all",
               file=sys.stderr)
     steps_per_epoch = -(-len(data.x_train) // args.batch_size)
-    n_out = data.n_classes if isinstance(data, Table) else 10
-    model = build_model(args, steps_per_epoch, n_in=data.x_train.shape[1], n_out=n_out or 1)
+    model = build_model(args, steps_per_epoch, n_in=data.x_train.shape[1],
+                        n_out=data.n_classes or 1)
     initial_step, hist = _resume(args, model, data)
     say = (lambda *a, **k: None) if args.quiet else print
     what = "rows" if isinstance(data, Table) else "images"
@@ -706,12 +706,10 @@ def _finish(args, model, data, hist, workers, t_start, epochs_before, say):
                "test": model.evaluate(data.x_test, data.y_test)}
     if val is not None:
         results["val"] = model.evaluate(*val)
-    regression = getattr(data, "classes", 1) is None
-    if regression:
+    if data.n_classes == 0:                      # a table's regression
         results["test"].update(regression_scores(model, data.x_test, data.y_test,
                                                  data.y_mean, data.y_std))
-    per_class = per_class_accuracy(model, data.x_test, data.y_test,
-                                   0 if regression else data.n_classes)
+    per_class = per_class_accuracy(model, data.x_test, data.y_test, data.n_classes)
     wall = time.perf_counter() - t_start
     # the result is shown with --quiet too (it hides the epochs and the progress bar),
     # on stderr when stdout carries the JSON summary

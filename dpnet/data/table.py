@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .mnist import DataError
+from .mnist import DataError, Dataset
 
 MAX_CATEGORIES = 32
 MISSING = {"", "na", "nan", "null", "none", "?", "n/a"}
@@ -30,13 +30,8 @@ MAX_CSV_BYTES = 512 << 20
 
 
 @dataclass
-class Table:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+class Table(Dataset):
+    """MNIST's ``Dataset`` with what a table adds; ``n_classes`` is 0 for a regression."""
     features: list = field(default_factory=list)     # one name per column of x
     classes: list | None = None                      # class labels; None: regression
     target: str = ""
@@ -44,10 +39,6 @@ class Table:
     std: np.ndarray | None = None
     y_mean: float = 0.0                              # a regression target's, the same way
     y_std: float = 1.0
-
-    @property
-    def n_classes(self):
-        return 0 if self.classes is None else len(self.classes)
 
 
 def _number(text):
@@ -173,6 +164,8 @@ def load_table(path, target, task="classification", test_fraction=0.2, validatio
     if classes is None:              # the target too: the network then starts near it
         y_mean, y_std = float(y[train].mean()), float(y[train].std()) or 1.0
         y = ((y - y_mean) / y_std).astype(dtype)
-    return Table(xs[train], y[train], xs[val], y[val], xs[test], y[test], features,
-                 None if classes is None else [str(c) for c in classes], target,
-                 mean.astype(dtype), std.astype(dtype), y_mean, y_std)
+    return Table(xs[train], y[train], xs[val], y[val], xs[test], y[test],
+                 n_classes=0 if classes is None else len(classes), features=features,
+                 classes=None if classes is None else [str(c) for c in classes],
+                 target=target, mean=mean.astype(dtype), std=std.astype(dtype),
+                 y_mean=y_mean, y_std=y_std)

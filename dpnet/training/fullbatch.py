@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from ..data.batching import batch_slices, epoch_order
 from ..engines import make_engine
 from ..nn.deform import Deform
 from ..nn.layers import Dropout
@@ -67,15 +68,7 @@ class _Objective:
         self.iterations += 1
         self.model.params[...] = theta
         self.engine.weights_changed(self.evals)
-        tl, tn, tc = self.engine.evaluate("train")
-        metrics = {"loss": tl}
-        if self.classify:
-            metrics["accuracy"] = tc / max(tn, 1)
-        if self.validate:
-            vl, vn, vc = self.engine.evaluate("val")
-            metrics["val_loss"] = vl
-            if self.classify:
-                metrics["val_accuracy"] = vc / max(vn, 1)
+        metrics = _metrics(self.engine, self.classify, self.validate)
         metrics["seconds"] = time.perf_counter() - self.t0
         if self.print_fn is not None:
             self.print_fn(f"iter {self.offset + self.iterations:>4}/"
@@ -83,6 +76,35 @@ class _Objective:
                 f"{k} {v:.4f}" for k, v in metrics.items()))
         if self.callback is not None and self.callback(self.iterations, metrics):
             raise _Stop
+
+
+def _metrics(engine, classify, validate):
+    """Loss (and accuracy) on the training set, and on the validation set if any, at
+    the weights the engine has."""
+    tl, tn, tc = engine.evaluate("train")
+    metrics = {"loss": tl}
+    if classify:
+        metrics["accuracy"] = tc / max(tn, 1)
+    if validate:
+        vl, vn, vc = engine.evaluate("val")
+        metrics["val_loss"] = vl
+        if classify:
+            metrics["val_accuracy"] = vc / max(vn, 1)
+    return metrics
+
+
+def _prepare(model, x, y, validation_data, method, maxiter):
+    """scipy's minimize, and the checked data as the engine's datasets."""
+    try:
+        from scipy.optimize import minimize as scipy_minimize
+    except ImportError:
+        raise ImportError("CG and L-BFGS need scipy: pip install scipy") from None
+    _check(model, method, maxiter)
+    x, y = check_training_data(model, x, y)
+    datasets = {"train": (x, y)}
+    if validation_data is not None:
+        datasets["val"] = check_validation(model, validation_data)
+    return scipy_minimize, x, y, datasets
 
 
 def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
@@ -95,15 +117,7 @@ def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
     every iteration; True stops. ``iterations_done``: how many a resumed run ran
     before (the progress lines count on from there).
     """
-    try:
-        from scipy.optimize import minimize as scipy_minimize
-    except ImportError:
-        raise ImportError("full-batch training needs scipy: pip install scipy") from None
-    _check(model, method, maxiter)
-    x, y = check_training_data(model, x, y)
-    datasets = {"train": (x, y)}
-    if validation_data is not None:
-        datasets["val"] = check_validation(model, validation_data)
+    scipy_minimize, x, y, datasets = _prepare(model, x, y, validation_data, method, maxiter)
     own = engine is None
     engine = make_engine(workers) if own else engine
     try:
@@ -133,16 +147,8 @@ def minimize_minibatches(model, x, y, method="L-BFGS-B", batch_size=1000, mb_max
     curvature memory per batch). ``callback(epoch, metrics) -> stop?`` after each
     epoch; metrics as ``fit``'s (training and validation loss and accuracy) and
     ``iterations``, scipy's over the epoch's batches."""
-    try:
-        from scipy.optimize import minimize as scipy_minimize
-    except ImportError:
-        raise ImportError("CG and L-BFGS need scipy: pip install scipy") from None
-    _check(model, method, mb_maxiter)
-    from ..data.batching import batch_slices, epoch_order
-    x, y = check_training_data(model, x, y)
-    datasets = {"train": (x, y)}
-    if validation_data is not None:
-        datasets["val"] = check_validation(model, validation_data)
+    scipy_minimize, x, y, datasets = _prepare(model, x, y, validation_data, method,
+                                              mb_maxiter)
     classify = model.classifies(y)
     slices = batch_slices(len(x), int(batch_size))
     own = engine is None
@@ -164,15 +170,7 @@ def minimize_minibatches(model, x, y, method="L-BFGS-B", batch_size=1000, mb_max
                 evals += f.evals
                 iterations += int(result.nit)
             engine.weights_changed(evals + 1)
-            tl, tn, tc = engine.evaluate("train")
-            metrics = {"loss": tl}
-            if classify:
-                metrics["accuracy"] = tc / max(tn, 1)
-            if "val" in datasets:
-                vl, vn, vc = engine.evaluate("val")
-                metrics["val_loss"] = vl
-                if classify:
-                    metrics["val_accuracy"] = vc / max(vn, 1)
+            metrics = _metrics(engine, classify, "val" in datasets)
             metrics["seconds"] = time.perf_counter() - t0
             metrics["iterations"] = iterations          # scipy's, over the epoch's batches
             if print_fn is not None:

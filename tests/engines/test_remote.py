@@ -45,11 +45,11 @@ def mlp():
                       optimizer=Momentum(lr=0.05), seed=3)
 
 
-def train(engine, epochs=3):
+def train(engine, epochs=3, callbacks=()):
     x, y = data()
     m = mlp()
     h = m.fit(x, y, epochs=epochs, batch_size=50, validation_data=(x[:200], y[:200]),
-              engine=engine, verbose=0)
+              engine=engine, verbose=0, callbacks=list(callbacks))
     return m, h
 
 
@@ -298,11 +298,8 @@ def test_a_lost_worker_s_share_is_rerun_and_a_newcomer_takes_its_rank(capfd):
             events.append("rejoined" if back else "no newcomer")
         return False
 
-    x, y = data()
     with eng:
-        m = mlp()
-        m.fit(x, y, epochs=5, batch_size=50, validation_data=(x[:200], y[:200]),
-              engine=eng, verbose=0, callbacks=[chaos])
+        m, _ = train(eng, epochs=5, callbacks=[chaos])
         stats = eng.stats()
     codes = sorted(c for c, _ in launcher.finish())
     assert events == ["killed", "rejoined"]
@@ -310,10 +307,8 @@ def test_a_lost_worker_s_share_is_rerun_and_a_newcomer_takes_its_rank(capfd):
     assert codes == [-signal.SIGKILL, 0, 0], codes
     assert "its share goes to the other workers" in capfd.readouterr().err
     assert [w["rank"] for w in stats["per_worker"]] == [0, 1]
-    m2 = mlp()
     with MultiprocessEngine(workers=2) as ref_eng:
-        m2.fit(x, y, epochs=5, batch_size=50, validation_data=(x[:200], y[:200]),
-               engine=ref_eng, verbose=0)
+        m2, _ = train(ref_eng, epochs=5)
     np.testing.assert_allclose(m.params, m2.params, rtol=1e-4, atol=1e-5)
 
 
@@ -334,11 +329,8 @@ def test_a_spare_waits_and_takes_the_first_rank_that_is_vacated(local2):
             events.append("spare serves" if served else "no spare")
         return False
 
-    x, y = data()
     with eng:
-        m = mlp()
-        m.fit(x, y, epochs=5, batch_size=50, validation_data=(x[:200], y[:200]),
-              engine=eng, verbose=0, callbacks=[chaos])
+        m, _ = train(eng, epochs=5, callbacks=[chaos])
     codes = sorted(c for c, _ in launcher.finish())
     assert events == ["killed", "spare serves"] and eng.respawns == 1
     assert codes == [-signal.SIGKILL, 0, 0], codes

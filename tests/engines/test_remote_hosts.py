@@ -87,11 +87,8 @@ def test_a_link_cut_mid_run_moves_the_share_and_the_worker_comes_back(hosts, key
     assert [c for c, _ in codes] == [0, 0], codes
     assert "joining again" in codes[1][1]                # the cut-off worker came back
     sys.path.insert(0, str(ROOT / "tests" / "engines"))
-    from test_remote import data, mlp
-    x, y = data()
-    m = mlp()
+    from test_remote import train
     with MultiprocessEngine(workers=2) as eng:
-        m.fit(x, y, epochs=5, batch_size=50, validation_data=(x[:200], y[:200]),
-              engine=eng, verbose=0)
+        m, _ = train(eng, epochs=5)
     np.testing.assert_allclose(np.load(out + ".npz")["params"], m.params,
                                rtol=1e-4, atol=1e-5)
