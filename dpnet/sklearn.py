@@ -14,9 +14,9 @@ An iteration is an epoch (a pass over the data) for the minibatch solvers, as in
 scikit-learn. Training stops after ``max_iter`` of them, or when for
 ``n_iter_no_change`` iterations in a row the training loss (with ``early_stopping``:
 the held-out accuracy or R^2) did not improve on the best by ``tol``; with
-``early_stopping`` the best iteration's weights are kept. With a minibatch solver,
-Ctrl-C stops after the current step and keeps the weights trained so far (``coef_`` is
-current); scipy's lbfgs/cg end with the KeyboardInterrupt.
+``early_stopping`` the best iteration's weights are kept. Ctrl-C stops after the
+current step (scipy's lbfgs/cg: after the current iteration) with a warning and keeps
+the weights trained so far (``coef_`` is current); a second Ctrl-C stops at once.
 
 Fitted attributes: ``coef_`` (a copy of the flat parameter vector), ``coefs_`` and
 ``intercepts_`` (per-layer views of it, scikit-learn's layout), ``loss_curve_``,
@@ -58,6 +58,7 @@ from .nn.layers import Dense, _Buffers
 from .optim.optimizers import OPTIMIZERS, get_optimizer
 from .training.epochs import fit as fit_epochs
 from .training.fullbatch import minimize
+from .training.loop import GracefulStop
 
 FULL_BATCH = {"lbfgs": "L-BFGS-B", "cg": "CG"}
 ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
@@ -264,12 +265,13 @@ class _BaseMLP(BaseEstimator):
 
     def _fit_full_batch(self, X, y, iterations, val):
         state = {"bad": 0, "best": None, "stopped": False}
-        result = minimize(self.model_, X, y, method=FULL_BATCH[self.solver],
-                          maxiter=iterations, workers=int(self.workers),
-                          callback=self._each(val, state))
+        with GracefulStop() as stop:
+            result = minimize(self.model_, X, y, method=FULL_BATCH[self.solver],
+                              maxiter=iterations, workers=int(self.workers),
+                              callback=self._each(val, state), stop=stop)
         # scipy stopping on its own (its tolerances met) is convergence too
         state["stopped"] |= result is not None and result.nit < iterations
-        self._finish(False, state, iterations)
+        self._finish(result is None and stop.requested is not None, state, iterations)
 
     def _finish(self, interrupted, state, iterations):
         if state["best"] is not None:                 # early stopping: the best weights

@@ -223,7 +223,7 @@ def test_a_regressor_with_one_or_several_outputs():
 
 
 CTRL_C = """
-import os, signal, warnings
+import os, signal, sys, warnings
 import numpy as np
 from sklearn.datasets import load_iris
 from dpnet.sklearn import MLPClassifier
@@ -234,7 +234,7 @@ def cb(i, coef):
     if i == 3:
         os.kill(os.getpid(), signal.SIGINT)          # as Ctrl-C in a terminal
 c = MLPClassifier(hidden_layer_sizes=(8,), max_iter=100, batch_size=10, random_state=0,
-                  callback=cb)
+                  callback=cb, solver=sys.argv[1])
 with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter("always")
     c.fit(X, y)
@@ -243,9 +243,10 @@ print(c.n_iter_, any("interrupted" in str(x.message) for x in w),
 """
 
 
-def test_ctrl_c_keeps_the_weights_trained_so_far():
-    r = subprocess.run([sys.executable, "-c", CTRL_C], capture_output=True, text=True,
-                       timeout=120, cwd=ROOT)
+@pytest.mark.parametrize("solver", ["adam", "lbfgs"])
+def test_ctrl_c_keeps_the_weights_trained_so_far(solver):
+    r = subprocess.run([sys.executable, "-c", CTRL_C, solver], capture_output=True,
+                       text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     n_iter, warned, moved, sane = r.stdout.split()
     assert int(n_iter) in (3, 4) and warned == moved == sane == "True", r.stdout

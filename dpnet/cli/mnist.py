@@ -24,11 +24,12 @@ from ..nn.maxout import Maxout
 from ..nn.losses import LOSSES
 from ..optim.optimizers import OPTIMIZERS, get_optimizer
 from ..optim.schedules import Anneal
-from ..storage.checkpoint import CheckpointError, read_checkpoint
+from ..storage.checkpoint import CheckpointError, read_checkpoint_meta
 from ..training.callbacks import EarlyStopping
 from ..training.epochs import fit, save_training_checkpoint
 from ..training.fullbatch import minimize, minimize_minibatches
 from ..training.history import History, exit_code
+from ..training.loop import GracefulStop
 from .presets import PRESETS, apply_preset, preset_help
 from .common import (Parser, SaveLock, UserError, add_remote_flags, cap_workers,
                      check_model_size, no_remote_flags, remote_engine,
@@ -104,18 +105,18 @@ def dnn_parser(prog, workers=False, gpu=False):
            "--shear), or that and an elastic distortion (--elastic-alpha, "
            "--elastic-sigma) (default: affine; none with --standardize, lbfgs/cg or a "
            "--target table, and with --load whatever the checkpoint was trained with)")
-    a("--shift", type=float_in(0), default=2.0, metavar="PX",
+    a("--shift", type=float_in(0), default=None, metavar="PX",
       help="with --augment: shift of up to PX pixels along each axis (default: 2)")
-    a("--rotate", type=float_in(0, 180), default=10.0, metavar="DEG",
+    a("--rotate", type=float_in(0, 180), default=None, metavar="DEG",
       help="with --augment: rotation of up to DEG degrees either way (default: 10)")
-    a("--scale", type=float_in(0, 0.9), default=0.1,
+    a("--scale", type=float_in(0, 0.9), default=None,
       help="with --augment: zoom factor in [1 - SCALE, 1 + SCALE] (default: 0.1)")
-    a("--shear", type=float_in(0, 1), default=0.1,
+    a("--shear", type=float_in(0, 1), default=None,
       help="with --augment: shear factor of up to SHEAR either way (default: 0.1)")
-    a("--elastic-alpha", type=float_in(0), default=34.0, metavar="ALPHA",
+    a("--elastic-alpha", type=float_in(0), default=None, metavar="ALPHA",
       help="with --augment elastic: strength of the displacement field, in pixels per "
            "unit of smoothed noise (default: 34, Simard et al. 2003)")
-    a("--elastic-sigma", type=float_in(0.1, 100), default=4.0, metavar="SIGMA",
+    a("--elastic-sigma", type=float_in(0.1, 100), default=None, metavar="SIGMA",
       help="with --augment elastic: smoothness of the field, the Gaussian's standard "
            "deviation in pixels (default: 4)")
     a("--batch-size", type=positive_int, default=128, help="(default: 128)")
@@ -188,22 +189,35 @@ def dnn_parser(prog, workers=False, gpu=False):
     return p
 
 
+# the deformation flags: (checkpoint key, default); None on the command line = not given
+DEFORM_FLAGS = {"shift": ("shift", 2.0), "rotate": ("rotate", 10.0),
+                "scale": ("scale", 0.1), "shear": ("shear", 0.1),
+                "elastic_alpha": ("alpha", 34.0), "elastic_sigma": ("sigma", 4.0)}
+
+
+def checkpoint_deformation(args):
+    """On --load: the deformation the checkpoint was trained with ("none" if none), its
+    strengths filled in for the flags not given (one given that differs is then named
+    by the resume check, as any other setting that differs)."""
+    try:
+        meta = read_checkpoint_meta(args.load)
+    except CheckpointError:
+        return "none"                     # the real load names the problem
+    first = (meta.get("model", {}).get("layers") or [{}])[0]
+    if not isinstance(first, dict) or first.get("type") != "deform":
+        return "none"
+    for flag, (key, _) in DEFORM_FLAGS.items():
+        if getattr(args, flag) is None and key in first:
+            setattr(args, flag, first[key])
+    return first.get("kind", "none")
+
+
 def default_augment(args):
     """--augment when not given: affine deformations (what takes the default network
     past 98.6%), except where they cannot apply -- standardized pixels, a full-batch
-    optimizer -- and on --load, what the checkpoint was trained with (its flags too)."""
+    optimizer -- and on --load, what the checkpoint was trained with."""
     if args.load:
-        try:
-            _, meta = read_checkpoint(args.load)
-        except CheckpointError:
-            return "none"                     # the real load names the problem
-        first = (meta.get("model", {}).get("layers") or [{}])[0]
-        if first.get("type") != "deform":
-            return "none"
-        args.shift, args.rotate, args.scale, args.shear = (
-            first["shift"], first["rotate"], first["scale"], first["shear"])
-        args.elastic_alpha, args.elastic_sigma = first["alpha"], first["sigma"]
-        return first["kind"]
+        return checkpoint_deformation(args)
     if args.standardize or args.optimizer in FULL_BATCH or args.target:
         return "none"
     return "affine"
@@ -226,8 +240,13 @@ def build_model(args, steps_per_epoch, n_in=784, n_out=10):
     chosen = args.augment is not None and "augment" not in args.from_preset
     if args.augment is None:
         args.augment = default_augment(args)
-    elif not chosen and not args.load and default_augment(args) == "none":
+    elif args.load:
+        checkpoint_deformation(args)    # the strengths not given: the checkpoint's
+    elif not chosen and default_augment(args) == "none":
         args.augment = "none"           # a recipe's deformations where none can apply
+    for flag, (_, default) in DEFORM_FLAGS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
     if args.augment != "none":
         if args.target:
             raise UserError("--augment deforms MNIST's images; a --target table has none")
@@ -433,36 +452,57 @@ def plot_history(hist, path):
 
 
 def _run_minibatch_scipy(args, model, data, val, engine, hist, say):
-    """--optimizer lbfgs/cg --mb-maxiter K: scipy on one minibatch at a time."""
-    done = len(hist.epochs)
-    if args.epochs <= done:
+    """--optimizer lbfgs/cg --mb-maxiter K: scipy on one minibatch at a time. Ctrl-C
+    stops after the current minibatch and saves; --load goes on from that minibatch."""
+    n, steps = len(data.x_train), -(-len(data.x_train) // args.batch_size)
+    if hist.step >= args.epochs * steps:
         say("nothing to train (raise --epochs)")
         return
-    steps = -(-len(data.x_train) // args.batch_size)
+
+    def samples(a, b):        # in steps [a, b): full batches but each epoch's last
+        return (b - a) * args.batch_size - ((b + 1) // steps - (a + 1) // steps) * (
+            steps * args.batch_size - n)
 
     def record(epoch, metrics):
         hist.append(epoch, metrics)
+        hist.samples += samples(hist.step, epoch * steps)
         hist.step = epoch * steps
-        hist.samples += len(data.x_train)
         if args.save:
             _save(args, model, data, hist)
             hist.saved_step = hist.step
         return False
 
     t0 = time.perf_counter()
-    evals = minimize_minibatches(model, data.x_train, data.y_train,
-                                 method=FULL_BATCH[args.optimizer],
-                                 batch_size=args.batch_size, mb_maxiter=args.mb_maxiter,
-                                 epochs=args.epochs, validation_data=val, engine=engine,
-                                 seed=args.seed, callback=record,
-                                 print_fn=None if args.quiet else say, initial_epoch=done)
+    with GracefulStop() as stop:
+        run = minimize_minibatches(model, data.x_train, data.y_train,
+                                   method=FULL_BATCH[args.optimizer],
+                                   batch_size=args.batch_size, mb_maxiter=args.mb_maxiter,
+                                   epochs=args.epochs, validation_data=val, engine=engine,
+                                   seed=args.seed, callback=record,
+                                   print_fn=None if args.quiet else say,
+                                   initial_step=hist.step, stop=stop)
     hist.wall_time = time.perf_counter() - t0
+    if run.step != hist.step:                 # stopped inside an epoch
+        hist.samples += samples(hist.step, run.step)
+        hist.step = run.step
+        if args.save:
+            _save(args, model, data, hist)
+            hist.saved_step = hist.step
+    _stopped(hist, stop, run.interrupted, say, f"minibatch {hist.step}")
     say(f"scipy {FULL_BATCH[args.optimizer]} on minibatches of {args.batch_size}, "
-        f"{args.mb_maxiter} iterations each: {evals} gradient evaluations")
+        f"{args.mb_maxiter} iterations each: {run.evals} gradient evaluations")
+
+
+def _stopped(hist, stop, interrupted, say, where):
+    hist.interrupted = interrupted
+    hist.stop_signal = stop.requested if interrupted else None
+    if interrupted:
+        say(f"stopped by {stop.requested} after {where}; the model keeps its last weights")
 
 
 def _run_full_batch(args, model, data, val, engine, hist, say):
-    """--optimizer lbfgs/cg: scipy's minimizer, one full-batch gradient per evaluation."""
+    """--optimizer lbfgs/cg: scipy's minimizer, one full-batch gradient per evaluation.
+    Ctrl-C stops after the current iteration (each one is saved)."""
     done = hist.step                   # iterations a --load checkpoint already ran
 
     def record(it, metrics):
@@ -472,6 +512,7 @@ def _run_full_batch(args, model, data, val, engine, hist, say):
             save_training_checkpoint(args.save, model, hist.step, args.seed,
                                      len(data.x_train), hist, n_train=len(data.x_train),
                                      optimizer=args.optimizer, data=data_recipe(args))
+            hist.saved_step = hist.step
         return False
 
     if args.epochs <= done:
@@ -483,14 +524,19 @@ def _run_full_batch(args, model, data, val, engine, hist, say):
         # L-BFGS / CG starts from the saved weights with a fresh memory
         say(f"continuing from iteration {done} (the {args.optimizer} memory restarts)")
     t0 = time.perf_counter()
-    result = minimize(model, data.x_train, data.y_train, method=FULL_BATCH[args.optimizer],
-                      maxiter=args.epochs - done, validation_data=val, engine=engine,
-                      callback=record, print_fn=None if args.quiet else say,
-                      iterations_done=done)
+    with GracefulStop() as stop:
+        result = minimize(model, data.x_train, data.y_train,
+                          method=FULL_BATCH[args.optimizer], maxiter=args.epochs - done,
+                          validation_data=val, engine=engine, callback=record,
+                          print_fn=None if args.quiet else say, iterations_done=done,
+                          stop=stop)
     hist.wall_time = time.perf_counter() - t0
-    hist.samples = len(data.x_train) * (result.nfev if result is not None else hist.step)
-    say(f"scipy {FULL_BATCH[args.optimizer]}: {result.message if result is not None else ''}"
-        f" ({result.nfev if result is not None else '?'} gradient evaluations)")
+    hist.samples = len(data.x_train) * (result.nfev if result is not None else hist.step - done)
+    _stopped(hist, stop, stop.requested is not None and result is None, say,
+             f"iteration {hist.step}")
+    if result is not None:
+        say(f"scipy {FULL_BATCH[args.optimizer]}: {result.message} "
+            f"({result.nfev} gradient evaluations)")
 
 
 def resumed_history(d, path):

@@ -71,6 +71,16 @@ def _plain(v):
 def read_checkpoint(path):
     """(arrays, meta) from a checkpoint, after checking its integrity (see the module
     docstring for what is refused)."""
+    return _open(path, _read)
+
+
+def read_checkpoint_meta(path):
+    """A checkpoint's metadata alone (the same checks on it, no array read): what a
+    caller needs to decide how to build the model before loading into it."""
+    return _open(path, lambda path, z: _read_meta(path, z, _members(z)))
+
+
+def _open(path, read):
     path = os.fspath(path)
     if not os.path.isfile(path):
         why = "is a directory" if os.path.isdir(path) else (
@@ -78,7 +88,7 @@ def read_checkpoint(path):
         raise CheckpointError(f"checkpoint {path!r} {why}")
     try:
         with zipfile.ZipFile(path) as z:
-            return _read(path, z)
+            return read(path, z)
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
@@ -87,8 +97,11 @@ def read_checkpoint(path):
                               f".npz file: {e})") from None
 
 
-def _read(path, z):
-    members = {i.filename: i for i in z.infolist()}
+def _members(z):
+    return {i.filename: i for i in z.infolist()}
+
+
+def _read_meta(path, z, members):
     if META + ".npy" not in members:
         raise CheckpointError(f"{path!r} is not a dpnet checkpoint (no metadata)")
     blob = _member(path, z, members[META + ".npy"], "|u1", None, MAX_META_BYTES)
@@ -108,6 +121,13 @@ def _read(path, z):
         if name != META + ".npy" and name[:-4] not in crcs:
             raise CheckpointError(f"checkpoint {path!r} holds a member {name!r} that its "
                                   f"metadata does not list")
+    return meta
+
+
+def _read(path, z):
+    members = _members(z)
+    meta = _read_meta(path, z, members)
+    crcs = meta["crc32"]
     specs = {k: _expected(path, meta, k) for k in crcs}
     total = sum(np.dtype(d).itemsize * math.prod(s) for d, s in specs.values())
     if total > _physical_memory():

@@ -6,12 +6,15 @@ over worker processes, so L-BFGS is data-parallel too.
 """
 from __future__ import annotations
 
+import contextlib
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..data.batching import batch_slices, epoch_order
 from ..engines import make_engine
+from .loop import GracefulStop
 from ..nn.deform import Deform
 from ..nn.layers import Dropout
 from .epochs import check_training_data, check_validation
@@ -20,7 +23,14 @@ METHODS = ("L-BFGS-B", "CG", "BFGS")
 
 
 class _Stop(Exception):
-    """A callback asked to stop: leaves scipy's loop."""
+    """A callback or a stop signal asked to stop: leaves scipy's loop."""
+
+
+def _stopper(stop):
+    """The caller's ``GracefulStop`` (it reads ``requested`` afterwards), else one of
+    our own: either way the first Ctrl-C (SIGTERM, SIGHUP) ends the run after the
+    current iteration, with the model holding that iterate, not half a line search."""
+    return contextlib.nullcontext(stop) if stop is not None else GracefulStop()
 
 
 def _check(model, method, maxiter):
@@ -46,8 +56,9 @@ class _Objective:
     ``idx``: the training samples the objective covers (default: all of them)."""
 
     def __init__(self, model, engine, n, validate, maxiter, callback, print_fn, offset=0,
-                 idx=None, first_eval=0):
+                 idx=None, first_eval=0, stop=None):
         self.model, self.engine, self.validate = model, engine, validate
+        self.stop = stop
         self.maxiter, self.callback, self.print_fn = maxiter, callback, print_fn
         self.offset = offset
         self.all_idx = np.arange(n) if idx is None else idx
@@ -75,6 +86,8 @@ class _Objective:
                           f"{self.offset + self.maxiter}  " + "  ".join(
                 f"{k} {v:.4f}" for k, v in metrics.items()))
         if self.callback is not None and self.callback(self.iterations, metrics):
+            raise _Stop
+        if self.stop is not None and self.stop.requested is not None:
             raise _Stop
 
 
@@ -109,78 +122,112 @@ def _prepare(model, x, y, validation_data, method, maxiter):
 
 def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
              engine=None, workers=0, callback=None, tol=None, print_fn=None,
-             iterations_done=0):
+             iterations_done=0, stop=None):
     """Minimize the mean training loss (plus the model's L2 penalty) over all of (x, y).
 
-    Returns scipy's OptimizeResult (None when ``callback`` stopped it); the model ends
-    with the best parameters found. ``callback(iteration, metrics) -> bool`` runs after
-    every iteration; True stops. ``iterations_done``: how many a resumed run ran
-    before (the progress lines count on from there).
+    Returns scipy's OptimizeResult (None when ``callback`` or a stop signal stopped
+    it); the model ends with the best parameters found, or the last iterate when
+    stopped. ``callback(iteration, metrics) -> bool`` runs after every iteration; True
+    stops. ``iterations_done``: how many a resumed run ran before (the progress lines
+    count on from there). Ctrl-C stops after the current iteration (a second one at
+    once); pass a ``GracefulStop`` as ``stop`` to learn whether one came
+    (``stop.requested``).
     """
     scipy_minimize, x, y, datasets = _prepare(model, x, y, validation_data, method, maxiter)
     own = engine is None
     engine = make_engine(workers) if own else engine
     try:
         engine.start(model, datasets)
-        f = _Objective(model, engine, len(x), "val" in datasets, maxiter, callback, print_fn,
-                       offset=int(iterations_done))
-        f.classify = model.classifies(y)
-        try:
-            result = scipy_minimize(f.value_and_grad, model.params.astype(np.float64),
-                                    jac=True, method=method, tol=tol, callback=f.iteration,
-                                    options={"maxiter": maxiter})
-            model.params[...] = result.x
-        except _Stop:
-            result = None
+        with _stopper(stop) as stop:
+            f = _Objective(model, engine, len(x), "val" in datasets, maxiter, callback,
+                           print_fn, offset=int(iterations_done), stop=stop)
+            f.classify = model.classifies(y)
+            try:
+                result = scipy_minimize(f.value_and_grad, model.params.astype(np.float64),
+                                        jac=True, method=method, tol=tol,
+                                        callback=f.iteration, options={"maxiter": maxiter})
+                model.params[...] = result.x
+            except _Stop:
+                result = None
     finally:
         if own:
             engine.close()
     return result
 
 
+@dataclass
+class MinibatchRun:
+    """What ``minimize_minibatches`` did: gradient evaluations, the step reached (one
+    step = one minibatch, counted from the first epoch), and whether a stop signal
+    ended it before ``epochs`` (the model then holds the weights after ``step``)."""
+    evals: int
+    step: int
+    interrupted: bool = False
+
+
 def minimize_minibatches(model, x, y, method="L-BFGS-B", batch_size=1000, mb_maxiter=3,
                          epochs=1, validation_data=None, engine=None, workers=0, seed=0,
-                         callback=None, print_fn=None, initial_epoch=0):
+                         callback=None, print_fn=None, initial_step=0, stop=None):
     """scipy's minimizer on one minibatch at a time, as the 002 blog runs CG and L-BFGS-B:
     each epoch visits the shuffled training set in batches of ``batch_size``, and on each
     batch scipy runs ``mb_maxiter`` iterations from the current weights (a fresh
     curvature memory per batch). ``callback(epoch, metrics) -> stop?`` after each
     epoch; metrics as ``fit``'s (training and validation loss and accuracy) and
-    ``iterations``, scipy's over the epoch's batches."""
+    ``iterations``, scipy's over the epoch's batches (a resumed partial epoch: its
+    remaining batches').
+
+    Returns a ``MinibatchRun``. Ctrl-C (SIGTERM, SIGHUP) stops after the current
+    minibatch; nothing but the weights carries from one minibatch to the next, so
+    ``initial_step=run.step`` from those weights continues exactly as if never stopped.
+    """
     scipy_minimize, x, y, datasets = _prepare(model, x, y, validation_data, method,
                                               mb_maxiter)
     classify = model.classifies(y)
     slices = batch_slices(len(x), int(batch_size))
     own = engine is None
     engine = make_engine(workers) if own else engine
-    evals = 0
     try:
         engine.start(model, datasets)
-        for epoch in range(int(initial_epoch), int(epochs)):
-            t0 = time.perf_counter()
-            order = epoch_order(len(x), epoch, seed, True)
-            iterations = 0
-            for sl in slices:
-                f = _Objective(model, engine, len(x), False, mb_maxiter, None, None,
-                               idx=np.sort(order[sl]), first_eval=evals)
-                result = scipy_minimize(f.value_and_grad, model.params.astype(np.float64),
-                                        jac=True, method=method,
-                                        options={"maxiter": int(mb_maxiter)})
-                model.params[...] = result.x
-                evals += f.evals
-                iterations += int(result.nit)
-            engine.weights_changed(evals + 1)
-            metrics = _metrics(engine, classify, "val" in datasets)
-            metrics["seconds"] = time.perf_counter() - t0
-            metrics["iterations"] = iterations          # scipy's, over the epoch's batches
-            if print_fn is not None:
-                short = {"accuracy": "acc", "val_accuracy": "val_acc"}
-                print_fn(f"epoch {epoch + 1:>3}/{epochs}  " + "  ".join(
-                    f"{short.get(k, k)} {v:.4f}" for k, v in metrics.items()
-                    if k not in ("seconds", "iterations")) + f"  {metrics['seconds']:.1f}s")
-            if callback is not None and callback(epoch + 1, metrics):
-                break
+        with _stopper(stop) as stop:
+            return _minibatch_epochs(scipy_minimize, model, engine, x, datasets, classify,
+                                     slices, method, mb_maxiter, epochs, seed, callback,
+                                     print_fn, int(initial_step), stop)
     finally:
         if own:
             engine.close()
-    return evals
+
+
+def _minibatch_epochs(scipy_minimize, model, engine, x, datasets, classify, slices, method,
+                      mb_maxiter, epochs, seed, callback, print_fn, step, stop):
+    evals = 0
+    for epoch in range(step // len(slices), int(epochs)):
+        t0 = time.perf_counter()
+        order = epoch_order(len(x), epoch, seed, True)
+        iterations = 0
+        for sl in slices[step - epoch * len(slices):]:
+            f = _Objective(model, engine, len(x), False, mb_maxiter, None, None,
+                           idx=np.sort(order[sl]), first_eval=evals)
+            result = scipy_minimize(f.value_and_grad, model.params.astype(np.float64),
+                                    jac=True, method=method,
+                                    options={"maxiter": int(mb_maxiter)})
+            model.params[...] = result.x
+            evals += f.evals
+            iterations += int(result.nit)
+            step += 1
+            if stop.requested is not None and step % len(slices):
+                engine.weights_changed(evals + 1)     # mid-epoch: no epoch metrics
+                return MinibatchRun(evals, step, interrupted=True)
+        engine.weights_changed(evals + 1)
+        metrics = _metrics(engine, classify, "val" in datasets)
+        metrics["seconds"] = time.perf_counter() - t0
+        metrics["iterations"] = iterations          # scipy's, over the epoch's batches
+        if print_fn is not None:
+            short = {"accuracy": "acc", "val_accuracy": "val_acc"}
+            print_fn(f"epoch {epoch + 1:>3}/{epochs}  " + "  ".join(
+                f"{short.get(k, k)} {v:.4f}" for k, v in metrics.items()
+                if k not in ("seconds", "iterations")) + f"  {metrics['seconds']:.1f}s")
+        if callback is not None and callback(epoch + 1, metrics):
+            break
+        if stop.requested is not None:
+            return MinibatchRun(evals, step, interrupted=step < int(epochs) * len(slices))
+    return MinibatchRun(evals, step)

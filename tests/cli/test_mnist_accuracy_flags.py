@@ -80,7 +80,8 @@ def test_maxout_max_norm_and_input_dropout_build_that_network(tmp_path):
 
 def test_the_default_is_affine_except_where_it_cannot_apply(tmp_path):
     """Affine deformations by default; none with --standardize or a full-batch
-    optimizer (no error for a flag not given); on --load, the checkpoint's choice."""
+    optimizer (no error for a flag not given); on --load, the checkpoint's choice and
+    strengths."""
     m, s, _ = run(tmp_path, name="default")
     assert isinstance(m.layers[0], Deform) and m.layers[0].kind == "affine"
     assert s["args"]["augment"] == "affine"
@@ -102,8 +103,19 @@ def test_the_default_is_affine_except_where_it_cannot_apply(tmp_path):
         layers = dpnet.load(ck).layers
         if aug == "none":
             assert not any(isinstance(l, Deform) for l in layers)
-        else:
-            assert layers[0].kind == "elastic" and layers[0].alpha == 20
+            continue
+        assert layers[0].kind == "elastic" and layers[0].alpha == 20
+        # the strengths not given are the checkpoint's, --augment given or not; one
+        # given that differs is named, never silently replaced
+        r = subprocess.run([sys.executable, DEBUG, *base, "--epochs", "3", "--load", str(ck),
+                            "--augment", "elastic", "--save", str(ck)], capture_output=True,
+                           text=True, timeout=110, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run([sys.executable, DEBUG, *base, "--epochs", "4", "--load", str(ck),
+                            "--elastic-alpha", "30"], capture_output=True, text=True,
+                           timeout=110, cwd=ROOT)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert "the checkpoint has alpha 20.0; this model alpha 30.0" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("flags, words", [

@@ -7,7 +7,8 @@ import pytest
 import dpnet
 from dpnet import Dense, Sequential
 from dpnet.models import load_weights_into
-from dpnet.storage.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from dpnet.storage.checkpoint import (CheckpointError, read_checkpoint, read_checkpoint_meta,
+                                      write_checkpoint)
 
 
 def model(hidden=8, opt="adam", seed=0):
@@ -70,6 +71,26 @@ def test_truncated_and_corrupt_files_give_one_line_errors(tmp_path):
     np.savez(tmp_path / "plain.npz", params=np.zeros(3))
     with pytest.raises(CheckpointError, match="not a dpnet checkpoint"):
         dpnet.load(tmp_path / "plain.npz")
+
+
+def test_the_metadata_alone_is_read_with_the_same_checks_and_no_array(tmp_path):
+    p = tmp_path / "m.npz"
+    trained().save(p, note="hello")
+    assert read_checkpoint_meta(p) == read_checkpoint(p)[1]
+    big = tmp_path / "big.npz"
+    write_checkpoint(big, {"params": np.zeros(1 << 22, np.float32)}, {"n": 1})  # 16 MiB
+    import tracemalloc
+    tracemalloc.start()
+    assert read_checkpoint_meta(big)["n"] == 1
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2 << 20, peak                       # the 16 MiB array was never read
+    np.savez(tmp_path / "plain.npz", params=np.zeros(3))
+    with pytest.raises(CheckpointError, match="not a dpnet checkpoint"):
+        read_checkpoint_meta(tmp_path / "plain.npz")
+    (tmp_path / "x.npz").write_bytes(b"not a zip at all")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        read_checkpoint_meta(tmp_path / "x.npz")
 
 
 def test_object_arrays_in_a_file_are_refused_not_unpickled(tmp_path):

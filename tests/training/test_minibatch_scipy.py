@@ -1,5 +1,8 @@
 """Mini-batch CG and L-BFGS-B (issue 13, the 002 blog's way): scipy on one minibatch at
 a time, K iterations each -- in the library and through runDnn.py --mb-maxiter."""
+import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -8,7 +11,9 @@ import pytest
 
 import dpnet
 from dpnet import Dense, Sequential
-from dpnet.training import minimize_minibatches
+from dpnet.engines import LocalEngine
+from dpnet.storage.checkpoint import read_checkpoint
+from dpnet.training import minimize, minimize_minibatches
 from conftest import ROOT
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("nothing_left")]
@@ -28,9 +33,10 @@ def test_each_batch_gets_k_iterations_and_the_loss_falls(method):
     m, x, y = problem()
     before = m.evaluate(x, y)["loss"]
     seen = []
-    evals = minimize_minibatches(m, x, y, method=method, batch_size=100, mb_maxiter=4,
-                                 epochs=3, callback=lambda e, mt: seen.append((e, mt)) and False)
-    assert [e for e, _ in seen] == [1, 2, 3]
+    run = minimize_minibatches(m, x, y, method=method, batch_size=100, mb_maxiter=4,
+                               epochs=3, callback=lambda e, mt: seen.append((e, mt)) and False)
+    evals = run.evals
+    assert [e for e, _ in seen] == [1, 2, 3] and run.step == 18 and not run.interrupted
     # 6 batches x 3 epochs, each at least one evaluation and a few per iteration
     assert 18 <= evals <= 18 * 4 * 6
     # each batch gets K = 4 iterations (scipy may stop one short on a batch it solved)
@@ -55,6 +61,49 @@ def test_more_iterations_per_batch_go_further_and_workers_agree():
     np.testing.assert_allclose(b.params, a.params, rtol=1e-6, atol=1e-9)
 
 
+class CtrlC(LocalEngine):
+    """The in-process engine, sending this process a real SIGINT (as Ctrl-C in a
+    terminal) when asked for its ``at``-th gradient -- in the middle of scipy's work."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def gradient(self, step, batch):
+        self.calls += 1
+        if self.calls == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().gradient(step, batch)
+
+
+def test_ctrl_c_stops_after_the_minibatch_and_a_resume_is_the_uninterrupted_run():
+    a, x, y = problem()
+    whole = minimize_minibatches(a, x, y, batch_size=100, mb_maxiter=3, epochs=2)
+    assert whole.step == 12 and not whole.interrupted
+    b, _, _ = problem()
+    epochs = []
+    cut = minimize_minibatches(b, x, y, batch_size=100, mb_maxiter=3, epochs=2,
+                               engine=CtrlC(at=20), callback=lambda e, mt: epochs.append(e))
+    # stopped after the minibatch that the signal came in, inside the first epoch
+    assert cut.interrupted and cut.evals >= 20 and 0 < cut.step < 6 and epochs == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # restored
+    rest = minimize_minibatches(b, x, y, batch_size=100, mb_maxiter=3, epochs=2,
+                                initial_step=cut.step, callback=lambda e, mt: epochs.append(e))
+    assert rest.step == 12 and not rest.interrupted and epochs == [1, 2]
+    assert np.array_equal(b.params, a.params)
+
+
+@pytest.mark.parametrize("method", ["L-BFGS-B", "CG"])
+def test_ctrl_c_stops_a_full_batch_run_after_the_iteration(method):
+    m, x, y = problem()
+    seen = []
+    assert minimize(m, x, y, method=method, maxiter=50, engine=CtrlC(at=8),
+                    callback=lambda it, mt: seen.append(mt["loss"])) is None
+    assert 0 < len(seen) < 8 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # the model holds the last whole iterate: the one the last callback measured
+    assert m.evaluate(x, y)["loss"] == pytest.approx(seen[-1], rel=1e-12)
+
+
 def cli(*args):
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "runDnnDebug.py"),
                            "--limit-train", "3000", "--validation", "500", "--hidden", "32",
@@ -77,3 +126,53 @@ def test_through_the_cli_a_resumed_run_is_the_uninterrupted_one(tmp_path):
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and "--mb-maxiter is for --optimizer lbfgs or cg, not adam" \
         in r.stderr
+
+
+def ctrl_c_after_first(line_start, *args):
+    """Run the CLI and press Ctrl-C once the first progress line starting with
+    ``line_start`` is out; returns (exit code, all its stdout, stderr)."""
+    p = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "runDnnDebug.py"),
+                          "--limit-train", "3000", "--validation", "500", "--hidden", "32",
+                          *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=ROOT, start_new_session=True)
+    seen = ""
+    try:
+        for line in p.stdout:
+            seen += line
+            if line.startswith(line_start):
+                p.send_signal(signal.SIGINT)
+                break
+        out, err = p.communicate(timeout=110)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode, seen + out, err
+
+
+def test_through_the_cli_ctrl_c_on_minibatches_saves_the_minibatch_and_resumes(tmp_path):
+    cut, whole = tmp_path / "cut.npz", tmp_path / "whole.npz"
+    code, out, err = ctrl_c_after_first("epoch", "--optimizer", "cg", "--mb-maxiter", "3",
+                                        "--batch-size", "500", "--epochs", "60",
+                                        "--save", cut)
+    assert code == 130, err
+    step = int(re.search(r"stopped by SIGINT after minibatch (\d+)", out).group(1))
+    assert "test accuracy" in out and f"saved the last weights (step {step})" in err
+    assert read_checkpoint(cut)[1]["training"]["step"] == step
+    # 6 minibatches an epoch: go on to the end of the next epoch, as one run does
+    epochs = step // 6 + 1
+    r = cli("--optimizer", "cg", "--epochs", epochs, "--load", cut, "--save", cut)
+    assert r.returncode == 0, r.stderr
+    assert cli("--optimizer", "cg", "--epochs", epochs, "--save", whole).returncode == 0
+    assert np.array_equal(dpnet.load(whole).params, dpnet.load(cut).params)
+
+
+def test_through_the_cli_ctrl_c_in_a_full_batch_run_reports_and_saves(tmp_path):
+    cut = tmp_path / "cut.npz"
+    code, out, err = ctrl_c_after_first("iter", "--optimizer", "lbfgs", "--epochs", "500",
+                                        "--save", cut)
+    assert code == 130, err
+    it = int(re.search(r"stopped by SIGINT after iteration (\d+)", out).group(1))
+    assert "test accuracy" in out and f"saved the last weights (step {it})" in err
+    assert len(re.findall(r"^iter ", out, re.M)) == it
+    assert read_checkpoint(cut)[1]["training"]["step"] == it
