@@ -96,6 +96,32 @@ def test_an_mlp_on_the_device_matches_numpy(cp):
     assert np.allclose(cp.asnumpy(dev.grads), host.grads, rtol=1e-9, atol=1e-13)
 
 
+@pytest.mark.parametrize("kind", ["affine", "elastic"])
+def test_deformations_maxout_and_max_norm_on_the_device_match_numpy(cp, kind, mnist_small):
+    """The issue-12 layers on CuPy: the same deformed images (the draws are made on the
+    host and keyed alike), the same maxout winners, the same max-norm update."""
+    from dpnet import Deform, Maxout
+    host = Sequential([Deform((28, 28), kind=kind), Dropout(0.2),
+                       Maxout(784, 24, pieces=3, max_norm=0.5), Dropout(0.5),
+                       Dense(24, 10, activation="softmax", max_norm=0.5)],
+                      optimizer=Adam(lr=1e-2), seed=4, dtype=np.float64)
+    dev = Sequential.from_config(host.config(), optimizer=Adam(lr=1e-2), xp=cp)
+    dev.params[...] = cp.asarray(host.params)
+    x, y = mnist_small.x_train[:64].astype(np.float64), mnist_small.y_train[:64]
+    for step in range(3):
+        host.seed_step(0, step)
+        dev.seed_step(0, step)
+        lh, _ = host.loss_and_grad(x, y)
+        ld, _ = dev.loss_and_grad(cp.asarray(x), cp.asarray(y))
+        assert ld == pytest.approx(lh, rel=1e-9)
+        assert np.allclose(cp.asnumpy(dev.grads), host.grads, rtol=1e-7, atol=1e-11)
+        host.apply_gradients()
+        dev.apply_gradients()
+    assert np.allclose(cp.asnumpy(dev.params), host.params, rtol=1e-7, atol=1e-11)
+    for layer in (dev.layers[2], dev.layers[4]):
+        assert float(cp.sqrt((layer.W ** 2).sum(axis=0)).max()) <= 0.5 * (1 + 1e-9)
+
+
 @pytest.mark.parametrize("update", ["worker", "coordinator"])
 def test_the_gpu_worker_trains_as_the_in_process_engine(update, mnist_small):
     from dpnet.engines import LocalEngine, gpu_engine
