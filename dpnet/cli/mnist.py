@@ -237,6 +237,10 @@ def build_model(args, steps_per_epoch, n_in=784, n_out=10):
                      args.dtype,
                      f"--hidden {' '.join(map(str, args.hidden))}")
     layers = []
+    if args.optimizer in FULL_BATCH:        # a recipe's randomness where none can apply
+        for key, off in (("dropout", 0.0), ("input_dropout", 0.0), ("max_norm", None)):
+            if key in args.from_preset:
+                setattr(args, key, off)
     chosen = args.augment is not None and "augment" not in args.from_preset
     if args.augment is None:
         args.augment = default_augment(args)

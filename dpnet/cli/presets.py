@@ -8,9 +8,10 @@ command shown there.
 PRESETS = {
     "seed000": (
         "the 000 seed's plain net: 784-784-400-10 ReLU, Nesterov momentum 0.99, L2 1e-4, "
-        "batch 500",
+        "batch 500; dropout 0.2 on the pixels and the units",
         dict(hidden=[784, 400], activation=["relu"], optimizer="nesterov", momentum=0.99,
-             lr=0.01, lr_final=1e-4, l2=1e-4, batch_size=500, epochs=30, augment="none")),
+             lr=0.01, lr_final=1e-3, l2=1e-4, batch_size=500, epochs=100, dropout=0.2,
+             input_dropout=0.2, augment="none")),
     "maxout": (
         "no knowledge of the image: 2 layers of 240 maxout units x 5 pieces, dropout 0.2 "
         "on the pixels and 0.5 on the units, max-norm 2",

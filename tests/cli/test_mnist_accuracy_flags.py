@@ -169,8 +169,8 @@ def test_each_recipe_parses_and_runs_a_short_epoch(tmp_path, name):
 
 
 def test_a_recipes_values_do_not_count_as_flags_given(tmp_path):
-    """--preset seed000 sets --momentum and --lr: --momentum-decay and lbfgs still go
-    with it; --preset deformed's deformations give way to --standardize."""
+    """--preset seed000 sets --momentum, --lr and dropout: --momentum-decay and lbfgs
+    still go with it; --preset deformed's deformations give way to --standardize."""
     r = subprocess.run([sys.executable, DEBUG, "--preset", "seed000", "--momentum-decay",
                         "0.9", "--limit-train", "600", "--validation", "100", "--epochs", "1",
                         "--hidden", "16", "--quiet", "--save", str(tmp_path / "a.npz")],
@@ -186,4 +186,7 @@ def test_a_recipes_values_do_not_count_as_flags_given(tmp_path):
                            capture_output=True, text=True, timeout=110, cwd=ROOT)
         assert r.returncode == 0, (extra, r.stderr)
         import json
-        assert json.loads((tmp_path / "s.json").read_text())["args"]["augment"] == "none"
+        args = json.loads((tmp_path / "s.json").read_text())["args"]
+        assert args["augment"] == "none"
+        if preset == "seed000":          # its dropout gives way to the full batch too
+            assert args["dropout"] == args["input_dropout"] == 0
