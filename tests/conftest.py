@@ -7,6 +7,29 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = ROOT / "data" / "mnist"
 
 
+def interrupt_when(cmd, fires, cwd=None, timeout=120):
+    """Run ``cmd`` (a new session, so the signal reaches it alone) and, at the first line
+    of its stdout for which ``fires(line)`` is true, send it SIGINT -- a Ctrl-C, after
+    ``fires`` returned (it may sleep). Returns (exit code, all its stdout, stderr)."""
+    import signal
+    import subprocess
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=cwd, start_new_session=True)
+    seen = ""
+    try:
+        for line in p.stdout:
+            seen += line
+            if fires(line):
+                p.send_signal(signal.SIGINT)
+                break
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode, seen + out, err
+
+
 def write_idx(path, arr, gz=False, magic_type=0x08):
     """``arr`` as an IDX file (MNIST's format), gzipped if asked."""
     import gzip

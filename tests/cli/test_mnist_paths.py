@@ -7,7 +7,6 @@ import json
 import os
 import re
 import resource
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import pytest
 
 from dpnet.data import read_idx
 from dpnet.data.mnist import FILES
-from conftest import MNIST_DIR, ROOT, write_idx
+from conftest import MNIST_DIR, ROOT, interrupt_when, write_idx
 
 DNN = str(ROOT / "scripts" / "runDnn.py")
 DEBUG = str(ROOT / "scripts" / "runDnnDebug.py")
@@ -146,21 +145,13 @@ def stopped_mid_epoch(cmd):
     """Start ``cmd``, and half an epoch after the first epoch's line send SIGINT (the
     first Ctrl-C: finish the step, save, exit 130). Returns the step it saved, which
     is mid-epoch unless the stop landed exactly on the boundary (then None)."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         cwd=ROOT, start_new_session=True)
-    try:
-        for line in p.stdout:
-            m = EPOCH.match(line.strip())
-            if m:
-                time.sleep(float(m.group(1)) / 2)
-                p.send_signal(signal.SIGINT)
-                break
-        out, err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    assert p.returncode == 130, err
+    def half_an_epoch_after_the_first(line):
+        m = EPOCH.match(line.strip())
+        if m:
+            time.sleep(float(m.group(1)) / 2)
+        return m is not None
+    code, _, err = interrupt_when(cmd, half_an_epoch_after_the_first, cwd=ROOT)
+    assert code == 130, err
     step = int(re.search(r"saved the last weights \(step (\d+)\)", err).group(1))
     assert STEPS_PER_EPOCH < step < 3 * STEPS_PER_EPOCH, (step, err)
     return None if step % STEPS_PER_EPOCH == 0 else step

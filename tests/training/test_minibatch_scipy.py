@@ -14,7 +14,7 @@ from dpnet import Dense, Sequential
 from dpnet.engines import LocalEngine
 from dpnet.storage.checkpoint import read_checkpoint
 from dpnet.training import minimize, minimize_minibatches
-from conftest import ROOT
+from conftest import ROOT, interrupt_when
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("nothing_left")]
 
@@ -131,23 +131,10 @@ def test_through_the_cli_a_resumed_run_is_the_uninterrupted_one(tmp_path):
 def ctrl_c_after_first(line_start, *args):
     """Run the CLI and press Ctrl-C once the first progress line starting with
     ``line_start`` is out; returns (exit code, all its stdout, stderr)."""
-    p = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "runDnnDebug.py"),
-                          "--limit-train", "3000", "--validation", "500", "--hidden", "32",
-                          *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, cwd=ROOT, start_new_session=True)
-    seen = ""
-    try:
-        for line in p.stdout:
-            seen += line
-            if line.startswith(line_start):
-                p.send_signal(signal.SIGINT)
-                break
-        out, err = p.communicate(timeout=110)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    return p.returncode, seen + out, err
+    return interrupt_when([sys.executable, str(ROOT / "scripts" / "runDnnDebug.py"),
+                           "--limit-train", "3000", "--validation", "500", "--hidden", "32",
+                           *map(str, args)], lambda line: line.startswith(line_start),
+                          cwd=ROOT, timeout=110)
 
 
 def test_through_the_cli_ctrl_c_on_minibatches_saves_the_minibatch_and_resumes(tmp_path):
