@@ -11,23 +11,32 @@ def interrupt_when(cmd, fires, cwd=None, timeout=120):
     """Run ``cmd`` (a new session, so the signal reaches it alone) and, at the first line
     of its stdout for which ``fires(line)`` is true, send it SIGINT -- a Ctrl-C, after
     ``fires`` returned (it may sleep). Returns (exit code, all its stdout, stderr)."""
+    import os
     import signal
     import subprocess
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         cwd=cwd, start_new_session=True)
-    seen = ""
-    try:
-        for line in p.stdout:
-            seen += line
-            if fires(line):
-                p.send_signal(signal.SIGINT)
-                break
-        out, err = p.communicate(timeout=timeout)
-    finally:
-        if p.poll() is None:
-            p.kill()
+    import tempfile
+    import threading
+    env = dict(os.environ, PYTHONUNBUFFERED="1")         # each line as it is printed
+    with tempfile.TemporaryFile("w+") as err:             # (no pipe to fill meanwhile)
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=cwd,
+                             env=env, start_new_session=True)
+        killer = threading.Timer(timeout, p.kill)         # a hung run ends the test
+        killer.start()
+        out, sent = [], False
+        try:
+            for line in p.stdout:                         # one reader, to the end
+                out.append(line)
+                if not sent and fires(line):
+                    p.send_signal(signal.SIGINT)
+                    sent = True
             p.wait()
-    return p.returncode, seen + out, err
+        finally:
+            killer.cancel()
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        err.seek(0)
+        return p.returncode, "".join(out), err.read()
 
 
 def write_idx(path, arr, gz=False, magic_type=0x08):

@@ -104,7 +104,8 @@ def dnn_parser(prog, workers=False, gpu=False):
            "process computes its step: a random affine map (--shift, --rotate, --scale, "
            "--shear), or that and an elastic distortion (--elastic-alpha, "
            "--elastic-sigma) (default: affine; none with --standardize, lbfgs/cg or a "
-           "--target table, and with --load whatever the checkpoint was trained with)")
+           "--target table, and with --load whatever the checkpoint was trained with, "
+           "its strengths too for those flags not given)")
     a("--shift", type=float_in(0), default=None, metavar="PX",
       help="with --augment: shift of up to PX pixels along each axis (default: 2)")
     a("--rotate", type=float_in(0, 180), default=None, metavar="DEG",
@@ -197,17 +198,19 @@ DEFORM_FLAGS = {"shift": ("shift", 2.0), "rotate": ("rotate", 10.0),
 
 def checkpoint_deformation(args):
     """On --load: the deformation the checkpoint was trained with ("none" if none), its
-    strengths filled in for the flags not given (one given that differs is then named
-    by the resume check, as any other setting that differs)."""
+    strengths filled in for the flags not given (a recipe's count as not given; one
+    given that differs is then named by the resume check, as any other setting)."""
     try:
         meta = read_checkpoint_meta(args.load)
     except CheckpointError:
         return "none"                     # the real load names the problem
-    first = (meta.get("model", {}).get("layers") or [{}])[0]
+    model = meta.get("model")
+    layers = model.get("layers") if isinstance(model, dict) else None
+    first = layers[0] if isinstance(layers, list) and layers else None
     if not isinstance(first, dict) or first.get("type") != "deform":
         return "none"
     for flag, (key, _) in DEFORM_FLAGS.items():
-        if getattr(args, flag) is None and key in first:
+        if (getattr(args, flag) is None or flag in args.from_preset) and key in first:
             setattr(args, flag, first[key])
     return first.get("kind", "none")
 
@@ -458,18 +461,13 @@ def plot_history(hist, path):
 def _run_minibatch_scipy(args, model, data, val, engine, hist, say):
     """--optimizer lbfgs/cg --mb-maxiter K: scipy on one minibatch at a time. Ctrl-C
     stops after the current minibatch and saves; --load goes on from that minibatch."""
-    n, steps = len(data.x_train), -(-len(data.x_train) // args.batch_size)
+    steps = -(-len(data.x_train) // args.batch_size)
     if hist.step >= args.epochs * steps:
         say("nothing to train (raise --epochs)")
         return
 
-    def samples(a, b):        # in steps [a, b): full batches but each epoch's last
-        return (b - a) * args.batch_size - ((b + 1) // steps - (a + 1) // steps) * (
-            steps * args.batch_size - n)
-
     def record(epoch, metrics):
         hist.append(epoch, metrics)
-        hist.samples += samples(hist.step, epoch * steps)
         hist.step = epoch * steps
         if args.save:
             _save(args, model, data, hist)
@@ -485,13 +483,13 @@ def _run_minibatch_scipy(args, model, data, val, engine, hist, say):
                                    seed=args.seed, callback=record,
                                    print_fn=None if args.quiet else say,
                                    initial_step=hist.step, stop=stop)
-    hist.wall_time = time.perf_counter() - t0
-    if run.step != hist.step:                 # stopped inside an epoch
-        hist.samples += samples(hist.step, run.step)
-        hist.step = run.step
-        if args.save:
-            _save(args, model, data, hist)
-            hist.saved_step = hist.step
+        hist.wall_time = time.perf_counter() - t0
+        hist.samples += run.samples
+        if run.step != hist.step:             # stopped inside an epoch
+            hist.step = run.step
+            if args.save:                     # (a second signal waits for the write)
+                _save(args, model, data, hist)
+                hist.saved_step = hist.step
     _stopped(hist, stop, run.interrupted, say, f"minibatch {hist.step}")
     say(f"scipy {FULL_BATCH[args.optimizer]} on minibatches of {args.batch_size}, "
         f"{args.mb_maxiter} iterations each: {run.evals} gradient evaluations")
@@ -536,8 +534,7 @@ def _run_full_batch(args, model, data, val, engine, hist, say):
                           stop=stop)
     hist.wall_time = time.perf_counter() - t0
     hist.samples = len(data.x_train) * (result.nfev if result is not None else hist.step - done)
-    _stopped(hist, stop, stop.requested is not None and result is None, say,
-             f"iteration {hist.step}")
+    _stopped(hist, stop, stop.requested is not None, say, f"iteration {hist.step}")
     if result is not None:
         say(f"scipy {FULL_BATCH[args.optimizer]}: {result.message} "
             f"({result.nfev} gradient evaluations)")
@@ -731,12 +728,11 @@ def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog,
                 checkpoint_extra={"optimizer": args.optimizer, "data": data_recipe(args)},
                 test_data=(data.x_test, data.y_test) if args.report_test else None)
     except WorkerError:
-        if args.save:     # the weights are those of the last completed step: keep them
+        if args.save:     # the checkpoint of the last completed step stands
             # (fit has written its checkpoint itself; on minibatches scipy's weights
-            # mid-epoch are no step's, and the epoch's checkpoint is already written)
-            if args.optimizer in FULL_BATCH and not args.mb_maxiter:
-                _save(args, model, data, hist)
-                hist.saved_step = hist.step
+            # mid-batch are no step's, and the epoch's checkpoint is already written)
+            # (full batch: each iteration's checkpoint is written as it ends; the
+            # weights when a worker fails are inside a line search, no iterate's)
             if hist.saved_step is not None:
                 print(f"{prog}: saved the last weights (step {hist.saved_step}) to "
                       f"{args.save}", file=sys.stderr)

@@ -158,10 +158,12 @@ def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
 @dataclass
 class MinibatchRun:
     """What ``minimize_minibatches`` did: gradient evaluations, the step reached (one
-    step = one minibatch, counted from the first epoch), and whether a stop signal
-    ended it before ``epochs`` (the model then holds the weights after ``step``)."""
+    step = one minibatch, counted from the first epoch), the training samples its
+    minibatches held, and whether a stop signal came (the model then holds the
+    weights after ``step``; ``fit``'s rule: also when it came in the last batch)."""
     evals: int
     step: int
+    samples: int
     interrupted: bool = False
 
 
@@ -180,6 +182,9 @@ def minimize_minibatches(model, x, y, method="L-BFGS-B", batch_size=1000, mb_max
     minibatch; nothing but the weights carries from one minibatch to the next, so
     ``initial_step=run.step`` from those weights continues exactly as if never stopped.
     """
+    if not isinstance(initial_step, (int, np.integer)) or initial_step < 0:
+        raise ValueError(f"initial_step must be a count of minibatches >= 0, got "
+                         f"{initial_step!r}")
     scipy_minimize, x, y, datasets = _prepare(model, x, y, validation_data, method,
                                               mb_maxiter)
     classify = model.classifies(y)
@@ -199,7 +204,7 @@ def minimize_minibatches(model, x, y, method="L-BFGS-B", batch_size=1000, mb_max
 
 def _minibatch_epochs(scipy_minimize, model, engine, x, datasets, classify, slices, method,
                       mb_maxiter, epochs, seed, callback, print_fn, step, stop):
-    evals = 0
+    evals = samples = 0
     for epoch in range(step // len(slices), int(epochs)):
         t0 = time.perf_counter()
         order = epoch_order(len(x), epoch, seed, True)
@@ -214,9 +219,10 @@ def _minibatch_epochs(scipy_minimize, model, engine, x, datasets, classify, slic
             evals += f.evals
             iterations += int(result.nit)
             step += 1
+            samples += sl.stop - sl.start
             if stop.requested is not None and step % len(slices):
                 engine.weights_changed(evals + 1)     # mid-epoch: no epoch metrics
-                return MinibatchRun(evals, step, interrupted=True)
+                return MinibatchRun(evals, step, samples, interrupted=True)
         engine.weights_changed(evals + 1)
         metrics = _metrics(engine, classify, "val" in datasets)
         metrics["seconds"] = time.perf_counter() - t0
@@ -228,6 +234,6 @@ def _minibatch_epochs(scipy_minimize, model, engine, x, datasets, classify, slic
                 if k not in ("seconds", "iterations")) + f"  {metrics['seconds']:.1f}s")
         if callback is not None and callback(epoch + 1, metrics):
             break
-        if stop.requested is not None:
-            return MinibatchRun(evals, step, interrupted=step < int(epochs) * len(slices))
-    return MinibatchRun(evals, step)
+        if stop.requested is not None:          # (a signal in the last batch: fit's rule)
+            return MinibatchRun(evals, step, samples, interrupted=True)
+    return MinibatchRun(evals, step, samples)

@@ -170,7 +170,8 @@ def test_each_recipe_parses_and_runs_a_short_epoch(tmp_path, name):
 
 def test_a_recipes_values_do_not_count_as_flags_given(tmp_path):
     """--preset seed000 sets --momentum, --lr and dropout: --momentum-decay and lbfgs
-    still go with it; --preset deformed's deformations give way to --standardize."""
+    still go with it; --preset deformed's deformations give way to --standardize, and
+    its strengths to a checkpoint's."""
     r = subprocess.run([sys.executable, DEBUG, "--preset", "seed000", "--momentum-decay",
                         "0.9", "--limit-train", "600", "--validation", "100", "--epochs", "1",
                         "--hidden", "16", "--quiet", "--save", str(tmp_path / "a.npz")],
@@ -178,8 +179,9 @@ def test_a_recipes_values_do_not_count_as_flags_given(tmp_path):
     assert r.returncode == 0, r.stderr
     import dpnet
     assert dpnet.load(tmp_path / "a.npz").optimizer.config()["momentum"] == 0.9
-    for extra in (["--optimizer", "lbfgs"], ["--standardize"]):
-        preset = "seed000" if "lbfgs" in extra else "deformed"
+    for preset, extra in (("seed000", ["--optimizer", "lbfgs"]),
+                          ("maxout", ["--optimizer", "cg"]),
+                          ("deformed", ["--standardize"])):
         r = subprocess.run([sys.executable, DEBUG, "--preset", preset, *extra,
                             "--limit-train", "600", "--validation", "100", "--epochs", "1",
                             "--hidden", "16", "--quiet", "--json", str(tmp_path / "s.json")],
@@ -188,5 +190,16 @@ def test_a_recipes_values_do_not_count_as_flags_given(tmp_path):
         import json
         args = json.loads((tmp_path / "s.json").read_text())["args"]
         assert args["augment"] == "none"
-        if preset == "seed000":          # its dropout gives way to the full batch too
+        if preset != "deformed":         # dropout and max-norm give way to a full batch
             assert args["dropout"] == args["input_dropout"] == 0
+            assert args["max_norm"] is None
+    # on --load a recipe's strengths give way to the checkpoint's as defaults do
+    base = [sys.executable, DEBUG, "--preset", "deformed", "--limit-train", "600",
+            "--validation", "100", "--hidden", "16", "--quiet", "--save", str(tmp_path / "d.npz")]
+    r = subprocess.run(base + ["--epochs", "1", "--elastic-alpha", "20"], capture_output=True,
+                       text=True, timeout=110, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(base + ["--epochs", "2", "--load", str(tmp_path / "d.npz")],
+                       capture_output=True, text=True, timeout=110, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert dpnet.load(tmp_path / "d.npz").layers[0].alpha == 20

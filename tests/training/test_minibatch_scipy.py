@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -91,6 +92,14 @@ def test_ctrl_c_stops_after_the_minibatch_and_a_resume_is_the_uninterrupted_run(
                                 initial_step=cut.step, callback=lambda e, mt: epochs.append(e))
     assert rest.step == 12 and not rest.interrupted and epochs == [1, 2]
     assert np.array_equal(b.params, a.params)
+    assert whole.samples == cut.samples + rest.samples == 2 * 600
+    # 600 in batches of 250: 250, 250, 100; from step 2 (the short one) to the end
+    c, _, _ = problem()
+    tail = minimize_minibatches(c, x, y, batch_size=250, mb_maxiter=1, epochs=2,
+                                initial_step=2)
+    assert (tail.step, tail.samples) == (6, 100 + 600)
+    with pytest.raises(ValueError, match="initial_step must be"):
+        minimize_minibatches(c, x, y, initial_step=-1)
 
 
 @pytest.mark.parametrize("method", ["L-BFGS-B", "CG"])
@@ -139,11 +148,24 @@ def ctrl_c_after_first(line_start, *args):
 
 def test_through_the_cli_ctrl_c_on_minibatches_saves_the_minibatch_and_resumes(tmp_path):
     cut, whole = tmp_path / "cut.npz", tmp_path / "whole.npz"
-    code, out, err = ctrl_c_after_first("epoch", "--optimizer", "cg", "--mb-maxiter", "3",
-                                        "--batch-size", "500", "--epochs", "60",
-                                        "--save", cut)
-    assert code == 130, err
-    step = int(re.search(r"stopped by SIGINT after minibatch (\d+)", out).group(1))
+    epoch_line = re.compile(r"^epoch\s+1/60 .* ([\d.]+)s$")
+
+    def half_an_epoch_after_the_first(line):
+        m = epoch_line.match(line.strip())
+        if m:
+            time.sleep(float(m.group(1)) / 2)
+        return m is not None
+    for _ in range(3):                    # a stop exactly on a boundary: try again
+        code, out, err = interrupt_when(
+            [sys.executable, str(ROOT / "scripts" / "runDnnDebug.py"), "--limit-train",
+             "3000", "--validation", "500", "--hidden", "32", "--optimizer", "cg",
+             "--mb-maxiter", "3", "--batch-size", "500", "--epochs", "60", "--save",
+             str(cut)], half_an_epoch_after_the_first, cwd=ROOT, timeout=110)
+        assert code == 130, err
+        step = int(re.search(r"stopped by SIGINT after minibatch (\d+)", out).group(1))
+        if step % 6:
+            break
+    assert step % 6, "three stops in a row landed on an epoch boundary"
     assert "test accuracy" in out and f"saved the last weights (step {step})" in err
     assert read_checkpoint(cut)[1]["training"]["step"] == step
     # 6 minibatches an epoch: go on to the end of the next epoch, as one run does
