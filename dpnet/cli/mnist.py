@@ -661,6 +661,16 @@ def _resume(args, model, data):
     # one step = the whole training set (full batch), else a minibatch
     full = args.optimizer in FULL_BATCH and not args.mb_maxiter
     training = meta.get("training") or {}
+    n, then = len(data.x_train), training.get("batch_size")
+    if (args.optimizer in FULL_BATCH and training.get("optimizer") == args.optimizer
+            and training.get("n_train") == n and then is not None):
+        if full and then != n:
+            raise UserError(f"--load {args.load!r} was trained with --optimizer "
+                            f"{args.optimizer} on minibatches of {then}: give --mb-maxiter "
+                            f"K --batch-size {then} to go on")
+        if not full and then == n and args.batch_size != n:
+            raise UserError(f"--load {args.load!r} was trained with --optimizer "
+                            f"{args.optimizer} full batch: drop --mb-maxiter to go on")
     step = check_resume(args.load, training,
                         {"seed": args.seed,
                          "batch_size": len(data.x_train) if full else args.batch_size,

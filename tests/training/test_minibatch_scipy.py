@@ -130,6 +130,20 @@ def test_through_the_cli_a_resumed_run_is_the_uninterrupted_one(tmp_path):
     r = cli("--epochs", "3", "--load", part, "--save", part)
     assert r.returncode == 0, r.stderr
     assert np.array_equal(dpnet.load(whole).params, dpnet.load(part).params)
+    # the one mode's checkpoint given to the other: the flag that differs, named
+    debug = [sys.executable, str(ROOT / "scripts" / "runDnnDebug.py"), "--limit-train",
+             "3000", "--validation", "500", "--hidden", "32", "--optimizer", "lbfgs",
+             "--quiet"]
+    full = tmp_path / "full.npz"
+    r = subprocess.run(debug + ["--epochs", "4", "--load", str(part)], capture_output=True,
+                       text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and "on minibatches of 500: give --mb-maxiter K " \
+        "--batch-size 500 to go on" in r.stderr, r.stderr
+    assert subprocess.run(debug + ["--epochs", "2", "--save", str(full)], timeout=60,
+                          cwd=ROOT, capture_output=True).returncode == 0
+    r = cli("--epochs", "3", "--load", full)
+    assert r.returncode == 2 and "full batch: drop --mb-maxiter to go on" in r.stderr, \
+        r.stderr
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "runDnnDebug.py"),
                         "--mb-maxiter", "3", "--limit-train", "100", "--epochs", "1"],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
