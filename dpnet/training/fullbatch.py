@@ -14,10 +14,10 @@ import numpy as np
 
 from ..data.batching import batch_slices, epoch_order
 from ..engines import make_engine
-from .loop import GracefulStop
 from ..nn.deform import Deform
 from ..nn.layers import Dropout
 from .epochs import check_training_data, check_validation
+from .loop import GracefulStop
 
 METHODS = ("L-BFGS-B", "CG", "BFGS")
 
