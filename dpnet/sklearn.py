@@ -271,7 +271,7 @@ class _BaseMLP(BaseEstimator):
                               callback=self._each(val, state), stop=stop)
         # scipy stopping on its own (its tolerances met) is convergence too
         state["stopped"] |= result is not None and result.nit < iterations
-        self._finish(result is None and stop.requested is not None, state, iterations)
+        self._finish(stop.requested is not None, state, iterations)
 
     def _finish(self, interrupted, state, iterations):
         if state["best"] is not None:                 # early stopping: the best weights

@@ -511,9 +511,7 @@ def _run_full_batch(args, model, data, val, engine, hist, say):
         hist.append(done + it, metrics)
         hist.step = done + it
         if args.save:
-            save_training_checkpoint(args.save, model, hist.step, args.seed,
-                                     len(data.x_train), hist, n_train=len(data.x_train),
-                                     optimizer=args.optimizer, data=data_recipe(args))
+            _save(args, model, data, hist)
             hist.saved_step = hist.step
         return False
 
@@ -658,12 +656,11 @@ def _resume(args, model, data):
     if not args.load:
         return 0, History()
     meta = load_weights_into(model, args.load, optimizer="state")
-    # one step = the whole training set (full batch), else a minibatch
-    full = args.optimizer in FULL_BATCH and not args.mb_maxiter
     training = meta.get("training") or {}
-    n, then = len(data.x_train), training.get("batch_size")
+    n, then, step_size = len(data.x_train), training.get("batch_size"), _step_size(args, data)
     if (args.optimizer in FULL_BATCH and training.get("optimizer") == args.optimizer
             and training.get("n_train") == n and then is not None):
+        full = not args.mb_maxiter
         if full and then != n:
             raise UserError(f"--load {args.load!r} was trained with --optimizer "
                             f"{args.optimizer} on minibatches of {then}: give --mb-maxiter "
@@ -673,7 +670,7 @@ def _resume(args, model, data):
                             f"{args.optimizer} full batch: drop --mb-maxiter to go on")
     step = check_resume(args.load, training,
                         {"seed": args.seed,
-                         "batch_size": len(data.x_train) if full else args.batch_size,
+                         "batch_size": step_size,
                          "n_train": len(data.x_train), "optimizer": args.optimizer},
                         data_recipe(args))
     note_changes(os.path.basename(sys.argv[0]) or "dpnet", args.load, meta, model)
@@ -738,20 +735,25 @@ def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog,
                 checkpoint_extra={"optimizer": args.optimizer, "data": data_recipe(args)},
                 test_data=(data.x_test, data.y_test) if args.report_test else None)
     except WorkerError:
-        if args.save:     # the checkpoint of the last completed step stands
-            # (fit has written its checkpoint itself; on minibatches scipy's weights
-            # mid-batch are no step's, and the epoch's checkpoint is already written)
-            # (full batch: each iteration's checkpoint is written as it ends; the
-            # weights when a worker fails are inside a line search, no iterate's)
+        if args.save:     # the checkpoint of the last completed step stands: fit wrote
+            # it; scipy's modes wrote each iteration's or epoch's as it ended (the
+            # weights now are inside a line search, no step's)
             if hist.saved_step is not None:
                 print(f"{prog}: saved the last weights (step {hist.saved_step}) to "
                       f"{args.save}", file=sys.stderr)
         raise
 
 
+def _step_size(args, data):
+    """The samples one step covers: the whole training set for full-batch lbfgs/cg,
+    else a minibatch -- what a checkpoint records and a resume checks."""
+    full = args.optimizer in FULL_BATCH and not args.mb_maxiter
+    return len(data.x_train) if full else args.batch_size
+
+
 def _save(args, model, data, hist):
-    save_training_checkpoint(args.save, model, hist.step, args.seed, args.batch_size, hist,
-                             n_train=len(data.x_train), optimizer=args.optimizer,
+    save_training_checkpoint(args.save, model, hist.step, args.seed, _step_size(args, data),
+                             hist, n_train=len(data.x_train), optimizer=args.optimizer,
                              data=data_recipe(args))
 
 

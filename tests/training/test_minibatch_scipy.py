@@ -139,8 +139,13 @@ def test_through_the_cli_a_resumed_run_is_the_uninterrupted_one(tmp_path):
                        text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and "on minibatches of 500: give --mb-maxiter K " \
         "--batch-size 500 to go on" in r.stderr, r.stderr
-    assert subprocess.run(debug + ["--epochs", "2", "--save", str(full)], timeout=60,
+    # (a checkpoint of 0 iterations, written by the end of the run, records full batch
+    # steps as every iteration's does: it goes on)
+    assert subprocess.run(debug + ["--epochs", "0", "--save", str(full)], timeout=60,
                           cwd=ROOT, capture_output=True).returncode == 0
+    r = subprocess.run(debug + ["--epochs", "2", "--load", str(full), "--save", str(full)],
+                       timeout=60, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     r = cli("--epochs", "3", "--load", full)
     assert r.returncode == 2 and "full batch: drop --mb-maxiter to go on" in r.stderr, \
         r.stderr
