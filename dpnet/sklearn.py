@@ -57,7 +57,7 @@ from .models.mlp import Sequential
 from .nn.layers import Dense, _Buffers
 from .optim.optimizers import OPTIMIZERS, get_optimizer
 from .training.epochs import fit as fit_epochs
-from .training.fullbatch import minimize
+from .training.fullbatch import STOPPED, minimize
 from .training.loop import GracefulStop
 
 FULL_BATCH = {"lbfgs": "L-BFGS-B", "cg": "CG"}
@@ -270,7 +270,7 @@ class _BaseMLP(BaseEstimator):
                               maxiter=iterations, workers=int(self.workers),
                               callback=self._each(val, state), stop=stop)
         # scipy stopping on its own (its tolerances met) is convergence too
-        state["stopped"] |= result is not None and result.nit < iterations
+        state["stopped"] |= result.status != STOPPED and result.nit < iterations
         self._finish(stop.requested is not None, state, iterations)
 
     def _finish(self, interrupted, state, iterations):

@@ -27,7 +27,7 @@ from ..optim.schedules import Anneal
 from ..storage.checkpoint import CheckpointError, read_checkpoint_meta
 from ..training.callbacks import EarlyStopping
 from ..training.epochs import fit, save_training_checkpoint
-from ..training.fullbatch import minimize, minimize_minibatches
+from ..training.fullbatch import STOPPED, minimize, minimize_minibatches
 from ..training.history import History, exit_code
 from ..training.loop import GracefulStop
 from .presets import PRESETS, apply_preset, preset_help
@@ -531,9 +531,9 @@ def _run_full_batch(args, model, data, val, engine, hist, say):
                           print_fn=None if args.quiet else say, iterations_done=done,
                           stop=stop)
     hist.wall_time = time.perf_counter() - t0
-    hist.samples = len(data.x_train) * (result.nfev if result is not None else hist.step - done)
+    hist.samples = len(data.x_train) * result.nfev
     _stopped(hist, stop, stop.requested is not None, say, f"iteration {hist.step}")
-    if result is not None:
+    if result.status != STOPPED:
         say(f"scipy {FULL_BATCH[args.optimizer]}: {result.message} "
             f"({result.nfev} gradient evaluations)")
 

@@ -20,6 +20,7 @@ from .epochs import check_training_data, check_validation
 from .loop import GracefulStop
 
 METHODS = ("L-BFGS-B", "CG", "BFGS")
+STOPPED = 99            # a result's status when a callback or a signal stopped the run
 
 
 class _Stop(Exception):
@@ -125,9 +126,10 @@ def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
              iterations_done=0, stop=None):
     """Minimize the mean training loss (plus the model's L2 penalty) over all of (x, y).
 
-    Returns scipy's OptimizeResult (None when ``callback`` or a stop signal stopped
-    it); the model ends with the best parameters found, or the last iterate when
-    stopped. ``callback(iteration, metrics) -> bool`` runs after every iteration; True
+    Returns scipy's OptimizeResult; the model ends with the best parameters found, or
+    the last whole iterate when stopped early -- then, as scipy marks a stop its own
+    callback asks for, ``status`` is ``STOPPED`` (99), ``success`` False and
+    ``message`` names what stopped it, with ``nit`` and ``nfev`` counted so far. ``callback(iteration, metrics) -> bool`` runs after every iteration; True
     stops. ``iterations_done``: how many a resumed run ran before (the progress lines
     count on from there). Ctrl-C stops after the current iteration (a second one at
     once); pass a ``GracefulStop`` as ``stop`` to learn whether one came
@@ -148,7 +150,12 @@ def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
                                         callback=f.iteration, options={"maxiter": maxiter})
                 model.params[...] = result.x
             except _Stop:
-                result = None
+                from scipy.optimize import OptimizeResult      # (scipy: imported by now)
+                why = (f"stopped by {stop.requested}" if stop.requested is not None
+                       else "stopped by the callback")
+                result = OptimizeResult(x=model.params.astype(np.float64), nit=f.iterations,
+                                        nfev=f.evals, success=False, status=STOPPED,
+                                        message=why)
     finally:
         if own:
             engine.close()

@@ -4,6 +4,7 @@ import pytest
 from dpnet import Dense, Dropout, Sequential
 from dpnet.engines.coordinator import MultiprocessEngine
 from dpnet.training import minimize
+from dpnet.training.fullbatch import STOPPED
 
 # full-batch runs through workers under the same leak check as minibatch ones
 pytestmark = pytest.mark.usefixtures("nothing_left")
@@ -42,8 +43,11 @@ def test_lbfgs_through_workers_matches_in_process(mnist_small):
 def test_callback_stops_and_bad_arguments(mnist_small):
     x, y = mnist_small.x_train[:200], mnist_small.y_train[:200]
     calls = []
-    assert minimize(small(), x, y, callback=lambda it, m: calls.append(it) or it == 2) is None
+    res = minimize(small(), x, y, callback=lambda it, m: calls.append(it) or it == 2)
     assert calls == [1, 2]
+    # marked as scipy marks a stop its callback asks for, counted so far
+    assert (res.status, res.success, res.nit) == (STOPPED, False, 2)
+    assert res.message == "stopped by the callback" and res.nfev >= 2
     with pytest.raises(ValueError, match="method must be one of"):
         minimize(small(), x, y, method="newton")
     with pytest.raises(ValueError, match="does not support dropout"):

@@ -1,5 +1,6 @@
 """Mini-batch CG and L-BFGS-B (issue 13, the 002 blog's way): scipy on one minibatch at
 a time, K iterations each -- in the library and through runDnn.py --mb-maxiter."""
+import json
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ from dpnet import Dense, Sequential
 from dpnet.engines import LocalEngine
 from dpnet.storage.checkpoint import read_checkpoint
 from dpnet.training import minimize, minimize_minibatches
+from dpnet.training.fullbatch import STOPPED
 from conftest import ROOT, interrupt_when
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("nothing_left")]
@@ -106,8 +108,12 @@ def test_ctrl_c_stops_after_the_minibatch_and_a_resume_is_the_uninterrupted_run(
 def test_ctrl_c_stops_a_full_batch_run_after_the_iteration(method):
     m, x, y = problem()
     seen = []
-    assert minimize(m, x, y, method=method, maxiter=50, engine=CtrlC(at=8),
-                    callback=lambda it, mt: seen.append(mt["loss"])) is None
+    engine = CtrlC(at=8)
+    res = minimize(m, x, y, method=method, maxiter=50, engine=engine,
+                   callback=lambda it, mt: seen.append(mt["loss"]))
+    assert (res.status, res.message) == (STOPPED, "stopped by SIGINT")
+    # every gradient evaluated is counted, the half line search after the signal too
+    assert res.nit == len(seen) and res.nfev == engine.calls >= 8
     assert 0 < len(seen) < 8 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     # the model holds the last whole iterate: the one the last callback measured
     assert m.evaluate(x, y)["loss"] == pytest.approx(seen[-1], rel=1e-12)
@@ -204,10 +210,16 @@ def test_through_the_cli_ctrl_c_on_minibatches_saves_the_minibatch_and_resumes(t
 
 def test_through_the_cli_ctrl_c_in_a_full_batch_run_reports_and_saves(tmp_path):
     cut = tmp_path / "cut.npz"
+    summary = tmp_path / "run.json"
     code, out, err = ctrl_c_after_first("iter", "--optimizer", "lbfgs", "--epochs", "500",
-                                        "--save", cut)
+                                        "--save", cut, "--json", summary)
     assert code == 130, err
     it = int(re.search(r"stopped by SIGINT after iteration (\d+)", out).group(1))
     assert "test accuracy" in out and f"saved the last weights (step {it})" in err
     assert len(re.findall(r"^iter ", out, re.M)) == it
     assert read_checkpoint(cut)[1]["training"]["step"] == it
+    # samples/s counts every full-batch gradient evaluated (scipy's first one, before
+    # iteration 1, too), not the iterations
+    s = json.loads(summary.read_text())
+    evals = s["samples_per_second"] * s["train_seconds"] / 3000
+    assert evals == pytest.approx(round(evals), abs=1e-6) and round(evals) > it
