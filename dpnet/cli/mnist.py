@@ -196,31 +196,73 @@ DEFORM_FLAGS = {"shift": ("shift", 2.0), "rotate": ("rotate", 10.0),
                 "elastic_alpha": ("alpha", 34.0), "elastic_sigma": ("sigma", 4.0)}
 
 
-def checkpoint_deformation(args):
+def _flag(attr):
+    return "--" + attr.replace("_", "-")
+
+
+def given_deformation_flags(args):
+    """The deformation strengths given on the command line (a recipe's are not)."""
+    return [f for f in DEFORM_FLAGS if getattr(args, f) is not None and f not in args.from_preset]
+
+
+def checkpoint_deformation(args, chosen=None):
     """On --load: the deformation the checkpoint was trained with ("none" if none), its
-    strengths filled in for the flags not given (a recipe's count as not given; one
-    given that differs is then named by the resume check, as any other setting)."""
+    strengths filled in for the flags not given (a recipe's count as not given). A
+    given one that differs, or a chosen ``--augment`` (``chosen``) that differs, is one
+    line naming the flag, as the resume check names any other setting; an unreadable
+    checkpoint or another kind of model is left to the real load to name."""
     try:
         meta = read_checkpoint_meta(args.load)
     except CheckpointError:
-        return "none"                     # the real load names the problem
+        return chosen or "none"
     model = meta.get("model")
     layers = model.get("layers") if isinstance(model, dict) else None
-    first = layers[0] if isinstance(layers, list) and layers else None
-    if not isinstance(first, dict) or first.get("type") != "deform":
-        return "none"
+    if not isinstance(layers, list) or not layers or not isinstance(layers[0], dict):
+        return chosen or "none"
+    first = layers[0] if layers[0].get("type") == "deform" else {}
+    kind = first.get("kind", "none")
+
+    def differs(flag, then, now):
+        raise UserError(f"--load {args.load!r} was trained with {flag} {then}, this run has "
+                        f"{now}; resuming needs the same settings")
+    if chosen is not None and chosen != kind:
+        differs("--augment", kind, chosen)
+    given = given_deformation_flags(args)
     for flag, (key, _) in DEFORM_FLAGS.items():
-        if (getattr(args, flag) is None or flag in args.from_preset) and key in first:
+        if key not in first:
+            continue
+        if flag not in given:
             setattr(args, flag, first[key])
-    return first.get("kind", "none")
+        elif float(getattr(args, flag)) != float(first[key]) and (
+                kind == "elastic" or not flag.startswith("elastic")):
+            differs(_flag(flag), f"{first[key]:g}", f"{getattr(args, flag):g}")
+    return kind
+
+
+def _deforms_nothing(args, given, chosen):
+    """A deformation strength given to a run that does not use it: one line, not a
+    flag silently ignored."""
+    if args.augment == "none":
+        why = ("--augment none" if chosen
+               else "the checkpoint was trained without deformations" if args.load
+               else f"--preset {args.preset} sets --augment none"
+               if "augment" in args.from_preset
+               else "--standardize" if args.standardize
+               else f"--optimizer {args.optimizer} is full-batch"
+               if args.optimizer in FULL_BATCH
+               else "a --target table" if args.target else "--augment none")
+        raise UserError(f"{_flag(given[0])} sets how training images are deformed, but "
+                        f"this run deforms none ({why}): drop it")
+    elastic = [f for f in given if f.startswith("elastic")]
+    if elastic and args.augment != "elastic":
+        raise UserError(f"{_flag(elastic[0])} is for --augment elastic, this run has "
+                        f"--augment {args.augment}")
 
 
 def default_augment(args):
     """--augment when not given: affine deformations (what takes the default network
     past 98.6%), except where they cannot apply -- standardized pixels, a full-batch
-    optimizer -- and on --load, what the checkpoint was trained with."""
-    if args.load:
-        return checkpoint_deformation(args)
+    optimizer (on --load: what the checkpoint was trained with, see build_model)."""
     if args.standardize or args.optimizer in FULL_BATCH or args.target:
         return "none"
     return "affine"
@@ -245,12 +287,16 @@ def build_model(args, steps_per_epoch, n_in=784, n_out=10):
             if key in args.from_preset:
                 setattr(args, key, off)
     chosen = args.augment is not None and "augment" not in args.from_preset
-    if args.augment is None:
+    given = given_deformation_flags(args)
+    if args.load:       # the checkpoint's deformation, and its strengths not given
+        kind = checkpoint_deformation(args, args.augment if chosen else None)
+        args.augment = args.augment if chosen else kind
+    elif args.augment is None:
         args.augment = default_augment(args)
-    elif args.load:
-        checkpoint_deformation(args)    # the strengths not given: the checkpoint's
     elif not chosen and default_augment(args) == "none":
         args.augment = "none"           # a recipe's deformations where none can apply
+    if given:
+        _deforms_nothing(args, given, chosen)
     for flag, (_, default) in DEFORM_FLAGS.items():
         if getattr(args, flag) is None:
             setattr(args, flag, default)
