@@ -152,18 +152,20 @@ class SharedArray:
         nbytes = prod(shape) * dtype.itemsize
         # A segment cannot be empty; an empty array still gets a (1-byte) name to share.
         shm = _Segment(name=name, create=True, size=max(nbytes, 1))
+        self = cls(shm, shape, dtype, owner=True)
+        # owned from here on: a Ctrl-C in the (long, for a big segment) fill below
+        # leaves it to cleanup_owned, not to the resource tracker's leak warning
+        with _owned_lock:
+            _owned[self.name] = self
         try:
             # Back every page now: a tmpfs segment is sized but filled lazily, and the
             # first write past the free space would kill the writer with SIGBUS.
             os.posix_fallocate(shm._fd, 0, max(nbytes, 1))
         except OSError as e:
-            shm.close()
-            shm.unlink()
+            self.unlink()
+            self.close()
             raise SharedMemoryFull(nbytes, room(), e) from None
-        self = cls(shm, shape, dtype, owner=True)
         self.array.fill(0)   # fresh pages are zero on Linux; say so for other systems
-        with _owned_lock:
-            _owned[self.name] = self
         return self
 
     @classmethod

@@ -162,6 +162,31 @@ def test_exit_without_unlink_is_cleaned_by_atexit():
 
 
 @pytest.mark.timeout(60)
+def test_ctrl_c_while_a_segment_is_made_leaves_it_to_our_cleanup():
+    # a real SIGINT arriving after the segment exists, while its pages are backed
+    # (for a large array the longest part of making it): ours to remove at exit, not
+    # left to the resource tracker's "leaked shared_memory objects" warning
+    r = _run_script("""
+        import os, signal
+        import numpy as np
+        from dpnet.parallel.shm import SharedArray
+        fallocate = os.posix_fallocate
+        def ctrl_c_first(*a):
+            os.kill(os.getpid(), signal.SIGINT)
+            return fallocate(*a)
+        os.posix_fallocate = ctrl_c_first
+        print(os.getpid())
+        try:
+            SharedArray.create((1 << 20,), np.float32, tag="c")
+        except KeyboardInterrupt:
+            raise SystemExit(130)
+    """)
+    assert r.returncode == 130, r.stderr
+    assert _quiet(r.stderr), r.stderr
+    assert _segments(r.stdout.split()[-1]) == []
+
+
+@pytest.mark.timeout(60)
 def test_killed_creator_is_cleaned_by_the_resource_tracker():
     proc = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
