@@ -206,9 +206,12 @@ class ProcessGroup(WorkerGroup):
                    coordinator_pid=os.getpid(), identity=ident.decode(),
                    heartbeat_identity=beat.decode(), **self.extra_config(rank))
         # the config (with the worker's identities) goes through a pipe, not the
-        # command line, where any process of the machine could read it
+        # command line, where any process of the machine could read it. A session of
+        # its own: a Ctrl-C in the terminal (SIGINT to the foreground process group)
+        # reaches the coordinator alone, never a worker still starting up, before it
+        # can ignore signals (tracebacks from its imports, a "crashed" worker).
         popen = subprocess.Popen([sys.executable, "-m", self.module, "-"], env=env,
-                                 stdin=subprocess.PIPE, cwd=_ROOT)
+                                 stdin=subprocess.PIPE, cwd=_ROOT, start_new_session=True)
         try:
             popen.stdin.write(json.dumps(cfg).encode())
             popen.stdin.close()

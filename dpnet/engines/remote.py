@@ -136,7 +136,8 @@ class RemoteWorkers(WorkerGroup):
         if self._local_curve is not None:
             cmd += ["--keys", "-"]
         for _ in range(self.local):
-            p = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE)
+            p = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE,
+                                 start_new_session=True)    # (as group.py's workers)
             if self._local_curve is not None:
                 p.stdin.write(b" ".join(self._local_curve))
             p.stdin.close()

@@ -32,10 +32,10 @@ import traceback
 
 
 def quiet_process():
-    """What every worker process does first. Ctrl-C in a terminal, SIGTERM from systemd,
-    `timeout` or `kill -- -PGID`, SIGHUP from a terminal that closes and SIGQUIT reach
-    the whole process group; only the
-    coordinator decides what they mean (a clean stop, not a crashed worker). It stops
+    """What every worker process does first. Workers run in a session of their own, so
+    a terminal's Ctrl-C, SIGHUP or SIGQUIT, or `kill -- -PGID`, reaches the coordinator
+    alone; a signal sent to a worker by name is ignored as well: only the coordinator
+    decides what they mean (a clean stop, not a crashed worker). It stops
     workers with STOP, or SIGKILL after 2 s, and a worker whose coordinator is gone
     exits by itself. A diverging run is the coordinator's to report (a non-finite loss,
     one line), not a stream of overflow warnings from every worker."""

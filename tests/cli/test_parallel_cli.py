@@ -64,6 +64,35 @@ def test_signal_stops_cleanly_saves_and_leaves_nothing(tmp_path, sig, group):
     assert run_leftovers(p.pid) == []
 
 
+def test_ctrl_c_while_the_workers_start_up_is_one_line():
+    """A terminal's Ctrl-C goes to its foreground process group. Workers have a session
+    of their own, so one pressed while they are still importing (before they can
+    ignore it) reaches the coordinator alone: one line, exit 130, nothing left -- not
+    a KeyboardInterrupt traceback from each worker's imports."""
+    p = subprocess.Popen([sys.executable, SCRIPT, "--workers", "2", "--limit-train", "2000",
+                          "--epochs", "1", "--hidden", "16"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        workers = []
+        while len(workers) < 2 and p.poll() is None and time.monotonic() < deadline:
+            workers = [c for c in child_processes() if c.ppid() == p.pid
+                       and "dpnet.workers" in " ".join(c.cmdline())]
+            time.sleep(0.005)
+        assert len(workers) == 2, "the workers never started"
+        assert all(os.getsid(w.pid) == w.pid != os.getsid(p.pid) for w in workers)
+        os.killpg(p.pid, signal.SIGINT)         # as the terminal sends it, mid start-up
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+        p.wait()
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "Fatal Python error" not in err, err
+    said = [l for l in err.splitlines() if not l.startswith("dpnet: removed")]  # a sweep
+    assert said == ["runDnn.py: interrupted"], err
+    assert run_leftovers(p.pid) == []
+
+
 def test_divergence_with_workers_is_one_line_and_idle_workers_are_not_started():
     r = subprocess.run([sys.executable, SCRIPT, "--workers", "2", "--limit-train", "2000",
                         "--epochs", "1", "--hidden", "32", "--optimizer", "sgd", "--lr", "1e30",

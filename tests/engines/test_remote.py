@@ -384,6 +384,27 @@ def test_lost_replies_move_the_share_and_the_worker_rejoins(local2):
     np.testing.assert_allclose(m.params, local2[0], rtol=1e-4, atol=1e-5)
 
 
+def test_local_workers_of_a_remote_run_have_a_session_of_their_own(local2):
+    """--workers K beside --remote-workers: the coordinator starts K worker commands
+    itself, each in a session of its own (a terminal's Ctrl-C reaches the coordinator
+    alone, never a worker still importing); the weights are the local workers'."""
+    group = worker_group("remote", 1, listen="tcp://127.0.0.1:0", say=lambda line: None,
+                         local=1)
+    eng = Coordinator(group, start_timeout=60)
+    launcher = Launcher(group, [()])             # and one the coordinator did not start
+    launcher.start()
+    sessions = []
+
+    def look(epoch, metrics):                    # while it serves the run
+        sessions.extend((p.pid, os.getsid(p.pid)) for p in group.children)
+        return False
+    with eng:
+        m, _ = train(eng, callbacks=[look])
+    assert [c for c, _ in launcher.finish()] == [0]
+    assert len(sessions) == 3 and all(pid == sid != os.getsid(0) for pid, sid in sessions)
+    assert np.array_equal(m.params, local2[0])
+
+
 def test_no_worker_joins_one_line_not_a_hang():
     group = worker_group("remote", 2, say=lambda line: None)
     eng = Coordinator(group, start_timeout=1.0)
