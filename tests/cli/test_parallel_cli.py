@@ -29,9 +29,10 @@ def test_two_workers_end_to_end(tmp_path):
     assert "2 worker processes" in r.stdout and "test accuracy:" in r.stdout
 
 
-# group: the signal goes to the whole process group, workers included -- Ctrl-C in a
-# terminal, systemd, `timeout`, `kill -- -PGID`. --on-failure abort makes a worker
-# that died of it visible (exit 1) instead of quietly replaced.
+# group: the signal goes to the whole process group -- Ctrl-C in a terminal, systemd,
+# `timeout`, `kill -- -PGID` (the workers have a session of their own: it reaches the
+# coordinator and its resource tracker). --on-failure abort makes a worker that died of
+# anything visible (exit 1) instead of quietly replaced.
 @pytest.mark.parametrize("sig, group", [(signal.SIGINT, True), (signal.SIGTERM, False),
                                         (signal.SIGTERM, True)])
 def test_signal_stops_cleanly_saves_and_leaves_nothing(tmp_path, sig, group):
