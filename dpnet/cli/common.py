@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -99,16 +100,37 @@ def check_output_paths(args, flags, inputs=()):
             raise UserError(f"--{flag} {path!r}: directory {d!r} is not writable")
 
 
+def strict_json(obj):
+    """``obj`` with NumPy scalars as Python numbers and every NaN or infinity as None:
+    JSON has no such numbers (Python writes a bare ``NaN`` that other readers refuse),
+    and a value not measured -- a test loss in an epoch that did not report it, a class
+    absent from a test set -- is ``null``."""
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, (np.integer, np.bool_)):
+        return obj.item()
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
 def write_json(path, obj):
-    """Atomically write ``obj`` as JSON to ``path`` ("-": standard output). A file
-    that cannot be written is named in the error (a full disk, a read-only place)."""
+    """Atomically write ``obj`` as strict JSON (``strict_json``) to ``path`` ("-":
+    standard output). A file that cannot be written is named in the error (a full
+    disk, a read-only place)."""
+    obj = strict_json(obj)
+
+    def dump(f):
+        json.dump(obj, f, indent=2, default=float, allow_nan=False)
     if path == "-":
-        json.dump(obj, sys.stdout, indent=2, default=float)
+        dump(sys.stdout)
         sys.stdout.write("\n")
         sys.stdout.flush()
         return
     try:
-        atomic_write(path, lambda f: json.dump(obj, f, indent=2, default=float), binary=False)
+        atomic_write(path, dump, binary=False)
     except OSError as e:
         raise OSError(f"cannot write --json {path!r}: {e.strerror or e}") from None
 

@@ -25,7 +25,14 @@ def run(tmp_path, *flags, script=DEBUG):
     r = subprocess.run([sys.executable, script, *BASE, *flags, "--json", str(js)],
                        capture_output=True, text=True, timeout=110, cwd=ROOT)
     assert r.returncode == 0, r.stderr
-    return r.stdout, json.loads(js.read_text())
+    return r.stdout, strict_load(js.read_text())
+
+
+def strict_load(text):
+    """JSON as every reader takes it: a bare NaN or Infinity (Python's extension) fails."""
+    def refuse(name):
+        raise AssertionError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
 
 
 def test_the_final_report_sums_up_the_run(tmp_path):
@@ -63,20 +70,22 @@ def test_report_test_shows_the_test_accuracy_each_epoch_and_the_best_epoch(tmp_p
 
 
 def test_report_test_can_start_or_stop_across_a_resume(tmp_path):
-    """Epochs that did not watch the test set have NaN there; the report names the best
-    epoch among those that did, and the checkpoint loads again."""
+    """Epochs that did not watch the test set have null there (strict JSON: not NaN);
+    the report names the best epoch among those that did, and the checkpoint loads
+    again."""
     ck = tmp_path / "r.npz"
     common = ["--epochs", "2", "--save", str(ck)]
     out, s = run(tmp_path, *common)
     out, s = run(tmp_path, "--epochs", "4", "--load", str(ck), "--save", str(ck),
                  "--report-test")
     h = s["history"]
-    assert len(h["test_accuracy"]) == 4 and np.isnan(h["test_accuracy"][:2]).all()
+    assert len(h["test_accuracy"]) == 4 and h["test_accuracy"][:2] == [None, None]
+    assert all(isinstance(a, float) for a in h["test_accuracy"][2:])
     k = 2 + int(np.argmin(h["val_loss"][2:]))
     assert f"best epoch by validation loss: {k + 1} " in out
     out, s = run(tmp_path, "--epochs", "5", "--load", str(ck), "--save", str(ck))
     assert len(s["history"]["test_accuracy"]) == 5
-    assert np.isnan(s["history"]["test_accuracy"][4])
+    assert s["history"]["test_accuracy"][4] is None
 
 
 def test_report_test_and_patience_are_refused_with_scipy(tmp_path):
@@ -85,3 +94,12 @@ def test_report_test_and_patience_are_refused_with_scipy(tmp_path):
                            capture_output=True, text=True, timeout=110, cwd=ROOT)
         assert r.returncode == 2, r.stderr
         assert f"{flag[0]} is for the minibatch optimizers, not --optimizer lbfgs" in r.stderr
+
+
+def test_the_summary_is_strict_json_whatever_it_holds(tmp_path):
+    from dpnet.cli.common import write_json
+    path = tmp_path / "s.json"
+    write_json(str(path), {"a": [1.5, float("nan"), np.float32(np.inf)], "b": np.int64(3),
+                           "c": {"d": -np.inf, "e": (np.bool_(True), "x")}})
+    assert strict_load(path.read_text()) == {"a": [1.5, None, None], "b": 3,
+                                             "c": {"d": None, "e": [True, "x"]}}
