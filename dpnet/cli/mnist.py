@@ -23,7 +23,7 @@ from ..nn.layers import Dense, Dropout
 from ..nn.maxout import Maxout
 from ..nn.losses import LOSSES
 from ..optim.optimizers import OPTIMIZERS, get_optimizer
-from ..optim.schedules import Anneal
+from ..optim.schedules import Anneal, schedule_from_config
 from ..storage.checkpoint import CheckpointError, read_checkpoint_meta
 from ..training.callbacks import EarlyStopping
 from ..training.epochs import fit, save_training_checkpoint
@@ -379,6 +379,29 @@ RECIPE_FLAGS = {"standardize": "--standardize", "validation": "--validation",
                 "drop": "--drop", "test_fraction": "--test-fraction"}
 
 
+# what a run's checkpoint records of its training, and the JSON type each must have
+# (the least value for counts): a file edited by hand or written by something else is
+# one line naming the field, never a traceback or a misleading comparison
+TRAINING_FIELDS = {"step": (int, 0), "seed": (int, None), "batch_size": (int, 1),
+                   "n_train": (int, 0), "optimizer": (str, None), "history": (dict, None),
+                   "data": (dict, None)}
+
+
+def training_record(path, meta):
+    """The checkpoint's training record ({} for one saved without it), checked."""
+    t = meta.get("training")
+    if t is None:
+        return {}
+    if not isinstance(t, dict):
+        raise UserError(f"checkpoint {path!r} has a malformed training record: {t!r}"[:300])
+    for key, (kind, least) in TRAINING_FIELDS.items():
+        v = t.get(key)
+        if v is not None and (not isinstance(v, kind) or isinstance(v, bool)
+                              or (least is not None and v < least)):
+            raise UserError(f"checkpoint {path!r} has a bad training {key}: {v!r}"[:300])
+    return t
+
+
 def check_resume(path, training, now, recipe=None):
     """The step to resume from, after checking that the checkpoint's step count means
     the same thing in this run (same seed, batch size, training set, optimizer) and that
@@ -405,7 +428,8 @@ def note_changes(prog, path, meta, model):
     rate's schedule (--lr, --lr-final, and --epochs, which stretches the annealing)."""
     then = ((meta.get("optimizer") or {}).get("config") or {}).get("schedule")
     now = model.optimizer.config().get("schedule")
-    if then is not None and then != now:
+    if then is not None and then != now:      # (both valid: the optimizer was restored)
+        then, now = schedule_from_config(then), schedule_from_config(now)
         print(f"{prog}: note: --load {path!r} was trained with learning rate {then}; "
               f"continuing with {now}", file=sys.stderr)
 
@@ -589,6 +613,8 @@ def resumed_history(d, path):
     checkpoint cover the whole training; the timings stay this run's own."""
     try:
         h = History.from_dict(d)
+        if not all(isinstance(e, int) and not isinstance(e, bool) for e in h.epochs):
+            raise ValueError("epochs")
         for k, v in h.history.items():
             if len(v) != len(h.epochs) or not all(isinstance(x, (int, float)) for x in v):
                 raise ValueError(k)
@@ -702,7 +728,7 @@ def _resume(args, model, data):
     if not args.load:
         return 0, History()
     meta = load_weights_into(model, args.load, optimizer="state")
-    training = meta.get("training") or {}
+    training = training_record(args.load, meta)
     n, then, step_size = len(data.x_train), training.get("batch_size"), _step_size(args, data)
     if (args.optimizer in FULL_BATCH and training.get("optimizer") == args.optimizer
             and training.get("n_train") == n and then is not None):
@@ -719,9 +745,9 @@ def _resume(args, model, data):
                          "batch_size": step_size,
                          "n_train": len(data.x_train), "optimizer": args.optimizer},
                         data_recipe(args))
-    note_changes(os.path.basename(sys.argv[0]) or "dpnet", args.load, meta, model)
     past = training.get("history")
     hist = resumed_history(past, args.load) if past else History()
+    note_changes(os.path.basename(sys.argv[0]) or "dpnet", args.load, meta, model)
     hist.step = step
     return step, hist
 

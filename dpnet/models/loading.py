@@ -80,7 +80,9 @@ def load_weights_into(model, path, optimizer="checkpoint"):
     optimizer, which must be the same rule with the same hyperparameters, and takes
     the checkpoint's state (step count, moments) -- its own schedule is kept."""
     arrays, meta = read_checkpoint(path)
-    theirs, ours = meta.get("model", {}), model.config()
+    theirs, ours = meta.get("model"), model.config()
+    if not isinstance(theirs, dict):
+        raise CheckpointError(f"checkpoint {path!r} has no model description")
     if theirs.get("type") != ours.get("type"):
         raise CheckpointError(f"checkpoint {path!r} holds a {theirs.get('type')!r}, "
                               f"not a {ours.get('type')!r}")
@@ -92,8 +94,10 @@ def load_weights_into(model, path, optimizer="checkpoint"):
     params = _check_params(path, arrays, meta, model.n_params, model.dtype)
     if optimizer == "state":
         ours = {k: v for k, v in model.optimizer.config().items() if k != "schedule"}
-        o = meta.get("optimizer") or {}
-        theirs = {k: v for k, v in (o.get("config") or {}).items() if k != "schedule"}
+        o = meta.get("optimizer")
+        if not isinstance(o, dict) or not isinstance(o.get("config"), dict):
+            raise CheckpointError(f"checkpoint {path!r} has no optimizer state")
+        theirs = {k: v for k, v in o["config"].items() if k != "schedule"}
         if ours != theirs:
             raise CheckpointError(f"checkpoint {path!r} was trained with optimizer {theirs}, "
                                   f"not {ours}; resume with the same optimizer settings")

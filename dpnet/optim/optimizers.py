@@ -15,6 +15,7 @@ the data; on a GPU the whole vector is one block).
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -332,9 +333,16 @@ def get_optimizer(name, **kwargs):
 
 
 def optimizer_from_config(cfg):
+    if not isinstance(cfg, dict):
+        raise ValueError(f"an optimizer's settings are a JSON object, got {cfg!r}"[:200])
     cfg = dict(cfg)
     name = cfg.pop("name", None)
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r} in checkpoint")
-    lr = schedule_from_config(cfg.pop("schedule"))
-    return OPTIMIZERS[name](lr=lr, **cfg)
+    lr = schedule_from_config(cfg.pop("schedule", None))
+    try:
+        return OPTIMIZERS[name](lr=lr, **cfg)
+    except TypeError:
+        need = [p for p in inspect.signature(OPTIMIZERS[name]).parameters if p != "lr"]
+        raise ValueError(f"the {name!r} optimizer takes {', '.join(need)}; got "
+                         f"{', '.join(sorted(cfg)) or 'nothing'}") from None

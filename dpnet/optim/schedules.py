@@ -3,6 +3,7 @@ number of updates already applied), so resuming from a checkpoint that stores ``
 gives exactly the same rates."""
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -33,6 +34,9 @@ class Constant(Schedule):
     def config(self):
         return {"type": "constant", "lr": self.lr}
 
+    def __str__(self):
+        return f"{self.lr:g}"
+
 
 class ExponentialDecay(Schedule):
     """lr * decay_rate ** (t / decay_steps)."""
@@ -48,6 +52,9 @@ class ExponentialDecay(Schedule):
     def config(self):
         return {"type": "exponential", "lr": self.lr, "decay_rate": self.decay_rate,
                 "decay_steps": self.decay_steps}
+
+    def __str__(self):
+        return f"{self.lr:g} decaying by {self.decay_rate:g} every {self.decay_steps:g} steps"
 
 
 class StepDecay(Schedule):
@@ -65,6 +72,9 @@ class StepDecay(Schedule):
 
     def config(self):
         return {"type": "step", "lr": self.lr, "drop": self.drop, "every": self.every}
+
+    def __str__(self):
+        return f"{self.lr:g} times {self.drop:g} every {self.every} steps"
 
 
 class Anneal(Schedule):
@@ -90,6 +100,10 @@ class Anneal(Schedule):
         return {"type": "anneal", "lr": self.lr, "lr_final": self.lr_final,
                 "total_steps": self.total_steps, "kind": self.kind}
 
+    def __str__(self):
+        how = "" if self.kind == "geometric" else f" {self.kind}ly"
+        return f"{self.lr:g} annealed{how} to {self.lr_final:g} over {self.total_steps:,} steps"
+
 
 _KINDS = {"constant": Constant, "exponential": ExponentialDecay, "step": StepDecay,
           "anneal": Anneal}
@@ -102,8 +116,15 @@ def as_schedule(lr):
 
 
 def schedule_from_config(cfg):
+    if not isinstance(cfg, dict):
+        raise ValueError(f"a learning-rate schedule is a JSON object, got {cfg!r}"[:200])
     cfg = dict(cfg)
     kind = cfg.pop("type", None)
     if kind not in _KINDS:
         raise ValueError(f"unknown schedule type {kind!r}")
-    return _KINDS[kind](**cfg)
+    try:
+        return _KINDS[kind](**cfg)
+    except TypeError:               # a setting missing or unknown: name what it needs
+        need = [p for p in inspect.signature(_KINDS[kind]).parameters if p != "self"]
+        raise ValueError(f"the {kind!r} schedule takes {', '.join(need)}; got "
+                         f"{', '.join(sorted(cfg)) or 'nothing'}") from None

@@ -223,3 +223,58 @@ def test_a_limit_beyond_the_data_is_noted():
             "8", "--quiet")
     assert r.returncode == 0, r.stderr
     assert "--limit-train 100000 is more than the 1,000 training images" in r.stderr
+
+
+def with_meta(src, dst, edit):
+    """A copy of checkpoint ``src`` whose JSON metadata ``edit(meta)`` changed, as a
+    hand edit or another program would (the arrays and their checksums kept)."""
+    with np.load(src, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays["__meta__"].tobytes())
+    edit(meta)
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(dst, **arrays)
+    return dst
+
+
+@pytest.mark.timeout(300)
+def test_a_checkpoint_with_malformed_metadata_is_one_line_naming_the_field(tmp_path):
+    ck = tmp_path / "m.npz"
+    small = ("--limit-train", "300", "--hidden", "8", "--augment", "none", "--quiet")
+    assert run(*small, "--epochs", "1", "--save", str(ck)).returncode == 0
+
+    def put(section, key, value):
+        def edit(meta):
+            if key is None:
+                meta[section] = value
+            else:
+                meta[section][key] = value
+        return edit
+
+    def schedule(value):
+        return lambda meta: meta["optimizer"]["config"].__setitem__("schedule", value)
+    cases = [
+        (put("training", None, [1]), "has a malformed training record: [1]"),
+        (put("training", "step", "abc"), "has a bad training step: 'abc'"),
+        (put("training", "step", -5), "has a bad training step: -5"),
+        (put("training", "step", 2.5), "has a bad training step: 2.5"),
+        (put("training", "batch_size", "128"), "has a bad training batch_size: '128'"),
+        (put("training", "data", [3]), "has a bad training data: [3]"),
+        (put("training", "history", {"epochs": "x"}), "has a malformed training history"),
+        (put("optimizer", None, [2]), "has no optimizer state"),
+        (put("model", None, 7), "has no model description"),
+        (schedule({"type": "anneal"}),
+         "bad optimizer state: the 'anneal' schedule takes lr, lr_final, total_steps, kind; "
+         "got nothing"),
+        (schedule(5), "bad optimizer state: a learning-rate schedule is a JSON object, got 5"),
+    ]
+    for i, (edit, said) in enumerate(cases):
+        bad = with_meta(ck, tmp_path / f"b{i}.npz", edit)
+        r = run(*small, "--epochs", "2", "--load", str(bad))
+        assert r.returncode == 2 and said in r.stderr, (said, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    # the untouched checkpoint still resumes, its schedule named in words when it changes
+    r = run(*small, "--epochs", "2", "--load", str(ck), "--lr", "0.01", "--lr-final", "0.01")
+    assert r.returncode == 0, r.stderr
+    assert (f"was trained with learning rate 0.001 annealed to 1e-05 over 3 steps; "
+            f"continuing with 0.01") in r.stderr, r.stderr
