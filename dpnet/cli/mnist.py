@@ -797,7 +797,8 @@ def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog,
             _run_full_batch(args, model, data, val, engine, hist, say)
         elif initial_step >= args.epochs * steps_per_epoch:
             say(f"{prog}: the checkpoint has trained {len(hist.epochs) or '?'} epochs "
-                f"(step {initial_step}) already: nothing to train (raise --epochs)")
+                f"(step {initial_step}) already: nothing to train (raise --epochs)"
+                if initial_step else f"{prog}: --epochs 0: nothing to train")
         else:
             fit(model, data.x_train, data.y_train, epochs=args.epochs,
                 batch_size=args.batch_size, validation_data=val, callbacks=callbacks,

@@ -127,7 +127,8 @@ def load_mnist(path=None, scale=True, standardize=False, validation=10_000,
         if path is None and not os.environ.get("DPNET_DATA"):
             raise DataError(f"the bundled MNIST is {missing('mnist')}; give a directory "
                             f"(--data DIR, or DPNET_DATA)")
-        raise DataError(f"MNIST directory {directory} does not exist")
+        raise DataError(f"MNIST directory {directory} "
+                        + ("is not a directory" if directory.exists() else "does not exist"))
     arr = {k: read_idx(_find(directory, stem)) for k, stem in FILES.items()}
     for part in ("train", "test"):
         imgs, labels = arr[f"{part}_images"], arr[f"{part}_labels"]

@@ -53,7 +53,9 @@ def read_csv(path):
     """(header, rows) of a CSV file, every row as long as the header."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise DataError(f"CSV file {path} does not exist")
+        raise DataError(f"CSV file {path} " + ("is a directory" if os.path.isdir(path) else
+                                               "is not a regular file" if os.path.exists(path)
+                                               else "does not exist"))
     size = os.path.getsize(path)
     if size > MAX_CSV_BYTES:
         raise DataError(f"CSV file {path} is {size / 2**20:.0f} MiB, more than the "

@@ -86,11 +86,16 @@ def _open(path, read):
         why = "is a directory" if os.path.isdir(path) else (
             "is not a regular file" if os.path.exists(path) else "does not exist")
         raise CheckpointError(f"checkpoint {path!r} {why}")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"checkpoint {path!r} cannot be read (permission denied)")
     try:
         with zipfile.ZipFile(path) as z:
             return read(path, z)
     except CheckpointError:
         raise
+    except PermissionError:
+        raise CheckpointError(f"checkpoint {path!r} cannot be read (permission denied)") \
+            from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
             KeyError, zlib.error, NotImplementedError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {path!r} is truncated or corrupt (not a readable "

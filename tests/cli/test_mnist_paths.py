@@ -82,6 +82,21 @@ def test_data_that_is_not_mnist_is_one_line(tmp_path):
     assert f"MNIST file {FILES['test_labels']}(.gz) not found in {bad}" in r.stderr
 
 
+def test_data_paths_of_the_wrong_kind_and_nothing_to_train_say_what_they_are(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args, said in ((["--data", "/dev/zero"], "MNIST directory /dev/zero is not a directory"),
+                       (["--data", empty, "--target", "y"], f"CSV file {empty} is a directory"),
+                       (["--data", "/dev/zero", "--target", "y"],
+                        "CSV file /dev/zero is not a regular file")):
+        r = run(DEBUG, *args, "--epochs", 1)
+        assert r.returncode == 2 and r.stderr.strip() == f"runDnnDebug.py: error: {said}", \
+            r.stderr
+    r = run(DEBUG, "--epochs", 0, "--limit-train", 300, "--hidden", 8)
+    assert r.returncode == 0 and "runDnnDebug.py: --epochs 0: nothing to train" in r.stdout
+    assert "checkpoint" not in r.stdout
+
+
 # -- --worker-timeout ---------------------------------------------------------------------
 def test_a_worker_that_never_answers_is_replaced_after_worker_timeout(tmp_path):
     """One worker (whichever claims the armed file) stops answering at its third step

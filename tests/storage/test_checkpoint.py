@@ -73,6 +73,40 @@ def test_truncated_and_corrupt_files_give_one_line_errors(tmp_path):
         dpnet.load(tmp_path / "plain.npz")
 
 
+UNREADABLE = """
+import os, sys
+import dpnet
+from dpnet.storage.checkpoint import CheckpointError
+if os.geteuid() == 0:            # root reads anything: read as nobody
+    os.setgid(65534); os.setuid(65534)
+try:
+    dpnet.load(sys.argv[1])
+except CheckpointError as e:
+    print(e)
+"""
+
+
+def test_a_checkpoint_that_cannot_be_read_says_so_not_corrupt():
+    import subprocess
+    import sys
+    import tempfile
+    place = tempfile.mkdtemp()              # a place any user may enter
+    try:
+        os.chmod(place, 0o755)
+        p = os.path.join(place, "m.npz")
+        trained().save(p)
+        os.chmod(p, 0)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(dpnet.__file__)))
+        r = subprocess.run([sys.executable, "-c", UNREADABLE, p], capture_output=True,
+                           text=True, timeout=60, env=dict(os.environ, PYTHONPATH=root))
+        assert r.stdout.strip() == f"checkpoint {p!r} cannot be read (permission denied)", \
+            r.stdout + r.stderr
+    finally:
+        for f in os.listdir(place):
+            os.unlink(os.path.join(place, f))
+        os.rmdir(place)
+
+
 def test_the_metadata_alone_is_read_with_the_same_checks_and_no_array(tmp_path):
     p = tmp_path / "m.npz"
     trained().save(p, note="hello")
