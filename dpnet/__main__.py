@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 
@@ -38,7 +37,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in COMMANDS:
         return _run(argv[0], argv[1:])
-    p = argparse.ArgumentParser(prog="python -m dpnet", description=__doc__.splitlines()[0],
+    from .cli.common import Parser       # a mistake is one line, as in every command
+    p = Parser(prog="python -m dpnet", description=__doc__.splitlines()[0],
                                 epilog="commands: " + ", ".join(COMMANDS) + ", clean, keys "
                                        "(python -m dpnet COMMAND --help)")
     sub = p.add_subparsers(dest="command", required=True)

@@ -225,9 +225,13 @@ def check_model_size(n_params, dtype, what):
                         f"{have / 2**30:,.1f} GiB")
 
 
-def device_line(prog, say):
-    """An ``on_hello`` for the coordinator: one line naming a worker's device."""
+def device_line(prog, say, first=None):
+    """An ``on_hello`` for the coordinator: one line naming a worker's device, after
+    ``first()``'s line if given -- said once the worker is up, not before a worker
+    that cannot start (no GPU: one error line, nothing else)."""
     def announce(rank, header):
+        if first is not None:
+            say(f"{prog}: {first()}")
         d = header.get("device")
         if isinstance(d, dict):
             gib = lambda b: f"{b / 2**30:,.1f} GiB"             # noqa: E731

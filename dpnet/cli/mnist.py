@@ -56,7 +56,7 @@ def dnn_parser(prog, workers=False, gpu=False):
            + preset_help())
     a("--hidden", type=positive_int, nargs="*", default=[512, 128, 64], metavar="N",
       help="hidden layer sizes (default: 512 128 64; none for softmax regression)")
-    a("--activation", nargs="+", default=["relu"], choices=sorted(ACTIVATIONS), metavar="NAME",
+    a("--activation", nargs="+", default=None, choices=sorted(ACTIVATIONS), metavar="NAME",
       help="hidden activation, one for all or one per hidden layer: "
            f"{', '.join(sorted(ACTIVATIONS))} (default: relu)")
     a("--output-activation", default=None, choices=sorted(ACTIVATIONS), metavar="NAME",
@@ -151,8 +151,9 @@ def dnn_parser(prog, workers=False, gpu=False):
     a("--load", type=path_arg, default=None, metavar="PATH",
       help="start from this checkpoint and resume its epoch count; the model, data "
            "(--standardize, --validation, --limit-train, --dtype), --seed, --batch-size "
-           "and --optimizer must be the same; --lr, --lr-final, --epochs and --patience "
-           "may change (a changed learning rate is noted)")
+           "and --optimizer must be the same; --lr, --lr-final, --epochs, --patience, --l2 "
+           "and --clip may change (a change of the learning rate, --l2 or --clip is "
+           "noted)")
     a("--json", type=path_arg, default=None, metavar="PATH",
       help="write the run summary as JSON (- for standard output)")
     a("--plot", type=path_arg, default=None, metavar="PATH", help="save learning curves as a PNG (matplotlib)")
@@ -269,7 +270,10 @@ def default_augment(args):
 
 
 def build_model(args, steps_per_epoch, n_in=784, n_out=10):
-    acts = args.activation
+    if args.maxout and args.activation is not None and "activation" not in args.from_preset:
+        raise UserError(f"--activation is for the hidden layers' units; --maxout "
+                        f"{args.maxout} units are the max of linear pieces: give one of them")
+    args.activation = acts = args.activation or ["relu"]
     if len(acts) not in (1, len(args.hidden)):
         raise UserError(f"--activation takes one name for all hidden layers or one per "
                         f"hidden layer ({len(args.hidden)}), got {len(acts)}")
@@ -343,6 +347,11 @@ def build_model(args, steps_per_epoch, n_in=784, n_out=10):
             and args.momentum != args.momentum_decay:
         raise UserError(f"--momentum {args.momentum:g} and --momentum-decay "
                         f"{args.momentum_decay:g} name the same factor: give one")
+    given = [f for f, k in (("--momentum", "momentum"), ("--momentum-decay", "momentum_decay"))
+             if getattr(args, k) is not None and k not in args.from_preset]
+    if given and args.optimizer not in ("momentum", "nesterov"):
+        raise UserError(f"{given[0]} is for --optimizer momentum or nesterov, not "
+                        f"{args.optimizer}")
     args.momentum = next(v for v in (args.momentum, args.momentum_decay, 0.9) if v is not None)
     if args.optimizer in ("momentum", "nesterov"):
         kw["momentum"] = args.momentum
@@ -424,14 +433,22 @@ def check_resume(path, training, now, recipe=None):
 
 
 def note_changes(prog, path, meta, model):
-    """What may change on a continuation, said in one line when it does: the learning
-    rate's schedule (--lr, --lr-final, and --epochs, which stretches the annealing)."""
+    """What may change on a continuation, said in one line each when it does: the
+    learning rate's schedule (--lr, --lr-final, and --epochs, which stretches the
+    annealing), the L2 penalty and the gradient clip."""
     then = ((meta.get("optimizer") or {}).get("config") or {}).get("schedule")
     now = model.optimizer.config().get("schedule")
     if then is not None and then != now:      # (both valid: the optimizer was restored)
         then, now = schedule_from_config(then), schedule_from_config(now)
         print(f"{prog}: note: --load {path!r} was trained with learning rate {then}; "
               f"continuing with {now}", file=sys.stderr)
+    theirs, ours = meta["model"], model.config()     # (a dict: the weights loaded)
+    for key, flag in (("l2", "--l2"), ("clip_norm", "--clip")):
+        if key in theirs and theirs[key] != ours.get(key):
+            was = "none" if theirs[key] is None else f"{theirs[key]:g}"
+            now = "none" if ours.get(key) is None else f"{ours[key]:g}"
+            print(f"{prog}: note: --load {path!r} was trained with {flag} {was}; "
+                  f"continuing with {now}", file=sys.stderr)
 
 
 def per_class_accuracy(model, x, y, n_classes=10):
@@ -757,8 +774,8 @@ def _engine(args, default_workers, prog, say):
     process (runDnnDebug.py)."""
     if args.gpu:
         engine = gpu_engine(args.device, update=args.update, step_timeout=args.worker_timeout,
-                            on_failure="abort", on_hello=device_line(prog, say))
-        say(f"{prog}: {engine.group.describe()}")
+                            on_failure="abort",
+                            on_hello=device_line(prog, say, lambda: engine.group.describe()))
         return engine, 1
     if getattr(args, "remote_workers", None) is not None:
         engine = remote_engine(args, prog, args.batch_size, "samples")
@@ -807,6 +824,12 @@ def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog,
                 divergence=None if args.allow_divergence else 100.0,
                 checkpoint_extra={"optimizer": args.optimizer, "data": data_recipe(args)},
                 test_data=(data.x_test, data.y_test) if args.report_test else None)
+            if hist.stopped_early and callbacks:    # part of the result: even --quiet
+                es = callbacks[0]
+                print(f"{prog}: stopped early after epoch {hist.epochs[-1]} (--patience "
+                    f"{args.patience}): no better val_loss in the last {es.wait} "
+                    f"epoch{'s' * (es.wait != 1)}; the model keeps epoch {es.best_epoch}'s "
+                    f"weights (val_loss {es.best:.4f})")
     except WorkerError:
         if args.save:     # the checkpoint of the last completed step stands: fit wrote
             # it; scipy's modes wrote each iteration's or epoch's as it ended (the

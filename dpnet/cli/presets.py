@@ -20,8 +20,8 @@ PRESETS = {
              optimizer="momentum", momentum=0.7, lr=0.1, lr_final=0.005, batch_size=100,
              epochs=400, augment="none")),
     "deformed": (
-        "784-800-800-10 ReLU on images deformed afresh every epoch: affine and elastic "
-        "(Simard et al. 2003)",
+        "784-800-800-10 ReLU on images deformed afresh each time they are seen: affine and "
+        "elastic (Simard et al. 2003)",
         dict(hidden=[800, 800], augment="elastic", shift=2.0, rotate=10.0, scale=0.1,
              shear=0.1, elastic_alpha=34.0, elastic_sigma=4.0, lr=1e-3, lr_final=1e-5,
              batch_size=128, epochs=100)),

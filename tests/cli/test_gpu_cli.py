@@ -49,7 +49,8 @@ def test_runDnnGPU_names_its_device_and_reports_as_runDnn(tmp_path):
     r = run("runDnnGPU.py", "--limit-train", "1000", "--epochs", "1", "--hidden", "32",
             "--json", str(tmp_path / "run.json"))
     assert r.returncode == 0, r.stderr
-    for line in ("device 0: stand-in device", "epoch   1/1", "test accuracy:",
+    for line in ("runDnnGPU.py: a GPU worker on device 0, the optimizer on the GPU",
+                 "device 0: stand-in device", "epoch   1/1", "test accuracy:",
                  "per-digit accuracy:", "execution time:", "nodes per layer: 784 -> 32 -> 10",
                  "weight shapes:", "total weights: 25,450"):
         assert line in r.stdout, line
@@ -89,6 +90,7 @@ def test_with_cupy_but_no_device_one_line_says_so():
         pytest.skip("a CUDA device is usable here")
     r = run("runDnnGPU.py", "--limit-train", "500", "--epochs", "1", env={})
     one_line_error(r, 2, "cupy is installed but no CUDA device is usable")
+    assert "GPU worker on device" not in r.stdout      # said once one is up, not before
 
 
 def test_data_that_does_not_fit_is_one_line_naming_the_sizes():

@@ -145,6 +145,15 @@ def test_the_default_is_affine_except_where_it_cannot_apply(tmp_path):
     (["--elastic-alpha", "20"],
      "--elastic-alpha is for --augment elastic, this run has --augment affine"),
     (["--augment", "affine", "--elastic-sigma", "3"], "--elastic-sigma is for --augment elastic"),
+    # flags the chosen network or optimizer has no use for: refused, not ignored
+    (["--maxout", "3", "--activation", "tanh"],
+     "--activation is for the hidden layers' units; --maxout 3 units are the max of "
+     "linear pieces: give one of them"),
+    (["--preset", "maxout", "--activation", "tanh"], "--maxout 5 units are the max"),
+    (["--momentum", "0.5"], "--momentum is for --optimizer momentum or nesterov, not adam"),
+    (["--momentum-decay", "0.5", "--optimizer", "sgd"],
+     "--momentum-decay is for --optimizer momentum or nesterov, not sgd"),
+    (["--momentum", "0.5", "--optimizer", "lbfgs"], "not lbfgs"),
 ])
 def test_combinations_that_cannot_work_are_one_line(tmp_path, flags, words):
     r = subprocess.run([sys.executable, DEBUG, "--limit-train", "100", "--epochs", "1",

@@ -202,6 +202,12 @@ def test_load_refuses_other_data_and_notes_another_learning_rate(tmp_path):
     r = run(*small, "--epochs", "2", "--load", str(ck), "--lr", "0.01", "--quiet")
     assert r.returncode == 0, r.stderr
     assert "note: --load" in r.stderr and "continuing with" in r.stderr
+    # the L2 penalty and the gradient clip may change too, and are noted
+    r = run(*small, "--epochs", "1", "--load", str(ck), "--l2", "0.01", "--clip", "2",
+            "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert f"note: --load {str(ck)!r} was trained with --l2 0; continuing with 0.01" \
+        in r.stderr and "was trained with --clip none; continuing with 2" in r.stderr
 
 
 def test_resumed_runs_count_on_and_say_when_there_is_nothing_to_do(tmp_path):
@@ -278,3 +284,14 @@ def test_a_checkpoint_with_malformed_metadata_is_one_line_naming_the_field(tmp_p
     assert r.returncode == 0, r.stderr
     assert (f"was trained with learning rate 0.001 annealed to 1e-05 over 3 steps; "
             f"continuing with 0.01") in r.stderr, r.stderr
+
+
+def test_python_m_dpnet_mistakes_are_one_line():
+    for args, said in (([], "the following arguments are required: command"),
+                       (["bogus"], "argument command: invalid choice: 'bogus'"),
+                       (["clean", "--bogus"], "unrecognized arguments: --bogus"),
+                       (["keys"], "the following arguments are required: DIR")):
+        r = subprocess.run([sys.executable, "-m", "dpnet", *args], capture_output=True,
+                           text=True, timeout=60, cwd=ROOT)
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+        assert r.stderr.startswith("python -m dpnet") and said in r.stderr, r.stderr

@@ -98,6 +98,12 @@ def test_patience_stops_a_run_that_stopped_improving(tmp_path):
     _, summary, r = run(tmp_path, "--optimizer", "sgd", "--lr", "3", "--lr-final", "3",
                         "--epochs", "6", "--patience", "1", "--allow-divergence", name="pat")
     assert summary["stopped_early"] and summary["epochs"] < 6, summary
+    # said, with the epoch whose weights the model keeps (EarlyStopping restores them)
+    h = summary["history"]
+    best = 1 + int(np.argmin(h["val_loss"]))
+    assert (f"runDnnDebug.py: stopped early after epoch {summary['epochs']} (--patience 1): "
+            f"no better val_loss in the last 1 epoch; the model keeps epoch {best}'s weights "
+            f"(val_loss {h['val_loss'][best - 1]:.4f})") in r.stdout, r.stdout
 
 
 def test_workers_0_trains_in_process_and_blas_threads_are_taken(tmp_path):
