@@ -288,7 +288,11 @@ class SaveLock:
     def __init__(self, path):
         import fcntl
         self.path = os.path.abspath(os.fspath(path)) + ".lock"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:      # a place no file can be made in: name the flag's path
+            raise UserError(f"--save {os.fspath(path)!r}: cannot create a file beside it "
+                            f"({e.strerror or e})") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -360,6 +360,10 @@ def build_model(args, steps_per_epoch, n_in=784, n_out=10):
                                                               args.input_dropout),
                                    ("--augment", args.augment != "none"),
                                    ("--max-norm", args.max_norm is not None)) if on]
+        if random == ["--augment"] and args.load and not chosen:
+            raise UserError(f"--load {args.load!r} was trained with --augment {args.augment}: "
+                            f"--optimizer {args.optimizer} is full-batch and needs a "
+                            f"deterministic objective, so it cannot go on from it")
         if random:
             flag = " and ".join(random)
             raise UserError(f"--optimizer {args.optimizer} is full-batch and needs a "

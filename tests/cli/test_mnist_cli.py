@@ -295,3 +295,19 @@ def test_python_m_dpnet_mistakes_are_one_line():
                            text=True, timeout=60, cwd=ROOT)
         assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
         assert r.stderr.startswith("python -m dpnet") and said in r.stderr, r.stderr
+
+
+def test_a_save_path_where_no_file_can_be_made_and_a_checkpoint_lbfgs_cannot_go_on(tmp_path):
+    r = run("--limit-train", "200", "--epochs", "1", "--hidden", "8", "--save",
+            "/proc/x.npz")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "runDnnDebug.py: error: --save '/proc/x.npz': cannot create a file beside it "
+        "(No such file or directory)"), r.stderr
+    ck = tmp_path / "d.npz"             # deformed images: the default
+    assert run("--limit-train", "200", "--epochs", "1", "--hidden", "8", "--save", str(ck),
+               "--quiet").returncode == 0
+    r = run("--limit-train", "200", "--epochs", "2", "--hidden", "8", "--load", str(ck),
+            "--optimizer", "lbfgs")
+    assert r.returncode == 2 and f"--load {str(ck)!r} was trained with --augment affine: " \
+        "--optimizer lbfgs is full-batch" in r.stderr, r.stderr
+    assert "drop --augment" not in r.stderr          # it was never given
