@@ -34,10 +34,11 @@ from ..parallel import protocol as P
 from ..parallel.cleanup import describe, sweep
 from ..parallel.shm import SharedArray, check_room
 from ..parallel.transport import HEARTBEAT_S
-from .errors import WorkerError, WorkerUserError
+from .errors import StepAbandoned, WorkerError, WorkerUserError
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05
+STOP_GRACE_S = 2.0    # after a stop signal, how long a step may still wait for a worker
 DRAIN = 1000          # queued messages read after a round's replies are all in
 
 
@@ -69,6 +70,7 @@ class Coordinator:
         self.silence_timeout = _seconds("silence_timeout", silence_timeout)
         self.eval_batch_size = eval_batch_size
         self.on_hello = on_hello           # on_hello(rank, header): e.g. name the device
+        self.stop_when(None)
         self.worker_info = {}              # rank -> what its HELLO said beyond the basics
         self.shm, self.arrays = {}, {}
         self.respawns = 0
@@ -317,6 +319,7 @@ class Coordinator:
             if time.monotonic() > deadline:
                 raise WorkerError(f"no {self.group.kind} worker left, and none joined "
                                   f"within {self.start_timeout:g} s", rank=0)
+            self._abandon_if_stopping(f"no {self.group.kind} worker left to serve step")
             got = self.group.recv(POLL_S)
             if got is not None and got.rank is not None and got.kind == P.HELLO \
                     and not self._ready.get(got.rank, True):
@@ -429,6 +432,10 @@ class Coordinator:
                 self._accept(got, step, reply_kind, pending, sent, replies, message,
                              on_reply, match)
             self._check(pending, replies)
+            if len(replies) < len(ranks):
+                owing = sorted(set(ranks) - set(replies))
+                self._abandon_if_stopping(f"worker{'s' * (len(owing) > 1)} "
+                                          f"{', '.join(map(str, owing))} owed step {step}")
         # what else is waiting (heartbeats, late or stray messages) is read now, a
         # bounded number per round, so that nothing piles up between rounds
         for _ in range(DRAIN):
@@ -439,6 +446,23 @@ class Coordinator:
                          match)
         self._failures_in_a_row = 0
         return replies
+
+    def stop_when(self, probe):
+        """``probe() -> True`` once a stop signal came (the training loop's): a wait for
+        a worker that may never come then ends in StepAbandoned. None: never."""
+        self.stop_requested, self._stop_seen = probe, None
+
+    def _abandon_if_stopping(self, what):
+        """Once a stop signal has been asked for STOP_GRACE_S ago, a wait still going on
+        is given up: a worker that died or went away may take half a minute to be found
+        out, and a lost one may never be replaced -- Ctrl-C must not wait for that."""
+        if self.stop_requested is None or not self.stop_requested():
+            return
+        now = time.monotonic()
+        if self._stop_seen is None:
+            self._stop_seen = now
+        elif now - self._stop_seen > STOP_GRACE_S:
+            raise StepAbandoned(f"{what}, given up {STOP_GRACE_S:g} s after the stop signal")
 
     def _send_attempt(self, rank, message, pending, sent):
         kind, header, *frames = message(rank)

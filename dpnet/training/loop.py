@@ -29,7 +29,7 @@ import threading
 import time
 
 from ..engines import make_engine
-from ..engines.errors import WorkerError
+from ..engines.errors import StepAbandoned, WorkerError
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -141,15 +141,22 @@ class Loop:
             self.engine.start(self.model, datasets, seed=seed)
             plan.start(self.engine)
             with GracefulStop() as stop:
+                watch = getattr(self.engine, "stop_when", None)    # waits it may give up
+                if watch is not None:
+                    watch(lambda: stop.requested is not None)
                 try:
-                    self._steps(plan, end, stop)
+                    abandoned = ""
+                    try:
+                        self._steps(plan, end, stop)
+                    except StepAbandoned as e:     # the weights: the last whole step's
+                        abandoned = f" ({e})"
                     self.engine.sync_to_host()
                     interrupted = stop.requested is not None
                     self.history.interrupted = interrupted
                     self.history.stop_signal = stop.requested
                     if interrupted:
                         self.say(f"stopped by {stop.requested} after step {self.step}; "
-                                 f"the model keeps its last weights")
+                                 f"the model keeps its last weights{abandoned}")
                     plan.finish(self.step, interrupted)
                 except WorkerError:
                     # the weights are those of the last whole step: a resumable checkpoint
@@ -159,6 +166,8 @@ class Loop:
                 if self.checkpoint is not None and self.saved_step != self.step:
                     self.save(plan, self.step)
         finally:
+            if getattr(self.engine, "stop_when", None) is not None:
+                self.engine.stop_when(None)       # a later run starts unasked
             plan.close()
             self.history.wall_time += time.perf_counter() - t_start
             self.history.step = self.step

@@ -125,6 +125,45 @@ def test_ctrl_c_on_a_remote_worker_moves_its_share_and_the_run_completes(tmp_pat
     assert ws[0].wait(30) == 0
 
 
+def test_ctrl_c_after_the_only_worker_died_stops_within_seconds_and_saves(tmp_path):
+    """The one remote worker killed (its death is only found out after 30 s of
+    silence, and a replacement may never join): a Ctrl-C still ends the run at once
+    -- the step under way given up, the last whole step's weights saved, exit 130."""
+    ck = tmp_path / "ck.npz"
+    p, ep = coordinator("--remote-workers", "1", "--batch-size", "10", "--epochs", "50",
+                        "--join-timeout", "300", "--save", str(ck))
+    w = worker(ep)
+    try:
+        for line in p.stdout:
+            if line.startswith("epoch   1/50"):
+                break
+        w.kill()
+        w.wait(10)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        p.kill()
+        w.kill()
+        p.wait()
+        w.wait()
+    assert p.returncode == 130, err
+    assert took < 15, f"{took:.1f} s to stop"
+    m = re.search(r"stopped by SIGINT after step (\d+); the model keeps its last weights "
+                  r"\((worker 0 owed step \d+|no remote worker left to serve step), given "
+                  r"up 2 s after the stop signal\)", out)
+    assert m, out[-2000:]
+    step = int(m.group(1))
+    assert dpnet_step(ck) == step and "Traceback" not in err, err
+
+
+def dpnet_step(path):
+    from dpnet.storage.checkpoint import read_checkpoint_meta
+    return read_checkpoint_meta(path)["training"]["step"]
+
+
 def test_a_coordinator_stopped_by_ctrl_c_while_waiting_exits_130():
     p = subprocess.Popen([sys.executable, SCRIPT, "--limit-train", "500",
                           "--remote-workers", "2"], cwd=ROOT, stdout=subprocess.PIPE,
