@@ -365,10 +365,15 @@ def tcp_endpoint(text):
 
 
 def add_remote_flags(a):
-    """--remote-workers, --listen, --keys, --cluster, --join-timeout."""
+    """--worker-timeout, --remote-workers, --listen, --keys, --cluster, --join-timeout."""
+    # at least a second: a shorter limit would replace healthy workers mid-step
+    a("--worker-timeout", type=float_in(1), default=300.0, metavar="S",
+      help="a worker that has not answered a step after S >= 1 seconds is replaced "
+           "(dead or suspended workers are noticed at once; default: 300); a remote "
+           "worker silent for min(S, 30) seconds is dropped")
     a("--remote-workers", type=positive_int, default=None, metavar="N",
       help="train with N workers on other machines (instead of local processes): "
-           "wait for them at --listen; start each with python -m workers.remote "
+           "wait for them at --listen; start each with dpnet-worker "
            "--connect tcp://THIS_HOST:PORT --keys DIR")
     a("--listen", type=tcp_endpoint, default=None, metavar="tcp://HOST:PORT",
       help="where remote workers connect (default: tcp://127.0.0.1:0, this machine "

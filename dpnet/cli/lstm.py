@@ -382,7 +382,7 @@ def _train(args, prog):
         engine = remote_engine(args, prog, sizes["batch_size"], "streams")
     elif workers:
         engine = make_engine(workers, blas_threads=args.blas_threads or 1,
-                             on_failure=args.on_failure)
+                             on_failure=args.on_failure, step_timeout=args.worker_timeout)
     else:
         _limit_blas(args.blas_threads)
         engine = make_engine(0)

@@ -173,11 +173,6 @@ def dnn_parser(prog, workers=False, gpu=False):
           help="BLAS threads per worker (default: 1)")
         a("--on-failure", choices=["respawn", "abort"], default="respawn",
           help="what to do when a worker dies or stops answering (default: respawn)")
-        # at least a second: a shorter limit would replace healthy workers mid-step
-        a("--worker-timeout", type=float_in(1), default=300.0, metavar="S",
-          help="a worker that has not answered a step after S >= 1 seconds is replaced "
-               "(dead or suspended workers are noticed at once; default: 300); a remote "
-               "worker silent for min(S, 30) seconds is dropped")
         add_remote_flags(a)
     if gpu:
         a("--device", type=nonneg_int, default=0, metavar="N",

@@ -32,9 +32,11 @@ import sys
 import time
 
 import numpy as np
+import zmq
 
 from ..parallel import protocol as P
 from ..parallel.transport import Router, is_loopback, split_tcp
+from .errors import WorkerUserError
 from .group import _ROOT, Ranked, WorkerGroup, blas_env
 
 
@@ -104,8 +106,13 @@ class RemoteWorkers(WorkerGroup):
         # the largest thing a worker sends is its gradient: a bigger message is
         # refused by ZeroMQ itself (the peer is dropped before anything is allocated)
         biggest = int(config_of(0).get("params_bytes", P.MAX_ARRAY_BYTES))
-        self.router = Router(bind=self.listen, curve=self.curve,
-                             max_message=biggest + P.MAX_HEADER_BYTES + 4096)
+        try:
+            self.router = Router(bind=self.listen, curve=self.curve,
+                                 max_message=biggest + P.MAX_HEADER_BYTES + 4096)
+        except zmq.ZMQError as e:      # a port in use, an address not of this machine
+            raise WorkerUserError(f"cannot listen at {self.listen}: "
+                                  f"{zmq.strerror(e.errno)} (give --listen another "
+                                  f"address, or port 0 for a free one)") from None
         self.endpoint = self.router.endpoint
         self._start_local()
         if self.launcher is not None:
@@ -114,7 +121,7 @@ class RemoteWorkers(WorkerGroup):
             self.launcher.start(self, self._worker_curve)
             return
         import shutil
-        command = "dpnet-worker" if shutil.which("dpnet-worker") else "python -m workers.remote"
+        command = "dpnet-worker" if shutil.which("dpnet-worker") else "python -m dpnet worker"
         self.say(f"waiting for {self.remote} remote worker{'s' if self.remote > 1 else ''} at "
                  f"{self.endpoint} ({'CURVE' if self.curve else 'plain TCP, loopback only'}); "
                  f"start each with: {command} --connect "

@@ -41,6 +41,28 @@ def test_wrong_remote_flags_are_one_line_and_exit_2(flags, want):
     assert want in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def test_a_listen_address_that_cannot_be_bound_is_one_line(tmp_path):
+    import zmq
+    busy = zmq.Context.instance().socket(zmq.ROUTER)
+    port = busy.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        for script in (SCRIPT, str(ROOT / "scripts" / "runLstm.py")):
+            r = run(script, "--remote-workers", "1", "--listen", f"tcp://127.0.0.1:{port}",
+                    "--limit-train" if script == SCRIPT else "--steps", "5")
+            assert r.returncode == 2 and r.stderr.strip().endswith(
+                f"error: cannot listen at tcp://127.0.0.1:{port}: Address already in use "
+                f"(give --listen another address, or port 0 for a free one)"), r.stderr
+    finally:
+        busy.close(0)
+    keys = tmp_path / "keys"
+    assert run("-m", "dpnet", "keys", str(keys)).returncode == 0
+    # an address of no interface here (the benchmarking range, 198.18.0.0/15)
+    r = run(SCRIPT, "--remote-workers", "1", "--listen", "tcp://198.18.0.77:5580", "--keys",
+            str(keys), "--limit-train", "5")
+    assert r.returncode == 2 and "cannot listen at tcp://198.18.0.77:5580: Cannot assign " \
+        "requested address" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_workers_that_never_join_end_the_run_in_one_line():
     r = run(SCRIPT, "--limit-train", "500", "--remote-workers", "2", "--join-timeout", "1")
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
@@ -215,3 +237,40 @@ def test_runLstm_with_remote_workers_matches_local_workers(tmp_path):
         assert np.array_equal(a[name], b[name]), name
     r = run(lstm, "--steps", "1", "--remote-workers", "2", "--gpu")
     assert r.returncode == 2 and "drop --remote-workers" in r.stderr
+
+
+def test_runLstm_worker_timeout_drops_a_dead_remote_worker_that_soon(tmp_path):
+    """runLstm.py takes runDnn.py's --worker-timeout: a killed remote worker's share
+    moves to the other after min(S, 30) s of its silence, and the run completes."""
+    lstm = str(ROOT / "scripts" / "runLstm.py")
+    p = subprocess.Popen([sys.executable, lstm, "--steps", "3000", "--hidden", "16",
+                          "--batch-size", "4", "--seq-len", "8", "--eval-every", "0",
+                          "--sample-every", "0", "--remote-workers", "2",
+                          "--worker-timeout", "2", "--save", str(tmp_path / "l.npz")],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ws = []
+    try:
+        for line in p.stderr:
+            m = re.search(r"--connect (tcp://\S+)", line)
+            if m:
+                break
+        ws = [worker(m.group(1)), worker(m.group(1))]
+        for line in p.stderr:
+            if "remote worker 1 joined" in line:
+                break
+        time.sleep(1.0)
+        ws[1].kill()
+        t0 = time.monotonic()
+        for line in p.stderr:
+            if "sent nothing for" in line:
+                break
+        noticed = time.monotonic() - t0
+        out, err = p.communicate(timeout=150)
+    finally:
+        p.kill()
+        for w in ws:
+            w.kill()
+            w.wait()
+    assert p.returncode == 0, err
+    assert noticed < 10, f"{noticed:.1f} s"
+    assert "sent nothing for 2." in line and "its share goes to the other workers" in line
