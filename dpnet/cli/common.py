@@ -287,7 +287,9 @@ class SaveLock:
 
     def __init__(self, path):
         import fcntl
-        self.path = os.path.abspath(os.fspath(path)) + ".lock"
+        # the file the checkpoint will really be written to: another name for it (a
+        # link, a path through one) is the same checkpoint
+        self.path = os.path.realpath(os.fspath(path)) + ".lock"
         try:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:      # a place no file can be made in: name the flag's path

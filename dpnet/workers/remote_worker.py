@@ -118,6 +118,20 @@ def _cached(data_dir, spec):
     return a
 
 
+def _check_data_dir(data_dir):
+    """--data: a directory this worker can keep copies in (made if missing) -- checked
+    before joining, not found out when the first copy is written mid-handshake."""
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise ValueError(f"--data {data_dir!r} is not a directory")
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--data {data_dir!r}: cannot make the directory "
+                         f"({e.strerror or e})") from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"--data {data_dir!r} is not writable")
+
+
 def _keep(data_dir, spec, a):
     from dpnet.storage.atomic import atomic_write
     os.makedirs(data_dir, exist_ok=True)
@@ -284,6 +298,8 @@ def main(argv=None, prog=None):
                              f"(the coordinator accepts only workers with an allowed key)")
         if args.blas_threads is not None and args.blas_threads < 1:
             raise ValueError(f"--blas-threads must be >= 1, got {args.blas_threads}")
+        if args.data is not None:
+            _check_data_dir(args.data)
     except (ValueError, KeysError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

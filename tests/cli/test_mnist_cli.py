@@ -181,6 +181,13 @@ def test_two_runs_cannot_write_one_checkpoint(tmp_path):
         r = run("--limit-train", "300", "--epochs", "1", "--save", str(ck))
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert f"is being written by another run (pid {first.pid})" in r.stderr
+        # another name for the same file: a link to it, a path through a linked directory
+        (tmp_path / "link.npz").symlink_to(ck)
+        (tmp_path / "dir").symlink_to(tmp_path)
+        for other in (tmp_path / "link.npz", tmp_path / "dir" / "shared.npz"):
+            r = run("--limit-train", "300", "--epochs", "1", "--save", str(other))
+            assert r.returncode == 2 and f"is being written by another run (pid " \
+                f"{first.pid})" in r.stderr, r.stderr
     finally:
         first.kill()
         first.wait()

@@ -418,7 +418,12 @@ def test_the_worker_command_refuses_bad_input_in_one_line(tmp_path):
             (["--connect", "udp://x:1"], "tcp://HOST:PORT"),
             (["--connect", "tcp://127.0.0.1:0"], "needs the coordinator's port"),
             (["--connect", "tcp://127.0.0.1:5555", "--keys", str(tmp_path)], "no key file"),
-            (["--connect", "tcp://127.0.0.1:5555", "--wait", "0"], "--wait must be")):
+            (["--connect", "tcp://127.0.0.1:5555", "--wait", "0"], "--wait must be"),
+            # --data: checked before joining, not when the first copy is kept
+            (["--connect", "tcp://127.0.0.1:5555", "--data", "/dev/null"],
+             "--data '/dev/null' is not a directory"),
+            (["--connect", "tcp://127.0.0.1:5555", "--data", "/proc/nope"],
+             "--data '/proc/nope': cannot make the directory")):
         r = subprocess.run([sys.executable, "-m", "workers.remote", *args], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and want in r.stderr and "Traceback" not in r.stderr, \
