@@ -361,6 +361,16 @@ def _train(args, prog):
             print(f"{prog}: note: {note}", file=sys.stderr)
     steps = args.steps if args.steps is not None or args.epochs is not None else DEFAULT_STEPS
     say = (lambda *a, **k: None) if args.quiet else print
+    given = {k for k, v in vars(lstm_parser(prog).parse_args([])).items()
+             if k in ("device", "update", "forget_bias") and getattr(args, k) != v}
+    if not args.gpu and given & {"device", "update"}:
+        flags = sorted(given - {"forget_bias"})
+        raise UserError(" and ".join(f"--{k}" for k in flags)
+                        + (" are" if len(flags) > 1 else " is") + " for --gpu: add it, or "
+                        "drop " + ("them" if len(flags) > 1 else "it"))
+    if ck is not None and "forget_bias" in given:
+        raise UserError("--forget-bias sets the forget gates' initial bias; --load goes on "
+                        "from the checkpoint's weights: drop it")
     if args.gpu and args.workers:
         raise UserError("--gpu trains on one GPU worker: drop --workers")
     if args.gpu and args.remote_workers:
@@ -445,7 +455,7 @@ def _announce(args, prog, say, vocab, train, model, sizes, workers, initial_step
         f"{len(train)} steps per epoch")
     say(f"{prog}: LSTM H={H}" + (f" x {L} layers" if L > 1 else "")
         + f", {model.n_params:,} parameters, {model.optimizer.name} "
-        f"lr {model.optimizer.lr:g}, " + (f"on GPU {args.device}" if args.gpu else
+        f"lr {model.optimizer.lr:g}, " + (f"for CUDA device {args.device}" if args.gpu else
                                           f"{args.remote_workers} remote workers"
                                           + (f" and {workers} here" if workers else "")
                                           if args.remote_workers else

@@ -89,6 +89,20 @@ def test_lr_and_clip_given_with_load_take_effect(tmp_path, text, capsys):
     assert "0.05" in out + err                                  # the change is noted
 
 
+def test_flags_that_would_change_nothing_are_refused(tmp_path, text, capsys):
+    """--device/--update without --gpu, --forget-bias (an initial value) with --load:
+    one line each, not silently ignored."""
+    for flags, said in ((["--device", "1"], "--device is for --gpu: add it, or drop it"),
+                        (["--update", "coordinator", "--device", "2"],
+                         "--device and --update are for --gpu: add it, or drop them")):
+        assert said in train(tmp_path, text, capsys, "x", *flags, expect=2)
+    train(tmp_path, text, capsys, "first")
+    err = train(tmp_path, text, capsys, "more", "--steps", "60", "--load",
+                tmp_path / "first.npz", "--forget-bias", "2", expect=2)
+    assert "--forget-bias sets the forget gates' initial bias; --load goes on from the " \
+        "checkpoint's weights: drop it" in err
+
+
 def test_on_failure_abort_with_a_worker_that_dies(tmp_path, text, capsys, monkeypatch):
     monkeypatch.setenv("DPNET_FAULTS", "die_on=step,after=10")
     err = train(tmp_path, text, capsys, "abort", "--workers", "2", "--on-failure", "abort",
