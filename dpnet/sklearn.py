@@ -134,6 +134,9 @@ class _BaseMLP(BaseEstimator):
                              f"{self.validation_fraction!r}")
         if not isinstance(self.workers, numbers.Integral) or self.workers < 0:
             raise ValueError(f"workers must be an integer >= 0, got {self.workers!r}")
+        if self.callback is not None and not callable(self.callback):
+            raise ValueError(f"callback must be callable as callback(iteration, coef) -> "
+                             f"stop?, got {self.callback!r}")
         return [int(s) for s in sizes]
 
     def _batch(self, n):

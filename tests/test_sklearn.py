@@ -113,6 +113,8 @@ def test_batch_size_auto_an_int_or_a_fraction(iris):
     with pytest.raises(ValueError, match="batch_size must be 'auto', a positive integer or "
                                          "a fraction in"):
         MLPClassifier(batch_size=1.5, max_iter=1).fit(X, y)
+    with pytest.raises(ValueError, match="callback must be callable as callback"):
+        MLPClassifier(callback=5, max_iter=1).fit(X, y)        # before any training
 
 
 def test_tol_and_n_iter_no_change_stop_a_run_that_stopped_improving(iris):

@@ -79,7 +79,8 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
     if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     x, y = check_training_data(model, x, y)
-    w = sample_weights(y, sample_weight, class_weight)
+    w = sample_weights(y, sample_weight, class_weight,
+                       n_classes=getattr(model, "n_outputs", None))
     if validation_split is not None:
         if validation_data is not None:
             raise ValueError("give validation_data or validation_split, not both")
@@ -125,9 +126,10 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
     return history
 
 
-def sample_weights(y, sample_weight=None, class_weight=None):
+def sample_weights(y, sample_weight=None, class_weight=None, n_classes=None):
     """The per-sample weights (float64, (n,)) that ``sample_weight`` and
-    ``class_weight`` give, or None; a ValueError names what is wrong."""
+    ``class_weight`` give, or None; a ValueError names what is wrong (a class_weight
+    key outside the ``n_classes`` classes of the model's output among it)."""
     if sample_weight is None and class_weight is None:
         return None
     n = len(y)
@@ -158,6 +160,9 @@ def sample_weights(y, sample_weight=None, class_weight=None):
             if not isinstance(c, (int, np.integer)) or isinstance(c, bool):
                 raise ValueError(f"class_weight keys must be class labels (integers), got "
                                  f"{c!r}")
+            if n_classes is not None and not 0 <= c < max(n_classes, 2):
+                raise ValueError(f"class_weight has class {c}, but the model has "
+                                 f"{max(n_classes, 2)} classes (0 to {max(n_classes, 2) - 1})")
             if not isinstance(cw, (int, float, np.number)) or isinstance(cw, bool) \
                     or not np.isfinite(cw) or cw < 0:
                 raise ValueError(f"class_weight[{c}] must be a finite number >= 0, got {cw!r}")

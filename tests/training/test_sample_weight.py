@@ -109,6 +109,9 @@ def test_worker_processes_use_the_weights_as_the_in_process_engine_does():
     ({"class_weight": [1, 2]}, "must be a dict"),
     ({"class_weight": {"a": 1.0}}, "keys must be class labels"),
     ({"class_weight": {1: -2.0}}, r"class_weight\[1\] must be a finite number"),
+    ({"class_weight": {5: 1.0}}, r"class_weight has class 5, but the model has 3 classes "
+                                 r"\(0 to 2\)"),
+    ({"class_weight": {-1: 1.0}}, "class_weight has class -1"),
 ])
 def test_bad_weights_are_named(kw, why):
     x, y = data()
