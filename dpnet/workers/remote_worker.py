@@ -266,7 +266,8 @@ def parser(prog="python -m workers.remote"):
                         "choice, usually all cores; 1 gives results bit-identical to "
                         "runDnn.py's local workers)")
     p.add_argument("--once", action="store_true",
-                   help="exit after one membership instead of joining again")
+                   help="exit after one membership instead of joining again (exit code 0 if "
+                        "its run ended, 1 if it lost its coordinator or its rank first)")
     return p
 
 
@@ -335,8 +336,12 @@ def run(args, curve, prog="dpnet-worker"):
             reason = outcome.get("reason", "")
             if reason.startswith("refused"):
                 raise Refused(reason[len("refused"):].lstrip(": "))
-            if reason == "done" or args.once or code != 0:
+            if reason == "done" or code != 0:
                 return code
+            if args.once:                  # the one membership ended before its run did
+                print(f"{prog}: {reason}; not joining again (--once)", file=sys.stderr,
+                      flush=True)
+                return 1
             print(f"{prog}: {reason}; joining again", file=sys.stderr, flush=True)
     except Refused as e:
         print(f"{prog}: refused: {e}", file=sys.stderr)

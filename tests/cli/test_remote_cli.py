@@ -274,3 +274,22 @@ def test_runLstm_worker_timeout_drops_a_dead_remote_worker_that_soon(tmp_path):
     assert p.returncode == 0, err
     assert noticed < 10, f"{noticed:.1f} s"
     assert "sent nothing for 2." in line and "its share goes to the other workers" in line
+
+
+def test_a_once_worker_that_loses_its_coordinator_says_so_and_exits_1(tmp_path):
+    p, ep = coordinator("--remote-workers", "1", "--batch-size", "10", "--epochs", "50")
+    w = worker(ep, "--once")
+    try:
+        for line in p.stdout:
+            if line.startswith("epoch   1/50"):
+                break
+        p.kill()                                  # the coordinator's host goes away
+        p.wait()
+        _, err = w.communicate(timeout=60)
+    finally:
+        p.kill()
+        w.kill()
+        p.wait()
+        w.wait()
+    assert w.returncode == 1, err
+    assert "not joining again (--once)" in err and "Traceback" not in err, err
