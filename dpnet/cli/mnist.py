@@ -205,16 +205,16 @@ def checkpoint_deformation(args, chosen=None):
     """On --load: the deformation the checkpoint was trained with ("none" if none), its
     strengths filled in for the flags not given (a recipe's count as not given). A
     given one that differs, or a chosen ``--augment`` (``chosen``) that differs, is one
-    line naming the flag, as the resume check names any other setting; an unreadable
-    checkpoint or another kind of model is left to the real load to name."""
+    line naming the flag, as the resume check names any other setting. None: an
+    unreadable checkpoint or another kind of model, left to the real load to name."""
     try:
         meta = read_checkpoint_meta(args.load)
     except CheckpointError:
-        return chosen or "none"
+        return None
     model = meta.get("model")
     layers = model.get("layers") if isinstance(model, dict) else None
     if not isinstance(layers, list) or not layers or not isinstance(layers[0], dict):
-        return chosen or "none"
+        return None
     first = layers[0] if layers[0].get("type") == "deform" else {}
     kind = first.get("kind", "none")
 
@@ -241,12 +241,11 @@ def _deforms_nothing(args, given, chosen):
     if args.augment == "none":
         why = ("--augment none" if chosen
                else "the checkpoint was trained without deformations" if args.load
-               else f"--preset {args.preset} sets --augment none"
-               if "augment" in args.from_preset
                else "--standardize" if args.standardize
                else f"--optimizer {args.optimizer} is full-batch"
                if args.optimizer in FULL_BATCH
-               else "a --target table" if args.target else "--augment none")
+               else "a --target table" if args.target
+               else f"--preset {args.preset} sets --augment none")
         raise UserError(f"{_flag(given[0])} sets how training images are deformed, but "
                         f"this run deforms none ({why}): drop it")
     elastic = [f for f in given if f.startswith("elastic")]
@@ -267,7 +266,9 @@ def default_augment(args):
 def build_model(args, steps_per_epoch, n_in=784, n_out=10):
     if args.maxout and args.activation is not None and "activation" not in args.from_preset:
         raise UserError(f"--activation is for the hidden layers' units; --maxout "
-                        f"{args.maxout} units are the max of linear pieces: give one of them")
+                        f"{args.maxout} units are the max of linear pieces: "
+                        + (f"drop it, or --preset {args.preset} (which sets --maxout)"
+                           if "maxout" in args.from_preset else "give one of them"))
     args.activation = acts = args.activation or ["relu"]
     if len(acts) not in (1, len(args.hidden)):
         raise UserError(f"--activation takes one name for all hidden layers or one per "
@@ -287,14 +288,15 @@ def build_model(args, steps_per_epoch, n_in=784, n_out=10):
                 setattr(args, key, off)
     chosen = args.augment is not None and "augment" not in args.from_preset
     given = given_deformation_flags(args)
+    kind = None
     if args.load:       # the checkpoint's deformation, and its strengths not given
         kind = checkpoint_deformation(args, args.augment if chosen else None)
-        args.augment = args.augment if chosen else kind
+        args.augment = args.augment if chosen else (kind or "none")
     elif args.augment is None:
         args.augment = default_augment(args)
     elif not chosen and default_augment(args) == "none":
         args.augment = "none"           # a recipe's deformations where none can apply
-    if given:
+    if given and not (args.load and kind is None):     # (else the load names the file)
         _deforms_nothing(args, given, chosen)
     for flag, (_, default) in DEFORM_FLAGS.items():
         if getattr(args, flag) is None:
@@ -444,7 +446,9 @@ def note_changes(prog, path, meta, model):
     theirs, ours = meta["model"], model.config()     # (a dict: the weights loaded)
     for key, flag in (("l2", "--l2"), ("clip_norm", "--clip")):
         if key in theirs and theirs[key] != ours.get(key):
-            was = "none" if theirs[key] is None else f"{theirs[key]:g}"
+            was = "none" if theirs[key] is None else (
+                f"{theirs[key]:g}" if isinstance(theirs[key], (int, float)) else
+                repr(theirs[key])[:40])
             now = "none" if ours.get(key) is None else f"{ours[key]:g}"
             print(f"{prog}: note: --load {path!r} was trained with {flag} {was}; "
                   f"continuing with {now}", file=sys.stderr)
@@ -826,9 +830,10 @@ def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog,
             if hist.stopped_early and callbacks:    # part of the result: even --quiet
                 es = callbacks[0]
                 print(f"{prog}: stopped early after epoch {hist.epochs[-1]} (--patience "
-                    f"{args.patience}): no better val_loss in the last {es.wait} "
-                    f"epoch{'s' * (es.wait != 1)}; the model keeps epoch {es.best_epoch}'s "
-                    f"weights (val_loss {es.best:.4f})")
+                      f"{args.patience}): no better val_loss in the last {es.wait} "
+                      f"epoch{'s' * (es.wait != 1)}; the model keeps epoch "
+                      f"{es.best_epoch}'s weights (val_loss {es.best:.4f})",
+                      file=sys.stderr if json_on_stdout(args.json) else sys.stdout)
     except WorkerError:
         if args.save:     # the checkpoint of the last completed step stands: fit wrote
             # it; scipy's modes wrote each iteration's or epoch's as it ended (the

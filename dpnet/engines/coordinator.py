@@ -252,7 +252,7 @@ class Coordinator:
         return loss, n, sum(replies[r]["correct"] for r in order)
 
     def _gradient_round(self, step, units, extra, index):
-        shards = self._shards(units, index)
+        shards = self._shards(units, index, training=True)
         # Each unit (a sample, or a stream of T characters) weighs the same, so shard
         # r's weight n_r / n is its share of the units, known before it is sent. The
         # worker scales its gradient by it (while it is hot in its cache), and the
@@ -269,7 +269,7 @@ class Coordinator:
                 "weights_version": self.version, "scale": (stop - start) / units, **extra},
                 index)
 
-        replies = self._round(step, P.GRAD, order, message, on_reply=fold)
+        replies = self._round(step, P.GRAD, order, message, on_reply=fold, training=True)
         fold(replies)
         return replies, order
 
@@ -306,9 +306,10 @@ class Coordinator:
             self._host_stale = True
         return reply["loss"], reply["n"], reply["correct"]
 
-    def _live(self):
+    def _live(self, training=False):
         """The ranks to shard over: all of them, or for an elastic group those present
-        now (waiting up to ``start_timeout`` for one to join if none is)."""
+        now (waiting up to ``start_timeout`` for one to join if none is; for a training
+        step, given up after a stop signal)."""
         if not self.group.elastic:
             return list(range(self.n_workers))
         deadline = time.monotonic() + self.start_timeout
@@ -319,14 +320,16 @@ class Coordinator:
             if time.monotonic() > deadline:
                 raise WorkerError(f"no {self.group.kind} worker left, and none joined "
                                   f"within {self.start_timeout:g} s", rank=0)
-            self._abandon_if_stopping(f"no {self.group.kind} worker left to serve step")
+            if training:
+                self._abandon_if_stopping(f"no {self.group.kind} worker left to serve the "
+                                          f"step")
             got = self.group.recv(POLL_S)
             if got is not None and got.rank is not None and got.kind == P.HELLO \
                     and not self._ready.get(got.rank, True):
                 self._welcome(got)
 
-    def _shards(self, units, index):
-        ranks = self._live()
+    def _shards(self, units, index, training=False):
+        ranks = self._live(training)
         shards = {ranks[i]: b for i, b in enumerate(shard_bounds(units, len(ranks)))
                   if b[1] > b[0]}
         if index is not None and "index" in self.arrays:
@@ -418,10 +421,12 @@ class Coordinator:
         stateful(self.task_cls).write_state(self.arrays, chunk, state)
 
     # -- one round of messages, and failures ---------------------------------------------
-    def _round(self, step, reply_kind, ranks, message, on_reply=None, match="step"):
+    def _round(self, step, reply_kind, ranks, message, on_reply=None, match="step",
+               training=False):
         """Send ``message(rank)`` to each rank and collect their replies -- those of
         ``reply_kind`` whose ``match`` field is ``step`` -- surviving failures by the
-        policy. ``on_reply(replies)`` runs after each accepted reply."""
+        policy. ``on_reply(replies)`` runs after each accepted reply. ``training``: a
+        training step's gradients, which a stop signal may give up (see stop_when)."""
         pending, sent = {}, {}             # rank -> when / what its attempt was sent
         for rank in ranks:
             self._send_attempt(rank, message, pending, sent)
@@ -432,7 +437,7 @@ class Coordinator:
                 self._accept(got, step, reply_kind, pending, sent, replies, message,
                              on_reply, match)
             self._check(pending, replies)
-            if len(replies) < len(ranks):
+            if training and len(replies) < len(ranks):
                 owing = sorted(set(ranks) - set(replies))
                 self._abandon_if_stopping(f"worker{'s' * (len(owing) > 1)} "
                                           f"{', '.join(map(str, owing))} owed step {step}")
@@ -448,15 +453,21 @@ class Coordinator:
         return replies
 
     def stop_when(self, probe):
-        """``probe() -> True`` once a stop signal came (the training loop's): a wait for
-        a worker that may never come then ends in StepAbandoned. None: never."""
+        """``probe() -> True`` once a stop signal came (the training loop's): a training
+        step still waiting for remote workers STOP_GRACE_S after it is given up
+        (StepAbandoned). None: never."""
         self.stop_requested, self._stop_seen = probe, None
 
     def _abandon_if_stopping(self, what):
-        """Once a stop signal has been asked for STOP_GRACE_S ago, a wait still going on
-        is given up: a worker that died or went away may take half a minute to be found
-        out, and a lost one may never be replaced -- Ctrl-C must not wait for that."""
-        if self.stop_requested is None or not self.stop_requested():
+        """A remote worker that died or went away is found out only by its silence (up
+        to half a minute), and a lost one may never be replaced: once a stop signal has
+        been asked for STOP_GRACE_S ago, a training step still waiting for one is given
+        up -- Ctrl-C must not wait for that. Only there: local workers' deaths are seen
+        at once (a step waits for them at most for a replacement to start), a GPU
+        worker that applies the update holds the only weights (its step must end), and
+        an evaluation given up would leave a hole in the history."""
+        if self.stop_requested is None or not self.group.elastic \
+                or self.group.update_on_worker or not self.stop_requested():
             return
         now = time.monotonic()
         if self._stop_seen is None:

@@ -87,6 +87,7 @@ class _Objective:
                           f"{self.offset + self.maxiter}  " + "  ".join(
                 f"{k} {v:.4f}" for k, v in metrics.items()))
         if self.callback is not None and self.callback(self.iterations, metrics):
+            self.stopped_by = "the callback"
             raise _Stop
         if self.stop is not None and self.stop.requested is not None:
             raise _Stop
@@ -151,8 +152,7 @@ def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
                 model.params[...] = result.x
             except _Stop:
                 from scipy.optimize import OptimizeResult      # (scipy: imported by now)
-                why = (f"stopped by {stop.requested}" if stop.requested is not None
-                       else "stopped by the callback")
+                why = f"stopped by {getattr(f, 'stopped_by', None) or stop.requested}"
                 result = OptimizeResult(x=model.params.astype(np.float64), nit=f.iterations,
                                         nfev=f.evals, success=False, status=STOPPED,
                                         message=why)

@@ -119,8 +119,9 @@ def _cached(data_dir, spec):
 
 
 def _check_data_dir(data_dir):
-    """--data: a directory this worker can keep copies in (made if missing) -- checked
-    before joining, not found out when the first copy is written mid-handshake."""
+    """--data: a directory (made if missing) -- checked before joining, not found out
+    when the first copy is written mid-handshake. A read-only one still serves the
+    copies it holds (a shared, prepared data directory); new ones are not kept."""
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise ValueError(f"--data {data_dir!r} is not a directory")
     try:
@@ -128,15 +129,16 @@ def _check_data_dir(data_dir):
     except OSError as e:
         raise ValueError(f"--data {data_dir!r}: cannot make the directory "
                          f"({e.strerror or e})") from None
-    if not os.access(data_dir, os.W_OK | os.X_OK):
-        raise ValueError(f"--data {data_dir!r} is not writable")
 
 
 def _keep(data_dir, spec, a):
     from dpnet.storage.atomic import atomic_write
-    os.makedirs(data_dir, exist_ok=True)
-    atomic_write(os.path.join(data_dir, f"{spec['checksum']}.npy"),
-                 lambda f: np.save(f, a, allow_pickle=False))
+    try:
+        atomic_write(os.path.join(data_dir, f"{spec['checksum']}.npy"),
+                     lambda f: np.save(f, a, allow_pickle=False))
+    except OSError as e:                   # read-only, full: the run goes on without it
+        print(f"dpnet-worker: note: --data {data_dir!r}: not kept for the next run "
+              f"({e.strerror or e})", file=sys.stderr, flush=True)
 
 
 def _fetch(sock, rank, name, spec, timeout_s):

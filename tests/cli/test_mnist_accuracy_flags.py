@@ -142,6 +142,8 @@ def test_the_default_is_affine_except_where_it_cannot_apply(tmp_path):
     (["--optimizer", "lbfgs", "--rotate", "5"], "(--optimizer lbfgs is full-batch)"),
     (["--standardize", "--scale", "0.2"], "deforms none (--standardize)"),
     (["--preset", "maxout", "--shear", "0.2"], "(--preset maxout sets --augment none)"),
+    (["--preset", "deformed", "--optimizer", "cg", "--shift", "3"],
+     "(--optimizer cg is full-batch)"),
     (["--elastic-alpha", "20"],
      "--elastic-alpha is for --augment elastic, this run has --augment affine"),
     (["--augment", "affine", "--elastic-sigma", "3"], "--elastic-sigma is for --augment elastic"),
@@ -149,7 +151,8 @@ def test_the_default_is_affine_except_where_it_cannot_apply(tmp_path):
     (["--maxout", "3", "--activation", "tanh"],
      "--activation is for the hidden layers' units; --maxout 3 units are the max of "
      "linear pieces: give one of them"),
-    (["--preset", "maxout", "--activation", "tanh"], "--maxout 5 units are the max"),
+    (["--preset", "maxout", "--activation", "tanh"],
+     "--maxout 5 units are the max of linear pieces: drop it, or --preset maxout"),
     (["--momentum", "0.5"], "--momentum is for --optimizer momentum or nesterov, not adam"),
     (["--momentum-decay", "0.5", "--optimizer", "sgd"],
      "--momentum-decay is for --optimizer momentum or nesterov, not sgd"),

@@ -286,6 +286,11 @@ def test_a_checkpoint_with_malformed_metadata_is_one_line_naming_the_field(tmp_p
         r = run(*small, "--epochs", "2", "--load", str(bad))
         assert r.returncode == 2 and said in r.stderr, (said, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    # a file that is no checkpoint at all is named as such, deformation flags or not
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    r = run(*small, "--epochs", "2", "--load", str(junk), "--shift", "3")
+    assert r.returncode == 2 and "is truncated or corrupt" in r.stderr, r.stderr
     # the untouched checkpoint still resumes, its schedule named in words when it changes
     r = run(*small, "--epochs", "2", "--load", str(ck), "--lr", "0.01", "--lr-final", "0.01")
     assert r.returncode == 0, r.stderr

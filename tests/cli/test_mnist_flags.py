@@ -104,6 +104,13 @@ def test_patience_stops_a_run_that_stopped_improving(tmp_path):
     assert (f"runDnnDebug.py: stopped early after epoch {summary['epochs']} (--patience 1): "
             f"no better val_loss in the last 1 epoch; the model keeps epoch {best}'s weights "
             f"(val_loss {h['val_loss'][best - 1]:.4f})") in r.stdout, r.stdout
+    # with --json - standard output is the JSON's alone: the line goes to stderr
+    r = subprocess.run([sys.executable, DEBUG, *BASE, "--optimizer", "sgd", "--lr", "3",
+                        "--lr-final", "3", "--epochs", "6", "--patience", "1",
+                        "--allow-divergence", "--json", "-"], capture_output=True, text=True,
+                       timeout=110, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["stopped_early"] and "stopped early after epoch" in r.stderr
 
 
 def test_workers_0_trains_in_process_and_blas_threads_are_taken(tmp_path):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from dpnet.parallel.monitor import child_processes
@@ -77,8 +78,11 @@ def test_ctrl_c_while_the_workers_start_up_is_one_line():
         deadline = time.monotonic() + 60
         workers = []
         while len(workers) < 2 and p.poll() is None and time.monotonic() < deadline:
-            workers = [c for c in child_processes() if c.ppid() == p.pid
-                       and "dpnet.workers" in " ".join(c.cmdline())]
+            try:
+                workers = [c for c in child_processes() if c.ppid() == p.pid
+                           and "dpnet.workers" in " ".join(c.cmdline())]
+            except psutil.Error:                  # a process came and went meanwhile
+                workers = []
             time.sleep(0.005)
         assert len(workers) == 2, "the workers never started"
         assert all(os.getsid(w.pid) == w.pid != os.getsid(p.pid) for w in workers)

@@ -83,11 +83,15 @@ DNN = sys.argv[1]
 p = subprocess.Popen([sys.executable, DNN, "--workers", "2", "--limit-train", "20000",
                       "--epochs", "50", "--batch-size", "1000"], stdout=subprocess.PIPE,
                      stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+import psutil
 for line in p.stdout:
     if line.startswith("epoch   1/50"):
         break
-os.killpg(p.pid, signal.SIGKILL)             # coordinator, resource tracker, workers
-p.wait()
+workers = [c for c in psutil.Process(p.pid).children()
+           if "dpnet.workers" in " ".join(c.cmdline())]
+os.killpg(p.pid, signal.SIGKILL)             # coordinator and resource tracker; the
+p.wait()                                     # workers (a session of their own) follow
+_, alive = psutil.wait_procs(workers, timeout=10)
 time.sleep(0.5)
 dead = sorted(s for s in os.listdir("/dev/shm") if s.startswith(f"dpnet_{p.pid}_"))
 clean = subprocess.run([sys.executable, "-m", "dpnet", "clean", "--dry-run"],
@@ -97,7 +101,8 @@ nxt = subprocess.run([sys.executable, DNN, "--workers", "2", "--limit-train", "1
                      text=True, timeout=120)
 left = sorted(s for s in os.listdir("/dev/shm") if s.startswith(f"dpnet_{p.pid}_"))
 print(json.dumps({"dead": dead, "clean": clean.stdout, "code": nxt.returncode,
-                  "err": nxt.stderr, "left": left}))
+                  "err": nxt.stderr, "left": left, "workers": len(workers),
+                  "workers_alive": len(alive)}))
 """
 
 
@@ -117,6 +122,8 @@ def test_a_run_killed_with_its_group_is_swept_by_the_next(tmp_path):
     assert f"dpnet: removed {len(dead)} shared-memory segments (" in got["err"], got["err"]
     assert "left by runs that are gone" in got["err"]
     assert got["left"] == []
+    # the killed run's workers noticed their coordinator was gone, and exited
+    assert got["workers"] == 2 and got["workers_alive"] == 0, got
     assert child_processes() == []
 
 

@@ -208,8 +208,9 @@ def test_exception_in_a_worker_comes_back_with_its_traceback(data):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_workers_leave_group_signals_to_the_coordinator(data, sig):
-    """Ctrl-C and SIGTERM to a process group reach the workers too: they must not die
-    of it (the coordinator would take that for a crash), only the coordinator acts."""
+    """Workers have a session of their own, so a terminal's signals never reach them;
+    one sent to a worker by pid (SIGINT, SIGTERM) must not kill it either (the
+    coordinator would take that for a crash): only the coordinator acts."""
     x, y, _, _ = data
     with MultiprocessEngine(workers=1, on_failure="abort") as eng:
         m = mlp()

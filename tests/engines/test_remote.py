@@ -163,6 +163,15 @@ def test_a_worker_reads_its_own_copy_of_the_data_once_it_has_one(tmp_path, local
     assert code == 0 and "does not match the run's array; fetching it" in err
     x, y = data()
     assert 0 < streamed < x.nbytes + y.nbytes + x[:200].nbytes + y[:200].nbytes
+    # a copy that cannot be kept (here its name taken by a directory: root writes
+    # anywhere else) is said once, and the run goes on with what was fetched
+    victim.unlink()
+    victim.mkdir()
+    eng, launcher = remote_engine(1, extra=[("--data", str(store))])
+    with eng:
+        m, _ = train(eng, epochs=1)
+    code, err = launcher.finish()[0]
+    assert code == 0 and f"note: --data {str(store)!r}: not kept for the next run" in err, err
 
 
 def test_curve_lets_in_allowed_keys_only(tmp_path, local2):

@@ -108,7 +108,7 @@ def test_ctrl_c_stops_after_the_minibatch_and_a_resume_is_the_uninterrupted_run(
 def test_ctrl_c_stops_a_full_batch_run_after_the_iteration(method):
     m, x, y = problem()
     seen = []
-    engine = CtrlC(at=8)
+    engine = CtrlC(at=8)              # (the callback never asks to stop)
     res = minimize(m, x, y, method=method, maxiter=50, engine=engine,
                    callback=lambda it, mt: seen.append(mt["loss"]))
     assert (res.status, res.message) == (STOPPED, "stopped by SIGINT")
