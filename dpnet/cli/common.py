@@ -18,6 +18,7 @@ import numpy as np
 
 from ..engines.errors import WorkerError, WorkerUserError
 from ..storage.atomic import atomic_write
+from ..storage.checkpoint import LAST_WRITTEN
 
 
 class UserError(Exception):
@@ -338,7 +339,12 @@ def guarded(prog, run, *args):
         return 1
     except KeyboardInterrupt:
         # a second Ctrl-C (the first asks for a clean stop), or one before training began
-        print(f"{prog}: interrupted", file=sys.stderr)
+        saved = ""
+        if LAST_WRITTEN:            # what is on disk, whatever the run had time to say
+            path, step = LAST_WRITTEN
+            saved = f"; {path} holds the weights of " + (
+                f"step {step}" if step is not None else "its last save")
+        print(f"{prog}: interrupted{saved}", file=sys.stderr)
         return 130
     except MemoryError as e:
         print(f"{prog}: error: {memory_message(e)}", file=sys.stderr)

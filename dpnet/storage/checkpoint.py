@@ -34,6 +34,9 @@ FORMAT = "dpnet-checkpoint"
 FORMAT_VERSION = 1
 META = "__meta__"
 MAX_META_BYTES = 16 << 20          # JSON metadata, the training history included
+# [path, step] of the last checkpoint this process wrote (whole: written atomically), so
+# that a run cut short at any moment can still say what is on disk
+LAST_WRITTEN = []
 
 
 class CheckpointError(ValueError):
@@ -58,6 +61,8 @@ def write_checkpoint(path, arrays, meta):
                               f"{MAX_META_BYTES:,}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, lambda f: np.savez(f, **{META: blob}, **arrays))
+    training = meta.get("training")
+    LAST_WRITTEN[:] = [path, training.get("step") if isinstance(training, dict) else None]
 
 
 def _plain(v):

@@ -185,9 +185,11 @@ def test_a_worker_that_dies_under_abort_ends_the_run_with_1_and_saves(tmp_path):
 def test_a_second_ctrl_c_exits_at_once(tmp_path):
     """The first Ctrl-C asks for a clean stop after the current step; while that step
     cannot finish (its worker is suspended) a second Ctrl-C ends the run at once: 130,
-    no clean-stop report, no worker left."""
+    no clean-stop report, no worker left -- and the one line says what is on disk."""
+    ck = tmp_path / "ck.npz"
     p = subprocess.Popen([sys.executable, SCRIPT, "--workers", "1", "--limit-train", "20000",
-                          "--epochs", "50", "--hidden", "64", "--on-failure", "abort"],
+                          "--epochs", "50", "--hidden", "64", "--on-failure", "abort",
+                          "--save", str(ck)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                          start_new_session=True)
     for line in p.stdout:
@@ -206,7 +208,10 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     # at once: the step is not awaited; only the close gives the (suspended) worker its
     # 2 s to take STOP before SIGKILL
     assert time.monotonic() - t0 < 4, "the second Ctrl-C did not end the run at once"
-    assert "stopped by SIGINT" not in out and "interrupted" in err, (out, err)
+    assert "stopped by SIGINT" not in out, (out, err)
+    from dpnet.storage.checkpoint import read_checkpoint_meta
+    step = read_checkpoint_meta(ck)["training"]["step"]         # epoch 1's, at least
+    assert f"interrupted; {ck} holds the weights of step {step}" in err, err
     assert "was suspended" not in err            # ended before the stall was judged
     deadline = time.monotonic() + 5
     while child_processes() and time.monotonic() < deadline:
