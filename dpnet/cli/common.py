@@ -323,6 +323,7 @@ def guarded(prog, run, *args):
     shared memory unlinked; output to a terminal that hung up is dropped, not fatal."""
     old = {sig: signal.signal(sig, raise_exit)
            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
+    LAST_WRITTEN.clear()                    # this run's checkpoints only
     restore = _safe_streams()
     try:
         # a diverging run is reported once, as a non-finite loss, not as a stream of
