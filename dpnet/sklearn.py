@@ -8,7 +8,10 @@ same thing (``hidden_layer_sizes``, ``activation``, ``solver``, ``alpha``,
 ``callback(i, coef) -> stop?`` after every iteration, and ``solver`` taking every dpnet
 optimizer and scipy's ``lbfgs``/``cg`` (full batch; ``max_iter`` is then their
 iteration limit). ``batch_size`` may also be a fraction of the training set (the 002
-blog's minibatch size).
+blog's minibatch size). ``fit`` and ``partial_fit`` take ``sample_weight`` as
+scikit-learn's do: a sample of weight k counts as k copies of it -- exactly so for
+``lbfgs``/``cg`` (the weighted full-batch objective is the repeated data's); the
+minibatch solvers weigh each sample's loss in its batch.
 
 An iteration is an epoch (a pass over the data) for the minibatch solvers, as in
 scikit-learn. Training stops after ``max_iter`` of them, or when for
@@ -26,11 +29,14 @@ Fitted attributes: ``coef_`` (a copy of the flat parameter vector), ``coefs_`` a
 
 scikit-learn is an optional dependency (``pip install 'dpnet[sklearn]'``); importing
 ``dpnet`` does not need it. Every check of ``sklearn.utils.estimator_checks`` runs in
-the test suite (tests/test_sklearn.py) and passes, except three that scikit-learn itself
+the test suite (tests/test_sklearn.py) and passes, except four that scikit-learn itself
 skips where their dependencies are missing: ``check_array_api_input`` (needs
 ``SCIPY_ARRAY_API=1``; these estimators take NumPy arrays) and
-``check_classifier_data_not_an_array`` / ``check_regressor_data_not_an_array`` (need
-pandas, not a dependency of dpnet).
+``check_classifier_data_not_an_array`` / ``check_regressor_data_not_an_array`` /
+``check_sample_weights_pandas_series`` (need pandas, not a dependency of dpnet), and
+``check_sample_weight_equivalence_on_dense_data``, which, as for scikit-learn's own
+MLP, holds for a full-batch solver only (it passes with ``lbfgs`` and ``cg``): repeated
+samples are dealt into other minibatches.
 
 A fitted estimator pickles (joblib, ``GridSearchCV(n_jobs=...)``, need it); dpnet's own
 files never hold pickles -- save the network with ``est.model_.save(path)``.
@@ -49,7 +55,7 @@ try:
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import LabelEncoder
     from sklearn.utils.multiclass import check_classification_targets
-    from sklearn.utils.validation import check_is_fitted, validate_data
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 except ImportError as e:                       # pragma: no cover - the extra is missing
     raise ImportError("dpnet.sklearn needs scikit-learn: pip install 'dpnet[sklearn]'") from e
 
@@ -194,8 +200,11 @@ class _BaseMLP(BaseEstimator):
         return self.model_.params.copy()
 
     # -- training --------------------------------------------------------------------
-    def _fit(self, X, y, incremental=False):
+    def _fit(self, X, y, incremental=False, sample_weight=None):
         self._check_params()
+        if sample_weight is not None:        # scikit-learn's rules: a number, or one >= 0
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64,
+                                                 ensure_non_negative=True)
         first = not (hasattr(self, "model_") and (self.warm_start or incremental))
         if first:
             seed = _seed(self.random_state)
@@ -208,24 +217,39 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"X has {X.shape[1]} features, but this estimator was fitted "
                              f"with {self.n_features_in_}")
         self.n_features_in_ = X.shape[1]
+        if self.best_loss_ is None:        # after an early-stopping fit: a partial_fit's
+            self.best_loss_ = np.inf       # iterations are judged by the training loss
         val = None
         if self.early_stopping and not incremental:
             strat = y if self._loss != "mse" and len(np.unique(y)) > 1 else None
+            parts = (X, y) if sample_weight is None else (X, y, sample_weight)
             try:
-                X, Xv, y, yv = train_test_split(X, y, test_size=self.validation_fraction,
-                                                random_state=self._seed_, stratify=strat)
+                split = train_test_split(*parts, test_size=self.validation_fraction,
+                                         random_state=self._seed_, stratify=strat)
             except ValueError:
-                X, Xv, y, yv = train_test_split(X, y, test_size=self.validation_fraction,
-                                                random_state=self._seed_)
+                split = train_test_split(*parts, test_size=self.validation_fraction,
+                                         random_state=self._seed_)
+            X, Xv, y, yv = split[:4]
+            sample_weight = split[4] if sample_weight is not None else None
             val = (Xv, yv)
         # scikit-learn's alpha: (alpha / 2) * ||W||^2 added to the loss summed over a
         # batch, i.e. alpha / batch size on the mean loss that dpnet's l2 scales
         per = len(X) if self.solver in FULL_BATCH else self._batch(len(X))
+        if sample_weight is not None:
+            # weights that average 1: a sample of weight k counts as k copies of it, so a
+            # full-batch objective is that of the repeated data (scikit-learn's meaning),
+            # its size the weights' sum
+            total = float(sample_weight.sum())
+            sample_weight = sample_weight * (len(X) / total)
+            if self.solver in FULL_BATCH:
+                per = total
         self.model_.l2 = float(self.alpha) / per
         if self.solver in FULL_BATCH:
-            self._fit_full_batch(X, y, 1 if incremental else self.max_iter, val)
+            self._fit_full_batch(X, y, 1 if incremental else self.max_iter, val,
+                                 sample_weight)
         else:
-            self._fit_minibatch(X, y, 1 if incremental else self.max_iter, val)
+            self._fit_minibatch(X, y, 1 if incremental else self.max_iter, val,
+                                sample_weight)
         return self
 
     def _after_iteration(self, loss, val, stop_state):
@@ -249,29 +273,36 @@ class _BaseMLP(BaseEstimator):
             return True
         return stop_state["bad"] >= self.n_iter_no_change
 
-    def _each(self, val, state):
-        """The callback fit and minimize call after every iteration."""
+    def _each(self, val, state, weighted=None):
+        """The callback fit and minimize call after every iteration. ``weighted``: (X, y,
+        sample_weight), whose weighted mean loss is then the one recorded and judged."""
         def each(i, metrics):
-            stop = self._after_iteration(metrics["loss"], val, state)
+            loss = metrics["loss"] if weighted is None else \
+                float(self.model_.loss_and_correct(*weighted)[0])
+            stop = self._after_iteration(loss, val, state)
             state["stopped"] |= stop
             return stop
         return each
 
-    def _fit_minibatch(self, X, y, iterations, val):
+    def _fit_minibatch(self, X, y, iterations, val, sample_weight):
         state = {"bad": 0, "best": None, "stopped": False}
         start = self.n_iter_
         hist = fit_epochs(self.model_, X, y, epochs=start + iterations,
-                          batch_size=self._batch(len(X)), callbacks=[self._each(val, state)],
+                          batch_size=self._batch(len(X)),
+                          callbacks=[self._each(val, state, _weighted(X, y, sample_weight))],
                           seed=self._seed_, verbose=0, progress=False,
-                          workers=int(self.workers), initial_epoch=start, divergence=None)
+                          workers=int(self.workers), initial_epoch=start, divergence=None,
+                          sample_weight=sample_weight)
         self._finish(hist.interrupted, state, iterations)
 
-    def _fit_full_batch(self, X, y, iterations, val):
+    def _fit_full_batch(self, X, y, iterations, val, sample_weight):
         state = {"bad": 0, "best": None, "stopped": False}
         with GracefulStop() as stop:
             result = minimize(self.model_, X, y, method=FULL_BATCH[self.solver],
                               maxiter=iterations, workers=int(self.workers),
-                              callback=self._each(val, state), stop=stop)
+                              callback=self._each(val, state,
+                                                  _weighted(X, y, sample_weight)), stop=stop,
+                              sample_weight=sample_weight)
         # scipy stopping on its own (its tolerances met) is convergence too
         state["stopped"] |= result.status != STOPPED and result.nit < iterations
         self._finish(stop.requested is not None, state, iterations)
@@ -298,6 +329,10 @@ class _BaseMLP(BaseEstimator):
         return validate_data(self, X, reset=reset, dtype=np.float64)
 
 
+def _weighted(X, y, sample_weight):
+    return None if sample_weight is None else (X, y, sample_weight)
+
+
 class MLPClassifier(ClassifierMixin, _BaseMLP):
     """A fully connected classifier (softmax and cross-entropy) trained by dpnet; see the
     module's docstring for the parameters and attributes."""
@@ -309,16 +344,16 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _score(self, proba, y):
         return accuracy_score(y, proba.argmax(axis=1))
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         warm = self.warm_start and hasattr(self, "model_")
         X, y = validate_data(self, X, y, dtype=np.float64, reset=not warm)
         check_classification_targets(y)
         if not (self.warm_start and hasattr(self, "model_")):
             self._encoder = LabelEncoder().fit(y)
             self.classes_ = self._encoder.classes_
-        return self._fit(X, self._encode(y))
+        return self._fit(X, self._encode(y), sample_weight=sample_weight)
 
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         first = not hasattr(self, "model_")
         X, y = validate_data(self, X, y, dtype=np.float64, reset=first)
         check_classification_targets(y)
@@ -327,7 +362,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 raise ValueError("classes must be given on the first call to partial_fit")
             self._encoder = LabelEncoder().fit(np.asarray(classes))
             self.classes_ = self._encoder.classes_
-        return self._fit(X, self._encode(y), incremental=True)
+        return self._fit(X, self._encode(y), incremental=True, sample_weight=sample_weight)
 
     def _encode(self, y):
         unseen = np.setdiff1d(np.unique(y), self.classes_)
@@ -368,20 +403,21 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _score(self, pred, y):
         return r2_score(y, pred)
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         warm = self.warm_start and hasattr(self, "model_")
         X, y = validate_data(self, X, y, dtype=np.float64, reset=not warm, multi_output=True,
                              y_numeric=True)
         self._1d = y.ndim == 1
-        return self._fit(X, y.reshape(len(y), -1))
+        return self._fit(X, y.reshape(len(y), -1), sample_weight=sample_weight)
 
-    def partial_fit(self, X, y):
+    def partial_fit(self, X, y, sample_weight=None):
         first = not hasattr(self, "model_")
         X, y = validate_data(self, X, y, dtype=np.float64, reset=first, multi_output=True,
                              y_numeric=True)
         if first:
             self._1d = y.ndim == 1
-        return self._fit(X, y.reshape(len(y), -1), incremental=True)
+        return self._fit(X, y.reshape(len(y), -1), incremental=True,
+                         sample_weight=sample_weight)
 
     def predict(self, X):
         check_is_fitted(self, "model_")

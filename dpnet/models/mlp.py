@@ -177,13 +177,18 @@ class Sequential:
         self._backward(dout)
         return loss, int(x.shape[0])
 
-    def loss_and_correct(self, x, y):
-        """(mean loss, n, correct count) without touching the gradients."""
+    def loss_and_correct(self, x, y, w=None):
+        """(mean loss, n, correct count) without touching the gradients; with per-sample
+        weights ``w``, the mean of weight x loss (what ``fit(sample_weight=)`` trains)."""
         x = self._as_input(x)
-        y = xp_of(self.params).asarray(y)
+        xp = xp_of(self.params)
+        y = xp.asarray(y)
         out = self._forward(x, training=False)
         correct = self._correct(out, y)
-        return self.loss.value(out.copy(), y), int(x.shape[0]), correct
+        if w is None:
+            return self.loss.value(out.copy(), y), int(x.shape[0]), correct
+        w = xp.asarray(w, dtype=out.dtype)
+        return self.loss.value_and_grad(out.copy(), y, w)[0], int(x.shape[0]), correct
 
     def _correct(self, out, y):
         """Samples predicted right: class labels by argmax; a single output, or binary

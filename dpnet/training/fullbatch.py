@@ -16,7 +16,7 @@ from ..data.batching import batch_slices, epoch_order
 from ..engines import make_engine
 from ..nn.deform import Deform
 from ..nn.layers import Dropout
-from .epochs import check_training_data, check_validation
+from .epochs import check_training_data, check_validation, sample_weights
 from .loop import GracefulStop
 
 METHODS = ("L-BFGS-B", "CG", "BFGS")
@@ -108,7 +108,7 @@ def _metrics(engine, classify, validate):
     return metrics
 
 
-def _prepare(model, x, y, validation_data, method, maxiter):
+def _prepare(model, x, y, validation_data, method, maxiter, sample_weight=None):
     """scipy's minimize, and the checked data as the engine's datasets."""
     try:
         from scipy.optimize import minimize as scipy_minimize
@@ -116,7 +116,8 @@ def _prepare(model, x, y, validation_data, method, maxiter):
         raise ImportError("CG and L-BFGS need scipy: pip install scipy") from None
     _check(model, method, maxiter)
     x, y = check_training_data(model, x, y)
-    datasets = {"train": (x, y)}
+    w = sample_weights(y, sample_weight)
+    datasets = {"train": (x, y) if w is None else (x, y, w)}
     if validation_data is not None:
         datasets["val"] = check_validation(model, validation_data)
     return scipy_minimize, x, y, datasets
@@ -124,8 +125,10 @@ def _prepare(model, x, y, validation_data, method, maxiter):
 
 def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
              engine=None, workers=0, callback=None, tol=None, print_fn=None,
-             iterations_done=0, stop=None):
-    """Minimize the mean training loss (plus the model's L2 penalty) over all of (x, y).
+             iterations_done=0, stop=None, sample_weight=None):
+    """Minimize the mean training loss (plus the model's L2 penalty) over all of (x, y)
+    -- with ``sample_weight`` (one per sample, >= 0), the mean of weight x loss, as
+    ``fit``'s.
 
     Returns scipy's OptimizeResult; the model ends with the best parameters found, or
     the last whole iterate when stopped early -- then, as scipy marks a stop its own
@@ -136,7 +139,8 @@ def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
     once); pass a ``GracefulStop`` as ``stop`` to learn whether one came
     (``stop.requested``).
     """
-    scipy_minimize, x, y, datasets = _prepare(model, x, y, validation_data, method, maxiter)
+    scipy_minimize, x, y, datasets = _prepare(model, x, y, validation_data, method, maxiter,
+                                              sample_weight)
     own = engine is None
     engine = make_engine(workers) if own else engine
     try:
