@@ -133,8 +133,9 @@ def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
     Returns scipy's OptimizeResult; the model ends with the best parameters found, or
     the last whole iterate when stopped early -- then, as scipy marks a stop its own
     callback asks for, ``status`` is ``STOPPED`` (99), ``success`` False and
-    ``message`` names what stopped it, with ``nit`` and ``nfev`` counted so far. ``callback(iteration, metrics) -> bool`` runs after every iteration; True
-    stops. ``iterations_done``: how many a resumed run ran before (the progress lines
+    ``message`` names what stopped it, with ``nit`` and ``nfev`` counted so far.
+    ``callback(iteration, metrics) -> bool`` runs after every iteration; True stops.
+    ``iterations_done``: how many a resumed run ran before (the progress lines
     count on from there). Ctrl-C stops after the current iteration (a second one at
     once); pass a ``GracefulStop`` as ``stop`` to learn whether one came
     (``stop.requested``).
