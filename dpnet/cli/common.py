@@ -99,6 +99,16 @@ def check_output_paths(args, flags, inputs=()):
             raise UserError(f"--{flag} {path!r}: directory {d!r} does not exist")
         if not os.access(d, os.W_OK):
             raise UserError(f"--{flag} {path!r}: directory {d!r} is not writable")
+        if os.path.exists(path) and not os.path.isfile(path):
+            continue                  # a device, a pipe: written in place (atomic_write)
+        try:                          # what access() cannot tell (/sys, a read-only mount,
+            import tempfile           # root's rights): make a file there, as the run will
+            fd, probe = tempfile.mkstemp(dir=d, prefix=".dpnet-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise UserError(f"--{flag} {path!r}: cannot write in {d!r} "
+                            f"({e.strerror or e})") from None
 
 
 def strict_json(obj):
@@ -177,7 +187,10 @@ def plot_format(path):
 def save_figure(fig, path):
     """Write ``fig`` to ``path`` atomically, in the format its extension names."""
     fmt = plot_format(path)
-    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=100))
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=100))
+    except OSError as e:          # (checked before training; a disk that filled since)
+        raise OSError(f"cannot write --plot {path!r}: {e.strerror or e}") from None
 
 
 def memory_message(e):

@@ -533,8 +533,9 @@ def plot_history(hist, path):
     plt = pyplot()
     from matplotlib.ticker import MaxNLocator
     h = hist.history
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, ax in (("loss", ax1), ("accuracy", ax2)):
+    keys = [k for k in ("loss", "accuracy") if k in h]     # a regression has no accuracy
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
+    for key, ax in zip(keys, axes[0]):
         ax.plot(hist.epochs, h[key], "o-", label="train")
         if f"val_{key}" in h:
             ax.plot(hist.epochs, h[f"val_{key}"], "s-", label="validation")

@@ -62,6 +62,10 @@ def test_smoke_run_writes_json_checkpoint_and_plot(tmp_path):
      "--json and --save name the same file"),
     (["--load", "/no/such.npz"], "checkpoint '/no/such.npz' does not exist"),
     (["--save", "/no/such/dir/m.npz"], "--save '/no/such/dir/m.npz': directory"),
+    # a directory no file can be made in, whatever access() says (root's rights): found
+    # before training, named by its flag
+    (["--plot", "/sys/curves.png"], "--plot '/sys/curves.png': cannot write in '/sys'"),
+    (["--json", "/sys/run.json"], "--json '/sys/run.json': cannot write in '/sys'"),
     (["--loss", "binary_crossentropy"], "needs output activation 'sigmoid'"),
 ])
 def test_bad_input_exits_2_with_one_line(args, msg):

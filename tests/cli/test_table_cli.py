@@ -43,8 +43,10 @@ def test_a_classifier_from_the_table(tmp_path, script, extra):
 
 
 def test_a_regressor_from_the_table(tmp_path):
-    r, s = run("--target", "fare", "--loss", "mse", *TRAIN, tmp_path=tmp_path)
+    r, s = run("--target", "fare", "--loss", "mse", *TRAIN, "--plot", tmp_path / "c.png",
+               tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"     # the loss curves alone
     assert s["layers"][-1] == 1 and "accuracy" not in s["test"]
     assert s["test"]["r2"] > 0.5 and s["test"]["mse"] > 0
     assert f"test MSE: {s['test']['mse']:.6g}  R^2: {s['test']['r2']:.4f}  (120 rows)" \
