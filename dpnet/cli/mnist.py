@@ -509,7 +509,8 @@ def report(model, hist, results, per_class, wall, out=print, settings=None, clas
             f"loss {test['loss']:.4f})")
         names = classes or range(len(per_class))
         out(f"per-{'class' if classes else 'digit'} accuracy: "
-            + "  ".join(f"{k}: {a * 100:.1f}%" for k, a in zip(names, per_class)))
+            + "  ".join(f"{k}: " + ("none in the test set" if a != a else f"{a * 100:.1f}%")
+                        for k, a in zip(names, per_class)))
     else:                                             # a regression
         out(f"test MSE: {test['mse']:.6g}  R^2: {test['r2']:.4f}  ({test['n']} rows)")
     for line in curve_summary(hist):
@@ -692,15 +693,18 @@ def _run_dnn_locked(args, prog, default_workers):
     say(f"{prog}: {model.n_params:,} parameters, {len(data.x_train):,} training / "
         f"{len(data.x_val):,} validation / {len(data.x_test):,} test {what}")
     if isinstance(data, Table):
+        shown = data.features if len(data.features) <= 24 else \
+            data.features[:20] + [f"... {len(data.features) - 20:,} more"]
         say(f"{prog}: {len(data.features)} features from {os.path.basename(args.data)} "
-            f"({', '.join(data.features)}); target {data.target!r}: "
+            f"({', '.join(shown)}); target {data.target!r}: "
             + (f"{data.n_classes} classes" if data.classes else "a number"))
     engine, workers = _engine(args, default_workers, prog, say)
     try:
         _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog, say)
     finally:
         engine.close()
-    _finish(args, model, data, hist, workers, t_start, initial_step // steps_per_epoch, say)
+    _finish(args, model, data, hist, workers, t_start, initial_step // steps_per_epoch, say,
+            prog)
     if hist.interrupted and args.save and hist.saved_step == hist.step:
         print(f"{prog}: saved the last weights (step {hist.step}) to {args.save}",
               file=sys.stderr)
@@ -740,6 +744,10 @@ def _load_data(args):
                        seed=args.seed, drop=args.drop, dtype=np.dtype(args.dtype))
     args.validation = len(table.x_val)
     args.output_activation = args.output_activation or ("linear" if regression else "softmax")
+    if regression and args.output_activation in ("softmax", "sigmoid"):
+        raise UserError(f"--output-activation {args.output_activation} cannot reach a "
+                        f"regression target (standardized: mean 0, standard deviation 1): "
+                        f"use linear (the default)")
     return table
 
 
@@ -858,7 +866,7 @@ def _save(args, model, data, hist):
                              data=data_recipe(args))
 
 
-def _finish(args, model, data, hist, workers, t_start, epochs_before, say):
+def _finish(args, model, data, hist, workers, t_start, epochs_before, say, prog):
     """The report, a checkpoint when training wrote none, the JSON summary, the plot."""
     val = (data.x_val, data.y_val) if len(data.x_val) else None
     results = {"train": model.evaluate(data.x_train, data.y_train),
@@ -878,13 +886,15 @@ def _finish(args, model, data, hist, workers, t_start, epochs_before, say):
     if args.save and (hist.step == 0 or not hist.epochs):
         _save(args, model, data, hist)
     if args.json:
-        write_json(args.json, _summary(args, model, hist, results, per_class, wall, workers,
-                                       epochs_before))
+        summary = _summary(args, model, hist, results, per_class, wall, workers, epochs_before)
+        if getattr(data, "classes", None):       # a table's labels, in per_class's order
+            summary["classes"] = list(data.classes)
+        write_json(args.json, summary)
     if args.plot:
         if hist.epochs:
             plot_history(hist, args.plot)
         else:
-            say("no complete epoch: no plot written")
+            say(f"{prog}: no complete epoch: no plot written")
 
 
 def _settings(args):

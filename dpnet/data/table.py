@@ -49,6 +49,22 @@ def _number(text):
     return v if math.isfinite(v) else None
 
 
+def _label(v):
+    """A numeric class label's one name: 1, 1.0 and 1e0 are "1"; 0.5 is "0.5"."""
+    return str(int(v)) if v.is_integer() and abs(v) < 2 ** 53 else repr(v)
+
+
+def _stray_cell(name, column, body, cells, values, share=0.9):
+    """A column of numbers (``share`` of its cells or more) with a few that are not --
+    ``inf``, ``1e400``, ``-``, ``"1,000"``, a stray word -- is a data error to name, not
+    a category column to one-hot encode."""
+    numbers = sum(v is not None for v in values)
+    if numbers >= share * len(values):
+        k = next(k for k, v in enumerate(values) if v is None)
+        raise DataError(f"{name}: row {body[k][0]}, column {column!r}: {cells[k]!r} is not "
+                        f"a finite number, in a column of numbers; fix or drop such rows")
+
+
 def read_csv(path):
     """(header, rows) of a CSV file, every row as long as the header."""
     path = os.fspath(path)
@@ -71,6 +87,11 @@ def read_csv(path):
     if not rows or not any(c.strip() for c in rows[0]):
         raise DataError(f"CSV file {path} is empty: expected a header row of column names")
     header = [c.strip() for c in rows[0]]
+    if "" in header:
+        k = header.index("")
+        raise DataError(f"CSV file {path}: column {k + 1} of the header has no name"
+                        + (" (a comma at the end of the lines?)" if k == len(header) - 1
+                           else ""))
     dup = sorted({c for c in header if header.count(c) > 1})
     if dup:
         raise DataError(f"CSV file {path}: column names appear twice: {', '.join(dup)}")
@@ -120,6 +141,7 @@ def load_table(path, target, task="classification", test_fraction=0.2, validatio
             columns.append(np.array(values, dtype=np.float64)[:, None])
             features.append(header[j])
             continue
+        _stray_cell(name, header[j], body, cells, values)
         levels = sorted(set(cells))
         if len(levels) > MAX_CATEGORIES:
             refused.append(f"{header[j]!r} ({len(levels)} distinct values)")
@@ -140,10 +162,16 @@ def load_table(path, target, task="classification", test_fraction=0.2, validatio
             raise DataError(f"{name}: row {body[bad][0]}, column {target!r}: {cells[bad]!r} "
                             f"is not a number (a regression target must be)")
         y, classes = np.array(values, dtype=dtype)[:, None], None     # (n, 1) targets
+        if np.ptp(y) == 0:
+            raise DataError(f"{name}: the target {target!r} has one value ({values[0]:g}): "
+                            f"nothing to predict")
     else:
-        numeric = all(_number(c) is not None for c in cells)
-        key = (lambda c: float(c)) if numeric else (lambda c: c)
-        classes = sorted(set(cells), key=key)
+        if all(_number(c) is not None for c in cells):
+            # numbers are classes by value: "1" and "1.0" are one class, named "1"
+            cells = [_label(float(c)) for c in cells]
+            classes = sorted(set(cells), key=float)
+        else:
+            classes = sorted(set(cells))
         if len(classes) < 2:
             raise DataError(f"{name}: the target {target!r} has one value ({classes[0]!r}): "
                             f"nothing to classify")

@@ -136,6 +136,10 @@ def ragged(rows):
      "--augment deforms MNIST's images"),
     (None, ["--target", "survived", "--drop", "name", "--standardize"],
      "--standardize is for MNIST"),
+    (None, ["--target", "fare", "--loss", "mse", "--drop", "name", "--output-activation",
+            "softmax"], "--output-activation softmax cannot reach a regression target"),
+    (None, ["--target", "fare", "--loss", "mse", "--drop", "name", "--output-activation",
+            "sigmoid"], "--output-activation sigmoid cannot reach a regression target"),
 ])
 def test_refusals_are_one_line(tmp_path, change, args, words):
     path = edited(tmp_path, change) if change else CSV
@@ -155,6 +159,61 @@ def test_files_that_are_not_tables_are_named(tmp_path):
             load_table(p, "b")
     with pytest.raises(DataError, match="does not exist"):
         load_table(tmp_path / "none.csv", "b")
+    # a header field without a name; a regression target with one value
+    p.write_text("a,b,\n1,0,\n2,1,\n")
+    with pytest.raises(DataError, match=r"column 3 of the header has no name \(a comma at "
+                                        r"the end of the lines\?\)"):
+        load_table(p, "b")
+    p.write_text("a,b\n1,3\n2,3\n4,3.0\n")
+    with pytest.raises(DataError, match=r"the target 'b' has one value \(3\): nothing to "
+                                        r"predict"):
+        load_table(p, "b", task="regression")
+
+
+def test_a_stray_cell_in_a_column_of_numbers_is_named_not_encoded(tmp_path):
+    rows = "".join(f"{i % 5},{i % 2}\n" for i in range(40))
+    for stray in ("inf", "1e400", "-", '"1,000"', "x"):
+        p = tmp_path / "t.csv"
+        lines = ("a,y\n" + rows).splitlines(keepends=True)
+        lines[9] = f"{stray},1\n"                     # row 10 as a spreadsheet counts
+        p.write_text("".join(lines))
+        shown = stray.strip('"')
+        with pytest.raises(DataError, match=f"row 10, column 'a': '{shown}' is not a finite "
+                                            f"number, in a column of numbers"):
+            load_table(p, "y")
+    # a column of words (a few numbers among them) is still a category
+    p.write_text("a,y\n" + "".join(f"{['red', 'blue', '3'][i % 3]},{i % 2}\n"
+                                     for i in range(30)))
+    assert "a=3" in load_table(p, "y").features
+
+
+def test_a_wide_table_and_classes_absent_from_the_test_set_are_reported_plainly(tmp_path):
+    p = tmp_path / "t.csv"
+    rng = np.random.default_rng(0)
+    rows = [",".join(f"c{i}" for i in range(60)) + ",y"]
+    rows += [",".join(f"{v:.3f}" for v in rng.normal(size=60)) + f",{'abcde'[k % 5]}"
+             for k in range(40)]
+    p.write_text("\n".join(rows) + "\n")
+    js = tmp_path / "s.json"
+    r = subprocess.run([sys.executable, DEBUG, "--data", str(p), "--target", "y", "--epochs",
+                        "1", "--hidden", "4", "--test-fraction", "0.05", "--json", str(js)],
+                       capture_output=True, text=True, timeout=110, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if "features from" in l)
+    assert "60 features" in line and "c19, ... 40 more)" in line and "c20" not in line
+    s = json.loads(js.read_text())
+    assert s["classes"] == list("abcde") and len(s["per_class_test_accuracy"]) == 5
+    absent = [c for c, a in zip(s["classes"], s["per_class_test_accuracy"]) if a is None]
+    assert absent and all(f"{c}: none in the test set" in r.stdout for c in absent)
+    assert "nan" not in r.stdout
+
+
+def test_numeric_labels_are_classes_by_value(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("a,y\n" + "".join(f"{i},{['1', '1.0', '0', '2e0'][i % 4]}\n"
+                                     for i in range(40)))
+    t = load_table(p, "y")
+    assert t.classes == ["0", "1", "2"] and t.n_classes == 3
     (tmp_path / "bin.csv").write_bytes(b"a,b\n\xff\xfe,1\n")
     with pytest.raises(DataError, match="is not UTF-8 text"):
         load_table(tmp_path / "bin.csv", "b")
