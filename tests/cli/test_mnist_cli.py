@@ -317,7 +317,7 @@ def test_a_save_path_where_no_file_can_be_made_and_a_checkpoint_lbfgs_cannot_go_
     r = run("--limit-train", "200", "--epochs", "1", "--hidden", "8", "--save",
             "/proc/x.npz")
     assert r.returncode == 2 and r.stderr.strip() == (
-        "runDnnDebug.py: error: --save '/proc/x.npz': cannot create a file beside it "
+        "runDnnDebug.py: error: --save '/proc/x.npz': cannot write in '/proc' "
         "(No such file or directory)"), r.stderr
     ck = tmp_path / "d.npz"             # deformed images: the default
     assert run("--limit-train", "200", "--epochs", "1", "--hidden", "8", "--save", str(ck),
