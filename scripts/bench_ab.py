@@ -51,12 +51,23 @@ def run(tree, script, args):
     return out.stdout, time.perf_counter() - t0
 
 
+def _positive(text):
+    """(this script runs other checkouts' dpnet: it imports none itself)"""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--a", required=True, help="the baseline checkout")
     p.add_argument("--b", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."),
                    help="the checkout to compare (default: this one)")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=_positive, default=3)
     p.add_argument("script", help="a script in scripts/, e.g. bench_parallel.py")
     p.add_argument("args", nargs=argparse.REMAINDER)
     args = p.parse_args()

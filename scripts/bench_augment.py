@@ -9,7 +9,6 @@ each deforms only its shard, in parallel.
 
     python scripts/bench_augment.py [--batch-size 128] [--repeats 50] [--threads 1]
 """
-import argparse
 import os
 import sys
 import time
@@ -18,12 +17,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from dpnet.cli.common import Parser, positive_int  # noqa: E402
+
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=1,
+    ap = Parser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch-size", type=positive_int, default=128)
+    ap.add_argument("--repeats", type=positive_int, default=50)
+    ap.add_argument("--threads", type=positive_int, default=1,
                     help="BLAS threads for the step (default 1: as one worker has)")
     args = ap.parse_args()
     from threadpoolctl import threadpool_limits

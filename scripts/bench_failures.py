@@ -18,7 +18,6 @@ Each is repeated; min / median / max in milliseconds.
 
     python scripts/bench_failures.py [--repeats 5]
 """
-import argparse
 import os
 import signal
 import subprocess
@@ -32,6 +31,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 from dpnet import Dense, Sequential  # noqa: E402
+from dpnet.cli.common import Parser, positive_int  # noqa: E402
 from dpnet.engines.coordinator import Coordinator  # noqa: E402
 from dpnet.engines.cpu import CpuProcesses  # noqa: E402
 from dpnet.optim import SGD  # noqa: E402
@@ -128,8 +128,8 @@ def orphans_exit():
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap = Parser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=positive_int, default=5)
     args = ap.parse_args()
     cases = [("kill", "50 ms", lambda: fault_in_a_step(signal.SIGKILL)),
              ("suspend", "2 s", lambda: fault_in_a_step(signal.SIGSTOP)),

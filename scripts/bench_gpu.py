@@ -17,7 +17,6 @@ In one run, medians of interleaved rounds:
 
     python scripts/bench_gpu.py [--rounds 3] [--device 0] [--skip-e2e]
 """
-import argparse
 import json
 import os
 import statistics
@@ -32,6 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
 from dpnet import Dense, Sequential  # noqa: E402
+from dpnet.cli.common import Parser, nonneg_int, positive_int  # noqa: E402
 from dpnet.backend import gpu_available  # noqa: E402
 from dpnet.engines import LocalEngine, gpu_engine  # noqa: E402
 from dpnet.optim import Adam  # noqa: E402
@@ -199,10 +199,11 @@ def lstm_part(rounds, device):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--device", type=int, default=0)
-    p.add_argument("--samples", type=int, default=20_000, help="MLP samples per timed pass")
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=positive_int, default=3)
+    p.add_argument("--device", type=nonneg_int, default=0)
+    p.add_argument("--samples", type=positive_int, default=20_000,
+                   help="MLP samples per timed pass")
     p.add_argument("--skip-e2e", action="store_true")
     args = p.parse_args()
     if not gpu_available() and os.environ.get("DPNET_DEVICE") != "standin":

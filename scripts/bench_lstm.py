@@ -19,7 +19,6 @@ In one run (variants interleaved, medians reported -- this kind of machine is no
     python scripts/bench_lstm.py [--budget 180] [--rounds 5] [--steps 10] [--settle 1]
                                  [--no-torch]
 """
-import argparse
 import math
 import os
 import statistics
@@ -31,6 +30,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from dpnet.cli.lstm import DEFAULT_FORGET_BIAS  # noqa: E402
+from dpnet.cli.common import Parser, float_in, positive_int  # noqa: E402
 from dpnet.data.text import StreamBatcher, load_corpus  # noqa: E402
 from dpnet.engines.coordinator import MultiprocessEngine  # noqa: E402
 from dpnet.models.lstm import CharLSTM  # noqa: E402
@@ -251,12 +251,14 @@ def budget_run(vocab, train, val, args, torch):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--budget", type=float, default=180.0,
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--budget", type=float_in(0, lo_open=True), default=180.0,
                    help="seconds of training for the loss-after-budget part (default: 180)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: 5)")
-    p.add_argument("--steps", type=int, default=10, help="steps per round (default: 10)")
-    p.add_argument("--settle", type=float, default=1.0,
+    p.add_argument("--rounds", type=positive_int, default=5,
+                   help="interleaved rounds (default: 5)")
+    p.add_argument("--steps", type=positive_int, default=10,
+                   help="steps per round (default: 10)")
+    p.add_argument("--settle", type=float_in(0), default=1.0,
                    help="seconds idle before each timed round (default: 1)")
     p.add_argument("--no-torch", action="store_true", help="skip torch even if installed")
     p.add_argument("--no-torch-budget", action="store_true",

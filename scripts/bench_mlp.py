@@ -12,7 +12,6 @@ machine is noisy):
 
     python scripts/bench_mlp.py [--epochs-samples 20000] [--repeats 5]
 """
-import argparse
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from dpnet import Dense, Sequential  # noqa: E402
+from dpnet.cli.common import Parser, positive_int  # noqa: E402
 from dpnet.data import load_mnist  # noqa: E402
 from dpnet.optim import Adam  # noqa: E402
 
@@ -95,9 +95,10 @@ def train_pass(model, x, y, batch):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--samples", type=int, default=20_000, help="samples per timed pass")
-    p.add_argument("--repeats", type=int, default=5)
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--samples", type=positive_int, default=20_000,
+                   help="samples per timed pass")
+    p.add_argument("--repeats", type=positive_int, default=5)
     args = p.parse_args()
     try:
         from threadpoolctl import threadpool_info

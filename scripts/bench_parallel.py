@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from dpnet import Dense, Sequential  # noqa: E402
+from dpnet.cli.common import Parser, positive_int  # noqa: E402
 from dpnet.data import load_mnist  # noqa: E402
 from dpnet.engines import LocalEngine  # noqa: E402
 from dpnet.engines.coordinator import MultiprocessEngine, default_workers  # noqa: E402
@@ -129,7 +130,7 @@ def bench_remote(args):
         for name, eng in variants.items():
             models[name] = build()
             eng.start(models[name], {"train": (x, y)}, seed=0)
-            timed_pass(eng, models[name], 2048, 128, 0)              # warm-up
+            timed_pass(eng, models[name], WARMUP, 128, 0)              # warm-up
         step = 100
         for _ in range(args.repeats):
             for b in (128, 1000):
@@ -174,13 +175,25 @@ def mib(v):
     return f"{v / 2**20:7.1f}" if v else "      ?"
 
 
+WARMUP = 2048          # samples of the untimed first pass
+
+
+def _at_least_a_warmup(text):
+    n = positive_int(text)
+    if n < WARMUP:
+        raise argparse.ArgumentTypeError(f"expected at least {WARMUP} (the warm-up pass), "
+                                         f"got {text!r}")
+    return n
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--samples", type=int, default=12_800, help="samples per timed pass")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--max-workers", type=int, default=None,
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("--samples", type=_at_least_a_warmup, default=12_800,
+                   help=f"samples per timed pass (at least {WARMUP:,}, the warm-up pass)")
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--max-workers", type=positive_int, default=None,
                    help="largest worker count (default: 2 x physical cores)")
-    p.add_argument("--workers", type=int, nargs="+", default=None, metavar="N",
+    p.add_argument("--workers", type=positive_int, nargs="+", default=None, metavar="N",
                    help="these worker counts instead (e.g. 1 2 4 8 16 for a scaling curve)")
     p.add_argument("--remote", action="store_true",
                    help="compare local workers with remote workers over TCP (plain, CURVE)")
@@ -205,7 +218,7 @@ def main():
         for name, eng in variants.items():
             models[name] = build()
             eng.start(models[name], {"train": (x, y)}, seed=0)
-            timed_pass(eng, models[name], 2048, 128, 0)              # warm-up
+            timed_pass(eng, models[name], WARMUP, 128, 0)              # warm-up
         times = {(name, b): [] for name in variants for b in (128, 1000)}
         splits = {(name, b): [] for name in variants for b in (128, 1000)}
         step = 100
