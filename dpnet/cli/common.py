@@ -90,6 +90,8 @@ def check_output_paths(args, flags, inputs=()):
         path = getattr(args, flag, None)
         if path is None or (flag == "json" and path == "-"):
             continue
+        if path == "-":
+            raise UserError(f"--{flag} needs a file name (- is standard output, for --json)")
         if os.path.isdir(path):
             raise UserError(f"--{flag} {path!r} is a directory; give a file name")
         if flag == "save" and os.path.exists(path) and not os.path.isfile(path):

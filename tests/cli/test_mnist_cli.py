@@ -66,6 +66,7 @@ def test_smoke_run_writes_json_checkpoint_and_plot(tmp_path):
     # before training, named by its flag
     (["--plot", "/sys/curves.png"], "--plot '/sys/curves.png': cannot write in '/sys'"),
     (["--json", "/sys/run.json"], "--json '/sys/run.json': cannot write in '/sys'"),
+    (["--plot", "-"], "--plot needs a file name (- is standard output, for --json)"),
     (["--loss", "binary_crossentropy"], "needs output activation 'sigmoid'"),
 ])
 def test_bad_input_exits_2_with_one_line(args, msg):
