@@ -30,13 +30,14 @@ Fitted attributes: ``coef_`` (a copy of the flat parameter vector), ``coefs_`` a
 scikit-learn is an optional dependency (``pip install 'dpnet[sklearn]'``); importing
 ``dpnet`` does not need it. Every check of ``sklearn.utils.estimator_checks`` runs in
 the test suite (tests/test_sklearn.py) and passes, except four that scikit-learn itself
-skips where their dependencies are missing: ``check_array_api_input`` (needs
+skips where their dependencies are missing -- ``check_array_api_input`` (needs
 ``SCIPY_ARRAY_API=1``; these estimators take NumPy arrays) and
 ``check_classifier_data_not_an_array`` / ``check_regressor_data_not_an_array`` /
-``check_sample_weights_pandas_series`` (need pandas, not a dependency of dpnet), and
-``check_sample_weight_equivalence_on_dense_data``, which, as for scikit-learn's own
-MLP, holds for a full-batch solver only (it passes with ``lbfgs`` and ``cg``): repeated
-samples are dealt into other minibatches.
+``check_sample_weights_pandas_series`` (need pandas, not a dependency of dpnet) -- and
+one expected to fail: ``check_sample_weight_equivalence_on_dense_data``, which, as for
+scikit-learn's own MLP, holds for a full-batch solver only (it passes with ``lbfgs``
+and ``cg``): repeated samples are dealt into other minibatches. ``partial_fit`` takes
+``sample_weight`` third and ``classes`` fourth, as scikit-learn's does.
 
 A fitted estimator pickles (joblib, ``GridSearchCV(n_jobs=...)``, need it); dpnet's own
 files never hold pickles -- save the network with ``est.model_.save(path)``.
@@ -230,8 +231,10 @@ class _BaseMLP(BaseEstimator):
                 split = train_test_split(*parts, test_size=self.validation_fraction,
                                          random_state=self._seed_)
             X, Xv, y, yv = split[:4]
-            sample_weight = split[4] if sample_weight is not None else None
-            val = (Xv, yv)
+            wv = None
+            if sample_weight is not None:
+                sample_weight, wv = split[4], split[5]
+            val = (Xv, yv, wv)                # scored with the held-out samples' weights
         # scikit-learn's alpha: (alpha / 2) * ||W||^2 added to the loss summed over a
         # batch, i.e. alpha / batch size on the mean loss that dpnet's l2 scales
         per = len(X) if self.solver in FULL_BATCH else self._batch(len(X))
@@ -239,8 +242,13 @@ class _BaseMLP(BaseEstimator):
             # weights that average 1: a sample of weight k counts as k copies of it, so a
             # full-batch objective is that of the repeated data (scikit-learn's meaning),
             # its size the weights' sum
-            total = float(sample_weight.sum())
-            sample_weight = sample_weight * (len(X) / total)
+            top = float(sample_weight.max(initial=0.0))
+            if not top > 0:
+                raise ValueError("sample_weight: no training sample has a weight above 0"
+                                 + (" (after the early-stopping split)"
+                                    if self.early_stopping and not incremental else ""))
+            total = float((sample_weight / top).sum()) * top       # (no overflow first)
+            sample_weight = (sample_weight / top) * (len(X) / (total / top))
             if self.solver in FULL_BATCH:
                 per = total
         self.model_.l2 = float(self.alpha) / per
@@ -257,7 +265,7 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_ += 1
         self.loss_curve_.append(float(loss))
         if val is not None:
-            score = self._score(self._predict_raw(val[0]), val[1])
+            score = self._score(self._predict_raw(val[0]), val[1], val[2])
             self.validation_scores_.append(score)
             improved = score > self.best_validation_score_ + self.tol
             if score > self.best_validation_score_:
@@ -275,7 +283,9 @@ class _BaseMLP(BaseEstimator):
 
     def _each(self, val, state, weighted=None):
         """The callback fit and minimize call after every iteration. ``weighted``: (X, y,
-        sample_weight), whose weighted mean loss is then the one recorded and judged."""
+        sample_weight), whose weighted mean loss is then the one recorded and judged --
+        for scipy's full-batch solvers, whose metrics are the unweighted evaluation (a
+        minibatch epoch's loss is its batches' weighted mean already)."""
         def each(i, metrics):
             loss = metrics["loss"] if weighted is None else \
                 float(self.model_.loss_and_correct(*weighted)[0])
@@ -289,7 +299,7 @@ class _BaseMLP(BaseEstimator):
         start = self.n_iter_
         hist = fit_epochs(self.model_, X, y, epochs=start + iterations,
                           batch_size=self._batch(len(X)),
-                          callbacks=[self._each(val, state, _weighted(X, y, sample_weight))],
+                          callbacks=[self._each(val, state)],     # (its loss is weighted)
                           seed=self._seed_, verbose=0, progress=False,
                           workers=int(self.workers), initial_epoch=start, divergence=None,
                           sample_weight=sample_weight)
@@ -341,8 +351,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _n_outputs(self, y):
         return max(2, len(self.classes_))
 
-    def _score(self, proba, y):
-        return accuracy_score(y, proba.argmax(axis=1))
+    def _score(self, proba, y, sample_weight=None):
+        return accuracy_score(y, proba.argmax(axis=1), sample_weight=sample_weight)
 
     def fit(self, X, y, sample_weight=None):
         warm = self.warm_start and hasattr(self, "model_")
@@ -400,8 +410,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _n_outputs(self, y):
         return y.shape[1]
 
-    def _score(self, pred, y):
-        return r2_score(y, pred)
+    def _score(self, pred, y, sample_weight=None):
+        return r2_score(y, pred, sample_weight=sample_weight)
 
     def fit(self, X, y, sample_weight=None):
         warm = self.warm_start and hasattr(self, "model_")

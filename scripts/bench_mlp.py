@@ -10,7 +10,7 @@ machine is noisy):
   3. the ratio of the measured epoch time to the FLOP lower bound
      6 x params x samples / (measured matmul rate).
 
-    python scripts/bench_mlp.py [--epochs-samples 20000] [--repeats 5]
+    python scripts/bench_mlp.py [--samples 20000] [--repeats 5]
 """
 import os
 import sys

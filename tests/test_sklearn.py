@@ -66,15 +66,18 @@ def test_sample_weight_reaches_every_solver_and_is_checked(iris):
     X, y = iris
     w = np.where(y == 2, 3.0, 1.0)
     for solver in ("adam", "lbfgs"):
-        plain = MLPClassifier(hidden_layer_sizes=(8,), solver=solver, max_iter=5,
-                              random_state=0).fit(X, y)
-        heavy = MLPClassifier(hidden_layer_sizes=(8,), solver=solver, max_iter=5,
-                              random_state=0).fit(X, y, sample_weight=w)
+        def fitted(**kw):
+            return MLPClassifier(hidden_layer_sizes=(8,), solver=solver, max_iter=5,
+                                 random_state=0).fit(X, y, **kw)
+        plain, heavy, ones = fitted(), fitted(sample_weight=w), fitted(sample_weight=w * 0 + 1)
         assert not np.allclose(plain.coef_, heavy.coef_), solver
-        # the recorded loss is the weighted one (weights scaled to average 1)
-        wn = w * len(w) / w.sum()
-        assert heavy.loss_curve_[-1] == pytest.approx(
-            heavy.model_.loss_and_correct(X, y, wn)[0], rel=1e-9)
+        # weights of 1 are no weights at all: the same steps, curve and stop
+        assert np.array_equal(plain.coef_, ones.coef_), solver
+        assert plain.loss_curve_ == pytest.approx(ones.loss_curve_, rel=1e-12), solver
+    # lbfgs records the weighted loss: the cross-entropy's weighted average
+    p = heavy.predict_proba(X)
+    ce = -np.log(p[np.arange(len(y)), y])
+    assert heavy.loss_curve_[-1] == pytest.approx(np.average(ce, weights=w), rel=1e-9)
     c = MLPClassifier(max_iter=2, early_stopping=True, random_state=0)
     c.fit(X, y, sample_weight=w)                          # split with the data
     c.partial_fit(X[:20], y[:20], sample_weight=np.ones(20))
@@ -82,6 +85,18 @@ def test_sample_weight_reaches_every_solver_and_is_checked(iris):
         MLPClassifier(max_iter=1).fit(X, y, sample_weight=np.ones(3))
     with pytest.raises(ValueError, match="[Nn]egative"):
         MLPClassifier(max_iter=1).fit(X, y, sample_weight=-np.ones(len(y)))
+    with pytest.raises(ValueError, match="[Ss]ample weights must contain"):
+        MLPClassifier(max_iter=1).fit(X, y, sample_weight=np.zeros(len(y)))
+    # the held-out part is scored with its weights
+    from sklearn.metrics import accuracy_score
+    from sklearn.model_selection import train_test_split
+    wv = np.where(np.arange(len(y)) % 3 == 0, 5.0, 0.5)
+    c = MLPClassifier(hidden_layer_sizes=(2,), max_iter=3, early_stopping=True,
+                      n_iter_no_change=50, random_state=0).fit(X, y, sample_weight=wv)
+    _, Xv, _, yv, _, held = train_test_split(X, y, wv, test_size=0.1, random_state=c._seed_,
+                                             stratify=y)
+    right = c.predict(Xv) == yv                           # the best iteration's weights
+    assert c.best_validation_score_ == pytest.approx(np.average(right, weights=held))
 
 
 @pytest.mark.parametrize("est", [MLPClassifier(random_state=0), MLPRegressor(random_state=0)],

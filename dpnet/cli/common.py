@@ -18,7 +18,7 @@ import numpy as np
 
 from ..engines.errors import WorkerError, WorkerUserError
 from ..storage.atomic import atomic_write
-from ..storage.checkpoint import LAST_WRITTEN
+from ..storage.checkpoint import LAST_WRITTEN, CheckpointError, read_checkpoint_meta
 
 
 class UserError(Exception):
@@ -103,13 +103,14 @@ def check_output_paths(args, flags, inputs=()):
             raise UserError(f"--{flag} {path!r}: directory {d!r} is not writable")
         if os.path.exists(path) and not os.path.isfile(path):
             continue                  # a device, a pipe: written in place (atomic_write)
+        real = os.path.dirname(os.path.realpath(path))     # where atomic_write writes
         try:                          # what access() cannot tell (/sys, a read-only mount,
             import tempfile           # root's rights): make a file there, as the run will
-            fd, probe = tempfile.mkstemp(dir=d, prefix=".dpnet-probe-")
+            fd, probe = tempfile.mkstemp(dir=real, prefix=".dpnet-probe-")
             os.close(fd)
             os.unlink(probe)
         except OSError as e:
-            raise UserError(f"--{flag} {path!r}: cannot write in {d!r} "
+            raise UserError(f"--{flag} {path!r}: cannot write in {real!r} "
                             f"({e.strerror or e})") from None
 
 
@@ -356,10 +357,15 @@ def guarded(prog, run, *args):
     except KeyboardInterrupt:
         # a second Ctrl-C (the first asks for a clean stop), or one before training began
         saved = ""
-        if LAST_WRITTEN:            # what is on disk, whatever the run had time to say
-            path, step = LAST_WRITTEN
-            saved = f"; {path} holds the weights of " + (
-                f"step {step}" if step is not None else "its last save")
+        if LAST_WRITTEN:            # what is on disk, whatever the run had time to say:
+            path = LAST_WRITTEN[0]  # read back (a save the signal cut short left the last)
+            try:
+                training = read_checkpoint_meta(path).get("training")
+                step = training.get("step") if isinstance(training, dict) else None
+                saved = f"; {path} holds the weights of " + (
+                    f"step {step}" if isinstance(step, int) else "its last save")
+            except (CheckpointError, OSError):
+                pass
         print(f"{prog}: interrupted{saved}", file=sys.stderr)
         return 130
     except MemoryError as e:

@@ -744,10 +744,10 @@ def _load_data(args):
                        seed=args.seed, drop=args.drop, dtype=np.dtype(args.dtype))
     args.validation = len(table.x_val)
     args.output_activation = args.output_activation or ("linear" if regression else "softmax")
-    if regression and args.output_activation in ("softmax", "sigmoid"):
+    if regression and args.output_activation in ("softmax", "sigmoid", "relu", "tanh"):
         raise UserError(f"--output-activation {args.output_activation} cannot reach a "
-                        f"regression target (standardized: mean 0, standard deviation 1): "
-                        f"use linear (the default)")
+                        f"regression target (standardized: mean 0, standard deviation 1, "
+                        f"negative and beyond 1 too): use linear (the default)")
     return table
 
 

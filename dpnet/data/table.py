@@ -3,11 +3,14 @@
 - A numeric column is a feature as it is. A column that is not numeric is one-hot
   encoded (one 0/1 feature per distinct value, named ``column=value``) when it has at
   most ``MAX_CATEGORIES`` distinct values; with more (names, ticket numbers) it is
-  refused, naming it, to be dropped (``drop=[...]``, ``--drop``).
+  refused, naming it, to be dropped (``drop=[...]``, ``--drop``). A column of numbers
+  with a cell that is not a finite number (``inf``, ``-``, ``1,000``) is refused naming
+  that cell (``_stray_cell``).
 - A missing value (an empty cell, ``NA``, ``NaN``, ``null``, ``?``) is refused, naming
   its row (as a spreadsheet numbers it: the header is row 1) and column.
-- The target: class labels for classification (any values; ``classes`` keeps them,
-  sorted, and y holds their indices), numbers for regression (y is then (n, 1)).
+- The target: class labels for classification (any values; numbers are classes by
+  value, 1 and 1.0 one class; ``classes`` keeps them, sorted, and y holds their
+  indices), numbers for regression (y is then (n, 1); not all the same).
 - The rows are shuffled by ``seed``, then split into test (``test_fraction``),
   validation (``validation`` rows) and training parts; features (and a regression
   target) are standardized with the training part's mean and standard deviation alone;
@@ -18,6 +21,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
+from decimal import Decimal
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,18 +54,32 @@ def _number(text):
     return v if math.isfinite(v) else None
 
 
-def _label(v):
-    """A numeric class label's one name: 1, 1.0 and 1e0 are "1"; 0.5 is "0.5"."""
+def _label(text):
+    """A numeric class label's one name, by value: 1, 1.0 and 1e0 are "1", 0.5 and 0.50
+    are "0.5"; integers are read exactly (long ids stay apart)."""
+    t = text.strip()
+    if re.fullmatch(r"[+-]?\d+", t):
+        return str(int(t))
+    v = float(t)
     return str(int(v)) if v.is_integer() and abs(v) < 2 ** 53 else repr(v)
 
 
-def _stray_cell(name, column, body, cells, values, share=0.9):
-    """A column of numbers (``share`` of its cells or more) with a few that are not --
-    ``inf``, ``1e400``, ``-``, ``"1,000"``, a stray word -- is a data error to name, not
-    a category column to one-hot encode."""
-    numbers = sum(v is not None for v in values)
-    if numbers >= share * len(values):
-        k = next(k for k, v in enumerate(values) if v is None)
+# a cell that was meant as a number: infinities, a dash, digits with thousands commas
+_BROKEN_NUMBER = re.compile(r"[+-]?(inf|infinity)|-+|[+-]?[\d.,\s]*\d[\d.,\s]*(e[+-]?\d+)?",
+                            re.IGNORECASE)
+
+
+def _stray_cell(name, column, body, cells, values, levels, share=0.9):
+    """A column of numbers with cells that are not finite numbers is a data error to
+    name, not a category column: when those cells look like broken numbers (``inf``,
+    ``1e400``, ``-``, ``1,000``), or when the numbers are ``share`` of the column and
+    its values too many to one-hot encode. (A column of codes with a letter among them,
+    K, 1, ..., 10, stays a category.)"""
+    odd = [k for k, v in enumerate(values) if v is None]
+    broken = all(_BROKEN_NUMBER.fullmatch(cells[k]) for k in odd)
+    many = levels > MAX_CATEGORIES and len(values) - len(odd) >= share * len(values)
+    if broken or many:
+        k = odd[0]
         raise DataError(f"{name}: row {body[k][0]}, column {column!r}: {cells[k]!r} is not "
                         f"a finite number, in a column of numbers; fix or drop such rows")
 
@@ -141,8 +160,8 @@ def load_table(path, target, task="classification", test_fraction=0.2, validatio
             columns.append(np.array(values, dtype=np.float64)[:, None])
             features.append(header[j])
             continue
-        _stray_cell(name, header[j], body, cells, values)
         levels = sorted(set(cells))
+        _stray_cell(name, header[j], body, cells, values, len(levels))
         if len(levels) > MAX_CATEGORIES:
             refused.append(f"{header[j]!r} ({len(levels)} distinct values)")
             continue
@@ -162,14 +181,14 @@ def load_table(path, target, task="classification", test_fraction=0.2, validatio
             raise DataError(f"{name}: row {body[bad][0]}, column {target!r}: {cells[bad]!r} "
                             f"is not a number (a regression target must be)")
         y, classes = np.array(values, dtype=dtype)[:, None], None     # (n, 1) targets
-        if np.ptp(y) == 0:
+        if min(values) == max(values):                       # (before float32 rounding)
             raise DataError(f"{name}: the target {target!r} has one value ({values[0]:g}): "
                             f"nothing to predict")
     else:
         if all(_number(c) is not None for c in cells):
             # numbers are classes by value: "1" and "1.0" are one class, named "1"
-            cells = [_label(float(c)) for c in cells]
-            classes = sorted(set(cells), key=float)
+            cells = [_label(c) for c in cells]
+            classes = sorted(set(cells), key=Decimal)     # (exact: long ids keep order)
         else:
             classes = sorted(set(cells))
         if len(classes) < 2:

@@ -34,8 +34,9 @@ FORMAT = "dpnet-checkpoint"
 FORMAT_VERSION = 1
 META = "__meta__"
 MAX_META_BYTES = 16 << 20          # JSON metadata, the training history included
-# [path, step] of the last checkpoint this process wrote (whole: written atomically), so
-# that a run cut short at any moment can still say what is on disk
+# [path] of the last checkpoint this process began to write (atomically: the file holds
+# it whole, or the one before), so that a run cut short at any moment can say what is on
+# disk by reading it back
 LAST_WRITTEN = []
 
 
@@ -60,9 +61,8 @@ def write_checkpoint(path, arrays, meta):
         raise CheckpointError(f"checkpoint metadata is {blob.nbytes:,} bytes, limit "
                               f"{MAX_META_BYTES:,}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    LAST_WRITTEN[:] = [path]                # (what it holds is read back when asked)
     atomic_write(path, lambda f: np.savez(f, **{META: blob}, **arrays))
-    training = meta.get("training")
-    LAST_WRITTEN[:] = [path, training.get("step") if isinstance(training, dict) else None]
 
 
 def _plain(v):

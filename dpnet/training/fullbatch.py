@@ -128,7 +128,8 @@ def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
              iterations_done=0, stop=None, sample_weight=None):
     """Minimize the mean training loss (plus the model's L2 penalty) over all of (x, y)
     -- with ``sample_weight`` (one per sample, >= 0), the mean of weight x loss, as
-    ``fit``'s.
+    ``fit``'s (the ``loss`` the callback and the progress lines show is the unweighted
+    evaluation).
 
     Returns scipy's OptimizeResult; the model ends with the best parameters found, or
     the last whole iterate when stopped early -- then, as scipy marks a stop its own

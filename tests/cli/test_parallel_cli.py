@@ -197,6 +197,9 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
             break
     workers = [c.pid for c in child_processes() if c.ppid() == p.pid]
     assert len(workers) == 1, workers
+    deadline = time.monotonic() + 30              # (the epoch's line comes before its save)
+    while not ck.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     os.kill(workers[0], signal.SIGSTOP)          # the step in flight cannot finish
     time.sleep(0.3)
     p.send_signal(signal.SIGINT)

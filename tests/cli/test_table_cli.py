@@ -159,6 +159,9 @@ def test_files_that_are_not_tables_are_named(tmp_path):
             load_table(p, "b")
     with pytest.raises(DataError, match="does not exist"):
         load_table(tmp_path / "none.csv", "b")
+    (tmp_path / "bin.csv").write_bytes(b"a,b\n\xff\xfe,1\n")
+    with pytest.raises(DataError, match="is not UTF-8 text"):
+        load_table(tmp_path / "bin.csv", "b")
     # a header field without a name; a regression target with one value
     p.write_text("a,b,\n1,0,\n2,1,\n")
     with pytest.raises(DataError, match=r"column 3 of the header has no name \(a comma at "
@@ -172,7 +175,7 @@ def test_files_that_are_not_tables_are_named(tmp_path):
 
 def test_a_stray_cell_in_a_column_of_numbers_is_named_not_encoded(tmp_path):
     rows = "".join(f"{i % 5},{i % 2}\n" for i in range(40))
-    for stray in ("inf", "1e400", "-", '"1,000"', "x"):
+    for stray in ("inf", "1e400", "-", '"1,000"'):           # numbers gone wrong
         p = tmp_path / "t.csv"
         lines = ("a,y\n" + rows).splitlines(keepends=True)
         lines[9] = f"{stray},1\n"                     # row 10 as a spreadsheet counts
@@ -181,7 +184,15 @@ def test_a_stray_cell_in_a_column_of_numbers_is_named_not_encoded(tmp_path):
         with pytest.raises(DataError, match=f"row 10, column 'a': '{shown}' is not a finite "
                                             f"number, in a column of numbers"):
             load_table(p, "y")
-    # a column of words (a few numbers among them) is still a category
+    # a word among many distinct numbers (too many values to be categories) too
+    p.write_text("a,y\n" + "".join(f"{'x' if i == 8 else i * 0.5},{i % 2}\n"
+                                     for i in range(60)))
+    with pytest.raises(DataError, match="row 10, column 'a': 'x' is not a finite number"):
+        load_table(p, "y")
+    # codes with a letter among them are categories, as are words with a number
+    p.write_text("a,y\n" + "".join(f"{'K' if i % 12 == 0 else i % 11},{i % 2}\n"
+                                     for i in range(60)))
+    assert "a=K" in load_table(p, "y").features
     p.write_text("a,y\n" + "".join(f"{['red', 'blue', '3'][i % 3]},{i % 2}\n"
                                      for i in range(30)))
     assert "a=3" in load_table(p, "y").features
@@ -214,6 +225,7 @@ def test_numeric_labels_are_classes_by_value(tmp_path):
                                      for i in range(40)))
     t = load_table(p, "y")
     assert t.classes == ["0", "1", "2"] and t.n_classes == 3
-    (tmp_path / "bin.csv").write_bytes(b"a,b\n\xff\xfe,1\n")
-    with pytest.raises(DataError, match="is not UTF-8 text"):
-        load_table(tmp_path / "bin.csv", "b")
+    # integers are read exactly: long ids that one float would merge stay apart
+    ids = ["12345678901234567890", "12345678901234567891"]
+    p.write_text("a,y\n" + "".join(f"{i},{ids[i % 2]}\n" for i in range(20)))
+    assert load_table(p, "y").classes == ids
