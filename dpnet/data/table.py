@@ -22,8 +22,8 @@ import csv
 import math
 import os
 import re
-from decimal import Decimal
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import numpy as np
 
