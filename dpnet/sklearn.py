@@ -310,8 +310,8 @@ class _BaseMLP(BaseEstimator):
         with GracefulStop() as stop:
             result = minimize(self.model_, X, y, method=FULL_BATCH[self.solver],
                               maxiter=iterations, workers=int(self.workers),
-                              callback=self._each(val, state,
-                                                  _weighted(X, y, sample_weight)), stop=stop,
+                              callback=self._each(val, state, None if sample_weight is None
+                                                  else (X, y, sample_weight)), stop=stop,
                               sample_weight=sample_weight)
         # scipy stopping on its own (its tolerances met) is convergence too
         state["stopped"] |= result.status != STOPPED and result.nit < iterations
@@ -337,10 +337,6 @@ class _BaseMLP(BaseEstimator):
 
     def _validate(self, X, reset):
         return validate_data(self, X, reset=reset, dtype=np.float64)
-
-
-def _weighted(X, y, sample_weight):
-    return None if sample_weight is None else (X, y, sample_weight)
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):

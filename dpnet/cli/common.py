@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 
 import numpy as np
 
@@ -29,6 +30,18 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         # argparse prints the whole usage block; one line says it better.
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def flag_name(attr):
+    """The command-line flag of an argparse attribute: ``elastic_alpha`` -> ``--elastic-alpha``."""
+    return "--" + attr.replace("_", "-")
+
+
+def given_flags(args, parser):
+    """The attributes of ``args`` whose values are not ``parser``'s defaults: the flags
+    given (one given at its default value cannot be told apart, and does not count)."""
+    defaults = vars(parser.parse_args([]))
+    return {k for k, v in vars(args).items() if k in defaults and v != defaults[k]}
 
 
 def path_arg(s):
@@ -105,7 +118,7 @@ def check_output_paths(args, flags, inputs=()):
             continue                  # a device, a pipe: written in place (atomic_write)
         real = os.path.dirname(os.path.realpath(path))     # where atomic_write writes
         try:                          # what access() cannot tell (/sys, a read-only mount,
-            import tempfile           # root's rights): make a file there, as the run will
+            # root's rights): make a file there, as the run will
             fd, probe = tempfile.mkstemp(dir=real, prefix=".dpnet-probe-")
             os.close(fd)
             os.unlink(probe)

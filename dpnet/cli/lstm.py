@@ -29,7 +29,8 @@ from ..training.text import fit_text
 from ..training.text_checkpoint import load_text_checkpoint
 from .common import (Parser, SaveLock, UserError, add_remote_flags, cap_workers,
                      check_model_size, no_remote_flags, remote_engine,
-                     check_output_paths, device_line, float_in, guarded, json_on_stdout,
+                     check_output_paths, device_line, flag_name, float_in, given_flags,
+                     guarded, json_on_stdout,
                      nonneg_int, path_arg, plot_format, positive_int, pyplot,
                      save_figure, write_json)
 
@@ -244,18 +245,17 @@ SAMPLE_FLAGS = {"load", "sample", "prime", "temperature", "seed", "hidden", "lay
 
 def _run(args, prog):
     _check_output_dirs(args)
+    given = given_flags(args, lstm_parser(prog))
     if args.sample is not None:
-        defaults = vars(lstm_parser(prog).parse_args([]))
-        extra = sorted(k for k, v in vars(args).items()
-                       if k not in SAMPLE_FLAGS and v != defaults.get(k))
+        extra = sorted(given - SAMPLE_FLAGS)
         if extra:
             raise UserError("--sample generates text from --load's checkpoint; it takes "
                             "--prime, --temperature and --seed, not "
-                            + ", ".join("--" + k.replace("_", "-") for k in extra))
+                            + ", ".join(map(flag_name, extra)))
         return generate(args)
     lock = SaveLock(args.save) if args.save else None
     try:
-        return _train(args, prog)
+        return _train(args, prog, given)
     finally:
         if lock is not None:
             lock.release()
@@ -346,7 +346,7 @@ def _model(args, ck, vocab, H, L):
     return model
 
 
-def _train(args, prog):
+def _train(args, prog, given):
     t_start = time.perf_counter()
     if json_on_stdout(args.json):            # stdout is for the JSON alone
         args.quiet = True
@@ -361,11 +361,9 @@ def _train(args, prog):
             print(f"{prog}: note: {note}", file=sys.stderr)
     steps = args.steps if args.steps is not None or args.epochs is not None else DEFAULT_STEPS
     say = (lambda *a, **k: None) if args.quiet else print
-    given = {k for k, v in vars(lstm_parser(prog).parse_args([])).items()
-             if k in ("device", "update", "forget_bias") and getattr(args, k) != v}
-    if not args.gpu and given & {"device", "update"}:
-        flags = sorted(given - {"forget_bias"})
-        raise UserError(" and ".join(f"--{k}" for k in flags)
+    flags = sorted(given & {"device", "update"})
+    if not args.gpu and flags:
+        raise UserError(" and ".join(map(flag_name, flags))
                         + (" are" if len(flags) > 1 else " is") + " for --gpu: add it, or "
                         "drop " + ("them" if len(flags) > 1 else "it"))
     if ck is not None and "forget_bias" in given:
@@ -387,6 +385,7 @@ def _train(args, prog):
             "nothing to train (raise --steps or --epochs)")
     if args.gpu:
         engine = gpu_engine(args.device, update=args.update, on_failure="abort",
+                            step_timeout=args.worker_timeout,
                             on_hello=device_line(prog, say))
     elif args.remote_workers:
         engine = remote_engine(args, prog, sizes["batch_size"], "streams")

@@ -33,7 +33,8 @@ from ..training.loop import GracefulStop
 from .presets import PRESETS, apply_preset, preset_help
 from .common import (Parser, SaveLock, UserError, add_remote_flags, cap_workers,
                      check_model_size, no_remote_flags, remote_engine,
-                     check_output_paths, device_line, float_in, guarded, json_on_stdout,
+                     check_output_paths, device_line, flag_name, float_in, guarded,
+                     json_on_stdout,
                      nonneg_int, path_arg, plot_format, positive_int, pyplot,
                      save_figure, write_json)
 
@@ -192,10 +193,6 @@ DEFORM_FLAGS = {"shift": ("shift", 2.0), "rotate": ("rotate", 10.0),
                 "elastic_alpha": ("alpha", 34.0), "elastic_sigma": ("sigma", 4.0)}
 
 
-def _flag(attr):
-    return "--" + attr.replace("_", "-")
-
-
 def given_deformation_flags(args):
     """The deformation strengths given on the command line (a recipe's are not)."""
     return [f for f in DEFORM_FLAGS if getattr(args, f) is not None and f not in args.from_preset]
@@ -231,7 +228,7 @@ def checkpoint_deformation(args, chosen=None):
             setattr(args, flag, first[key])
         elif float(getattr(args, flag)) != float(first[key]) and (
                 kind == "elastic" or not flag.startswith("elastic")):
-            differs(_flag(flag), f"{first[key]:g}", f"{getattr(args, flag):g}")
+            differs(flag_name(flag), f"{first[key]:g}", f"{getattr(args, flag):g}")
     return kind
 
 
@@ -246,11 +243,11 @@ def _deforms_nothing(args, given, chosen):
                if args.optimizer in FULL_BATCH
                else "a --target table" if args.target
                else f"--preset {args.preset} sets --augment none")
-        raise UserError(f"{_flag(given[0])} sets how training images are deformed, but "
+        raise UserError(f"{flag_name(given[0])} sets how training images are deformed, but "
                         f"this run deforms none ({why}): drop it")
     elastic = [f for f in given if f.startswith("elastic")]
     if elastic and args.augment != "elastic":
-        raise UserError(f"{_flag(elastic[0])} is for --augment elastic, this run has "
+        raise UserError(f"{flag_name(elastic[0])} is for --augment elastic, this run has "
                         f"--augment {args.augment}")
 
 
