@@ -231,6 +231,9 @@ def _function(fn, name):
         r = fn(*args, **kwargs)
         if isinstance(out, ndarray):
             return out
+        if isinstance(r, (bool, int, float)):
+            # NumPy 1.x's count_nonzero gives a Python int; CuPy always a 0-d array
+            r = np.asarray(r)
         return _up(r)
     call.__name__ = name
     return call

@@ -35,6 +35,7 @@ from dpnet.cli.common import Parser, positive_int  # noqa: E402
 from dpnet.engines.coordinator import Coordinator  # noqa: E402
 from dpnet.engines.cpu import CpuProcesses  # noqa: E402
 from dpnet.optim import SGD  # noqa: E402
+from dpnet.parallel.cleanup import sweep  # noqa: E402
 
 
 class TimedWorkers(CpuProcesses):
@@ -124,7 +125,10 @@ def orphans_exit():
         if time.monotonic() - t0 > 30:
             raise SystemExit("orphaned workers still running after 30 s")
         time.sleep(0.005)
-    return (time.monotonic() - t0) * 1000
+    took = (time.monotonic() - t0) * 1000
+    # the killed coordinator's segments and socket directory, as its successor would
+    sweep()
+    return took
 
 
 def main():

@@ -114,11 +114,15 @@ def remote_engine(workers, keys=None):
 def bench_remote(args):
     import tempfile
     from dpnet.parallel.keys import make_keys
+    with tempfile.TemporaryDirectory(prefix="dpnet-bench-keys-") as tmp:  # secret keys
+        keys = os.path.join(tmp, "keys")
+        make_keys(keys)
+        _bench_remote(args, keys)
+
+
+def _bench_remote(args, keys):
     d = load_mnist(validation=0)
     x, y = d.x_train[:args.samples], d.y_train[:args.samples]
-    keys = tempfile.mkdtemp(prefix="dpnet-bench-keys-")
-    os.rmdir(keys)
-    make_keys(keys)
     variants = {"in-process": LocalEngine(),
                 "ipc+shm": MultiprocessEngine(workers=2),
                 "tcp": remote_engine(2),

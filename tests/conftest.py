@@ -56,19 +56,22 @@ def mnist_small():
     return load_mnist(MNIST_DIR, limit_train=10_000)
 
 
-def numeric_grad(f, x, eps=1e-6):
+def numeric_grad(f, x, eps=1e-5):
     """Centred finite differences of scalar f() with respect to every entry of x
-    (modified in place and restored)."""
+    (modified in place and restored), by the five-point stencil: its error is O(eps^4),
+    so a small eps is not needed, and the rounding noise ~ 1e-16 |f| / eps stays far
+    below the tolerances of the gradient checks on any NumPy build (the three-point
+    stencil with eps 1e-6 came within 3x of them, and past one with NumPy 1.24)."""
     g = np.zeros_like(x, dtype=np.float64)
     flat, gflat = x.reshape(-1), g.reshape(-1)
     for i in range(flat.size):
         old = flat[i]
-        flat[i] = old + eps
-        fp = f()
-        flat[i] = old - eps
-        fm = f()
+        fs = []
+        for k in (2, 1, -1, -2):
+            flat[i] = old + k * eps
+            fs.append(f())
         flat[i] = old
-        gflat[i] = (fp - fm) / (2 * eps)
+        gflat[i] = (8 * (fs[1] - fs[2]) - (fs[0] - fs[3])) / (12 * eps)  # 0 where f ignores x
     return g
 
 

@@ -107,3 +107,14 @@ def test_the_installed_package_works_from_anywhere(installed):
         assert "usage:" in run(installed, str(bindir / cmd), "--help").stdout
     assert "dead runs" in run(installed, str(bindir / "python"), "-m", "dpnet", "clean",
                               "--dry-run").stdout
+
+
+def test_every_dependency_has_a_floor_for_ci_lowest():
+    """`.ci/lowest` tests the oldest releases pyproject.toml admits; it needs every
+    dependency written NAME>=VERSION (a bare name would leave its floor untested)."""
+    r = subprocess.run([sys.executable, ".ci/lowest_pins.py"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    pins = dict(p.split("==") for p in r.stdout.split())
+    assert {"numpy", "scipy", "pyzmq", "msgpack", "psutil", "tqdm"} <= set(pins), pins
+    assert all(v[0].isdigit() for v in pins.values()), pins

@@ -103,7 +103,7 @@ def lstm_parser(prog):
     a("--workers", type=nonneg_int, default=0,
       help="worker processes sharing each batch's streams (default: 0 = in process: "
            "unlike the MLP's, the LSTM's step is a serial recurrence that workers do not "
-           "speed up on a few cores; see scripts/bench_lstm.py)")
+           "speed up on a few cores, as the README's benchmark shows)")
     a("--blas-threads", type=positive_int, default=None, metavar="N",
       help="BLAS threads in this process (workers=0) or per worker (default: the BLAS "
            "library's choice in process, 1 per worker)")

@@ -136,7 +136,8 @@ def dnn_parser(prog, workers=False, gpu=False):
     a("--limit-train", type=positive_int, default=None, metavar="N",
       help="use only the first N training images (smoke runs)")
     a("--data", type=path_arg, default=None, metavar="DIR|CSV",
-      help="MNIST directory with the four IDX files (default: $DPNET_DATA or data/mnist); "
+      help="MNIST directory with the four IDX files (default: $DPNET_DATA, else the MNIST "
+           "bundled with dpnet); "
            "with --target, a CSV file with a header row")
     a("--target", default=None, metavar="COLUMN",
       help="train on the table --data CSV: predict this column from the others -- a "

@@ -142,3 +142,24 @@ def test_runLstm_gpu_ends_with_the_in_process_weights_and_samples_anywhere(tmp_p
     assert r.returncode == 0, r.stderr
     r = run("runLstm.py", "--gpu", "--workers", "2", "--steps", "5")
     one_line_error(r, 2, "drop --workers")
+
+
+@pytest.mark.parametrize("script,flags", [
+    ("runDnnGPU.py", ("--limit-train", "1000", "--epochs", "1", "--hidden", "32")),
+    ("runLstm.py", ("--gpu", "--steps", "30", "--hidden", "32", "--eval-every", "10",
+                    "--sample-every", "0")),
+])
+def test_a_gpu_worker_that_stops_answering_is_given_up_after_worker_timeout(
+        tmp_path, script, flags):
+    """--worker-timeout reaches the GPU engine of both front ends: a worker that hangs
+    at its fourth step is named after 1 s (the default would wait 300 s, past this
+    test's limit)."""
+    armed = tmp_path / "armed"
+    armed.touch()
+    r = run(script, *flags, "--quiet", "--worker-timeout", "1",
+            env={"DPNET_DEVICE": "standin",
+                 "DPNET_FAULTS": f"hang_on=step,after=3,when={armed},consume=1"},
+            timeout=90)
+    assert not armed.exists()                                  # the fault did fire
+    assert r.returncode == 1, r.stderr
+    assert "did not answer within 1 s" in r.stderr and "Traceback" not in r.stderr
