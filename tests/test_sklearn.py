@@ -88,7 +88,6 @@ def test_sample_weight_reaches_every_solver_and_is_checked(iris):
     with pytest.raises(ValueError, match="[Ss]ample weights must contain|no training sample has a weight"):
         MLPClassifier(max_iter=1).fit(X, y, sample_weight=np.zeros(len(y)))
     # the held-out part is scored with its weights
-    from sklearn.metrics import accuracy_score
     from sklearn.model_selection import train_test_split
     wv = np.where(np.arange(len(y)) % 3 == 0, 5.0, 0.5)
     c = MLPClassifier(hidden_layer_sizes=(2,), max_iter=3, early_stopping=True,

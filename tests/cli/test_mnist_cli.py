@@ -305,8 +305,8 @@ def test_a_checkpoint_with_malformed_metadata_is_one_line_naming_the_field(tmp_p
     # the untouched checkpoint still resumes, its schedule named in words when it changes
     r = run(*small, "--epochs", "2", "--load", str(ck), "--lr", "0.01", "--lr-final", "0.01")
     assert r.returncode == 0, r.stderr
-    assert (f"was trained with learning rate 0.001 annealed to 1e-05 over 3 steps; "
-            f"continuing with 0.01") in r.stderr, r.stderr
+    assert ("was trained with learning rate 0.001 annealed to 1e-05 over 3 steps; "
+            "continuing with 0.01") in r.stderr, r.stderr
 
 
 def test_python_m_dpnet_mistakes_are_one_line():
