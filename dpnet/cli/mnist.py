@@ -4,6 +4,7 @@ Parse, build, train, report."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -24,7 +25,7 @@ from ..nn.maxout import Maxout
 from ..nn.losses import LOSSES
 from ..optim.optimizers import OPTIMIZERS, get_optimizer
 from ..optim.schedules import Anneal, schedule_from_config
-from ..storage.checkpoint import CheckpointError, read_checkpoint_meta
+from ..storage.checkpoint import CheckpointError, read_checkpoint, read_checkpoint_meta
 from ..training.callbacks import EarlyStopping
 from ..training.epochs import fit, save_training_checkpoint
 from ..training.fullbatch import STOPPED, minimize, minimize_minibatches
@@ -754,8 +755,22 @@ def _resume(args, model, data):
     count means the same in this run, else a fresh start."""
     if not args.load:
         return 0, History()
+    training = training_record(args.load, read_checkpoint_meta(args.load))
+    then = training.get("optimizer")
+    if then is not None and then != args.optimizer:  # before its state is compared
+        raise UserError(f"--load {args.load!r} was trained with --optimizer {then}, this run "
+                        f"has {args.optimizer}; resuming needs the same settings")
+    if not training:
+        # saved by model.save() or ModelCheckpoint: weights with no step count, seed or
+        # batch size to resume from (an optimizer's step count alone would skew the
+        # learning rate's schedule): a fresh run from those weights
+        load_weights_into(model, args.load, optimizer="none")
+        print(f"{os.path.basename(sys.argv[0]) or 'dpnet'}: note: --load {args.load!r} has "
+              f"no training record (it was saved by model.save or ModelCheckpoint, not "
+              f"--save): training starts from its weights, with a fresh optimizer",
+              file=sys.stderr)
+        return 0, History()
     meta = load_weights_into(model, args.load, optimizer="state")
-    training = training_record(args.load, meta)
     n, then, step_size = len(data.x_train), training.get("batch_size"), _step_size(args, data)
     if (args.optimizer in FULL_BATCH and training.get("optimizer") == args.optimizer
             and training.get("n_train") == n and then is not None):
@@ -774,9 +789,53 @@ def _resume(args, model, data):
                         data_recipe(args))
     past = training.get("history")
     hist = resumed_history(past, args.load) if past else History()
+    hist.partial = epoch_partial(args.load, training, step)
+    hist.stopped_early = bool((past or {}).get("stopped_early"))
+    hist.early_stopping = training.get("early_stopping")
     note_changes(os.path.basename(sys.argv[0]) or "dpnet", args.load, meta, model)
     hist.step = step
     return step, hist
+
+
+def epoch_partial(path, training, step):
+    """The sums of the epoch a checkpoint was saved in the middle of, checked (None for
+    none, or a checkpoint that recorded none: its resumed epoch's metrics then cover
+    the steps after it)."""
+    part = training.get("epoch_partial")
+    if part is None:
+        return None
+    ok = (isinstance(part, dict) and part.get("step") == step
+          and all(isinstance(part.get(k), int) and not isinstance(part.get(k), bool)
+                  and part[k] >= 0 for k in ("correct", "seen"))
+          and all(isinstance(part.get(k), (int, float)) and not isinstance(part.get(k), bool)
+                  and math.isfinite(part[k]) for k in ("loss_sum", "seconds")))
+    if not ok:
+        raise UserError(f"checkpoint {path!r} has a bad training epoch_partial: {part!r}"[:300])
+    return part
+
+
+def early_stopping_for(args, hist, model):
+    """--patience's callback, given the checkpoint's early-stopping state on --load (so
+    that a resumed run stops where the uninterrupted one would, keeping the same
+    weights); None without --patience."""
+    if args.patience is None:
+        return None
+    es = EarlyStopping(patience=args.patience)
+    states = getattr(hist, "early_stopping", None)
+    if not states:
+        return es
+    try:
+        if not isinstance(states, list) or len(states) != 1:
+            raise ValueError(f"early-stopping states {states!r}"[:200])
+        arrays, _ = read_checkpoint(args.load)
+        best = arrays.get("early.0.best_params")
+        if best is not None and best.shape != (model.n_params,):
+            raise ValueError(f"best weights of shape {best.shape}")
+        es.resume(states[0], best)
+    except ValueError as e:
+        raise UserError(f"checkpoint {args.load!r} has a bad early-stopping state: {e}") \
+            from None
+    return es
 
 
 def _engine(args, default_workers, prog, say):
@@ -804,7 +863,8 @@ def _engine(args, default_workers, prog, say):
 
 
 def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog, say):
-    callbacks = [EarlyStopping(patience=args.patience)] if args.patience is not None else []
+    es = early_stopping_for(args, hist, model)
+    callbacks = [es] if es is not None else []
     val = (data.x_val, data.y_val) if len(data.x_val) else None
     if callbacks and val is None:
         raise UserError("--patience needs a validation set (--validation > 0)")
@@ -826,7 +886,18 @@ def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog,
             say(f"{prog}: the checkpoint has trained {len(hist.epochs) or '?'} epochs "
                 f"(step {initial_step}) already: nothing to train (raise --epochs)"
                 if initial_step else f"{prog}: --epochs 0: nothing to train")
+        elif es is not None and es.stopped:
+            say(f"{prog}: the checkpoint's run stopped early after epoch {hist.epochs[-1]} "
+                f"(no better val_loss in {es.wait} epochs; --patience {args.patience}) and "
+                f"keeps epoch {es.best_epoch}'s weights: nothing to train (raise "
+                f"--patience to go on)")
         else:
+            if hist.stopped_early:
+                kept = es.best_epoch if es is not None else None
+                print(f"{prog}: note: --load {args.load!r} stopped early after epoch "
+                      f"{hist.epochs[-1]} and holds the weights --patience kept"
+                      + (f" (epoch {kept}'s)" if kept else "") + "; training goes on "
+                      f"from them", file=sys.stderr)
             fit(model, data.x_train, data.y_train, epochs=args.epochs,
                 batch_size=args.batch_size, validation_data=val, callbacks=callbacks,
                 seed=args.seed, verbose=not args.quiet, engine=engine,

@@ -78,7 +78,8 @@ def load_weights_into(model, path, optimizer="checkpoint"):
     optimizer="checkpoint": the model takes the checkpoint's optimizer (rule,
     hyperparameters, schedule and state). optimizer="state": the model keeps its own
     optimizer, which must be the same rule with the same hyperparameters, and takes
-    the checkpoint's state (step count, moments) -- its own schedule is kept."""
+    the checkpoint's state (step count, moments) -- its own schedule is kept.
+    optimizer="none": the weights alone; the model's optimizer is left as it is."""
     arrays, meta = read_checkpoint(path)
     theirs, ours = meta.get("model"), model.config()
     if not isinstance(theirs, dict):
@@ -107,8 +108,9 @@ def load_weights_into(model, path, optimizer="checkpoint"):
         model.optimizer = keep
     elif optimizer == "checkpoint":
         _restore_optimizer(path, model, arrays, meta)
-    else:
-        raise ValueError(f"optimizer must be 'checkpoint' or 'state', got {optimizer!r}")
+    elif optimizer != "none":
+        raise ValueError(f"optimizer must be 'checkpoint', 'state' or 'none', got "
+                         f"{optimizer!r}")
     model.params[...] = _to_backend(model.params, params)
     model.checkpoint_meta = meta
     return meta

@@ -17,8 +17,11 @@ def model_arrays_and_meta(model, **extra):
     return arrays, meta
 
 
-def save_model(path, model, **extra):
-    """Atomically write ``model`` (weights, optimizer state, config) and ``extra``
-    metadata to ``path``."""
-    arrays, meta = model_arrays_and_meta(model, **extra)
-    write_checkpoint(path, arrays, meta)
+def save_model(path, model, arrays=None, **extra):
+    """Atomically write ``model`` (weights, optimizer state, config), further ``arrays``
+    (names other than the model's own) and ``extra`` metadata to ``path``."""
+    own, meta = model_arrays_and_meta(model, **extra)
+    for name in arrays or {}:
+        if name in own:
+            raise ValueError(f"array name {name!r} is the model's own")
+    write_checkpoint(path, {**own, **(arrays or {})}, meta)

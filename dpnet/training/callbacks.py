@@ -20,12 +20,48 @@ class EarlyStopping:
         self.mode = "max" if "acc" in monitor else "min"
         self.best, self.best_epoch, self.wait, self.best_params = None, None, 0, None
         self.model = None
+        self._resumed = False
 
     def set_model(self, model):
         """Called by fit at the start of every run: a callback reused for another run
-        (or another model) starts afresh, never restoring the previous run's weights."""
+        (or another model) starts afresh, never restoring the previous run's weights --
+        unless ``resume`` has just given it a checkpoint's state for this run."""
         self.model = model
-        self.best, self.best_epoch, self.wait, self.best_params = None, None, 0, None
+        if not self._resumed:
+            self.best, self.best_epoch, self.wait, self.best_params = None, None, 0, None
+        self._resumed = False
+
+    def state(self):
+        """What a checkpoint keeps of it (JSON), beside ``best_params`` (an array, or
+        None): with both, a resumed run stops where the uninterrupted one does and
+        restores the same weights."""
+        return {"monitor": self.monitor, "best": self.best, "best_epoch": self.best_epoch,
+                "wait": self.wait}
+
+    def resume(self, state, best_params=None):
+        """Take a checkpoint's ``state()`` (and best weights) for the next run; a state
+        of another monitor, or malformed, is a ValueError naming it."""
+        try:
+            monitor, best, best_epoch, wait = (state["monitor"], state["best"],
+                                               state["best_epoch"], state["wait"])
+        except (KeyError, TypeError):
+            raise ValueError(f"early-stopping state {state!r} is malformed"[:200]) from None
+        if monitor != self.monitor:
+            raise ValueError(f"the early-stopping state monitors {monitor!r}, not "
+                             f"{self.monitor!r}")
+        if not (isinstance(wait, int) and wait >= 0
+                and (best is None) == (best_epoch is None)
+                and (best is None or isinstance(best, (int, float)))
+                and (best_epoch is None or isinstance(best_epoch, int))):
+            raise ValueError(f"early-stopping state {state!r} is malformed"[:200])
+        self.best, self.best_epoch, self.wait = best, best_epoch, wait
+        self.best_params = None if best_params is None else best_params.copy()
+        self._resumed = True
+
+    @property
+    def stopped(self):
+        """Whether its patience has run out (a resumed run then has nothing to do)."""
+        return self.best is not None and self.wait > 0 and self.wait >= self.patience
 
     def __call__(self, epoch, metrics):
         if self.monitor not in metrics:

@@ -17,6 +17,7 @@ import numpy as np
 from ..data.batching import batch_slices, epoch_order
 from ..data.check import check_data
 from ..models.saving import save_model
+from .callbacks import EarlyStopping
 from .history import History
 from .loop import Diverged, Loop, Plan, call_all
 
@@ -205,6 +206,16 @@ class EpochPlan(Plan):
         self.epoch = epoch
         self.order = epoch_order(self.n, epoch, self.seed, self.shuffle)
         self.loss_sum = self.correct = self.seen = 0
+        part = self.history.partial
+        if first and isinstance(part, dict) and \
+                part.get("step") == epoch * self.steps_per_epoch + first:
+            # a resume in mid-epoch: the sums of the steps before it, so that the
+            # epoch's metrics are those of the uninterrupted run
+            self.loss_sum, self.correct, self.seen = (part["loss_sum"], part["correct"],
+                                                      part["seen"])
+            self.t0 -= part["seconds"]
+            self.first_step_of_epoch = 0
+        self.history.partial = None
         if self.progress:
             from tqdm import tqdm
             self.bar = tqdm(total=self.steps_per_epoch, initial=first, leave=False,
@@ -252,6 +263,7 @@ class EpochPlan(Plan):
         self.say(line)
         self.epoch = None
         stop = call_all(self.callbacks, epoch, metrics)
+        self.history.stopped_early = bool(stop)    # (the checkpoint records it)
         if self.checkpoint is not None:
             self.loop.save(self, step)
         return stop
@@ -271,8 +283,16 @@ class EpochPlan(Plan):
             self.bar = None
 
     def save(self, step):
+        extra = dict(self.extra)
+        if step % self.steps_per_epoch and self.epoch == step // self.steps_per_epoch:
+            extra["epoch_partial"] = {
+                "step": int(step), "loss_sum": float(self.loss_sum),
+                "correct": int(self.correct), "seen": int(self.seen),
+                "seconds": time.perf_counter() - self.t0}
         save_training_checkpoint(self.checkpoint, self.model, step, self.seed,
-                                 self.batch_size, self.history, n_train=self.n, **self.extra)
+                                 self.batch_size, self.history, n_train=self.n,
+                                 early_stopping=[cb for cb in self.callbacks
+                                                 if isinstance(cb, EarlyStopping)], **extra)
 
     def diverged(self, step, loss):
         return (f"training diverged: loss is {loss} at step {step} (epoch "
@@ -296,10 +316,18 @@ def format_epoch(epoch, epochs, m):
 
 
 def save_training_checkpoint(path, model, step, seed, batch_size, history, n_train=None,
-                             **extra):
+                             early_stopping=(), **extra):
     """A checkpoint that a run can resume from: the step, and what the step count means
-    (seed, batch size, training-set size), so a resume with other settings is refused."""
+    (seed, batch size, training-set size), so a resume with other settings is refused;
+    in mid-epoch the epoch's sums so far (``epoch_partial``); the state of each
+    ``EarlyStopping`` with its best weights (arrays ``early.K.best_params``)."""
     training = {"step": int(step), "seed": int(seed), "batch_size": int(batch_size),
                 "n_train": None if n_train is None else int(n_train),
                 "history": history.to_dict(), **extra}
-    save_model(path, model, training=training)
+    arrays = {}
+    if early_stopping:
+        training["early_stopping"] = [es.state() for es in early_stopping]
+        for k, es in enumerate(early_stopping):
+            if es.best_params is not None:
+                arrays[f"early.{k}.best_params"] = es.best_params
+    save_model(path, model, arrays=arrays, training=training)

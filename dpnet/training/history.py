@@ -34,6 +34,9 @@ class History:
         self.step = 0                 # updates applied so far (set by fit)
         self.saved_step = None        # the step of the last checkpoint this run wrote
         self.engine_stats = {}
+        # a checkpoint's sums of the epoch it was saved in the middle of ({"step",
+        # "loss_sum", "correct", "seen", "seconds"}): a run resumed there takes them
+        self.partial = None
 
     def append(self, epoch, metrics):
         """Record an epoch. A metric that earlier epochs lacked (a resumed run that now

@@ -146,7 +146,7 @@ def test_resume_through_the_cli_is_exact_and_refuses_other_settings(tmp_path):
     r = run(*[c if c != "50" else "60" for c in common], "--epochs", "3", "--load", str(b))
     assert r.returncode == 2 and "trained with --batch-size 50, this run has 60" in r.stderr
     r = run(*common, "--epochs", "3", "--load", str(b), "--optimizer", "sgd")
-    assert r.returncode == 2 and "resume with the same optimizer" in r.stderr
+    assert r.returncode == 2 and "trained with --optimizer adam, this run has sgd" in r.stderr
     r = run(*common, "--epochs", "3", "--save", str(tmp_path))
     assert r.returncode == 2 and "is a directory" in r.stderr
 

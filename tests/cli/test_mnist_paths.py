@@ -176,12 +176,14 @@ def stopped_mid_epoch(cmd):
 def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, workers):
     """The default annealed learning rate (1e-3 to 1e-5 over the run's epochs), dropout
     and reshuffling: the resumed run must pick up the epoch's order, the step's rate
-    and the optimizer's moments exactly where they were."""
+    and the optimizer's moments exactly where they were -- and the epoch's sums so far,
+    so that its history (the interrupted epoch's loss and accuracy too) is the same."""
     base = [sys.executable, DNN, "--workers", str(workers), "--limit-train", "6000",
             "--validation", "1000", "--hidden", "256", "64", "--batch-size", "50",
             "--dropout", "0.1", "--epochs", "3"]
     straight, cut = tmp_path / "straight.npz", tmp_path / "cut.npz"
-    r = subprocess.run(base + ["--save", str(straight), "--quiet"], capture_output=True,
+    r = subprocess.run(base + ["--save", str(straight), "--quiet", "--json",
+                               str(tmp_path / "straight.json")], capture_output=True,
                        text=True, cwd=ROOT, timeout=180)
     assert r.returncode == 0, r.stderr
     for _ in range(3):                         # a stop exactly on a boundary: try again
@@ -190,7 +192,73 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_same_weights(tmp_path, workers):
             break
         cut.unlink()
     assert step is not None, "three stops in a row landed on an epoch boundary"
-    r = subprocess.run(base + ["--load", str(cut), "--save", str(cut), "--quiet"],
+    r = subprocess.run(base + ["--load", str(cut), "--save", str(cut), "--json",
+                               str(tmp_path / "cut.json")],
                        capture_output=True, text=True, cwd=ROOT, timeout=180)
     assert r.returncode == 0, r.stderr
+    assert "resumed" not in r.stdout                  # the epoch's line covers all of it
     assert_same_checkpoint(straight, cut)
+    histories = [json.loads((tmp_path / f"{k}.json").read_text())["history"]
+                 for k in ("straight", "cut")]
+    for h in histories:
+        del h["seconds"]
+    assert histories[0] == histories[1]
+
+
+# -- --patience in pieces -----------------------------------------------------------------
+def test_patience_in_pieces_stops_where_the_uninterrupted_run_stops(tmp_path):
+    """The checkpoint keeps --patience's state (best val_loss, its epoch and weights, the
+    epochs since): a run resumed before the stop stops at the same epoch with the same
+    weights; a run that has stopped has nothing left to train, unless --patience is
+    raised, which goes on from the weights it kept, and says so."""
+    c = ("--limit-train", 2000, "--augment", "none", "--lr", 3e-3, "--lr-final", 3e-3,
+         "--patience", 2, "--hidden", 64)
+    straight, pieces = tmp_path / "straight.npz", tmp_path / "pieces.npz"
+    r = run(DEBUG, *c, "--epochs", 30, "--save", straight, "--quiet")
+    assert r.returncode == 0, r.stderr
+    said = re.search(r"stopped early after epoch (\d+) .* keeps epoch (\d+)'s weights", r.stdout)
+    stop, kept = int(said.group(1)), int(said.group(2))
+    assert kept < stop < 30
+    assert run(DEBUG, *c, "--epochs", stop - 1, "--save", pieces, "--quiet").returncode == 0
+    r = run(DEBUG, *c, "--epochs", 30, "--load", pieces, "--save", pieces, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert f"stopped early after epoch {stop} " in r.stdout, r.stdout
+    assert_same_checkpoint(straight, pieces)
+    from dpnet.storage.checkpoint import read_checkpoint_meta
+    assert read_checkpoint_meta(straight)["training"]["history"]["stopped_early"] is True
+    # stopped: nothing to train with the same --patience; a larger one goes on
+    r = run(DEBUG, *c, "--epochs", 30, "--load", straight)
+    assert r.returncode == 0, r.stderr
+    assert (f"stopped early after epoch {stop} (no better val_loss in 2 epochs; --patience "
+            f"2) and keeps epoch {kept}'s weights: nothing to train") in r.stdout, r.stdout
+    r = run(DEBUG, *c[:-4], "--patience", 3, "--hidden", 64, "--epochs", stop + 1, "--load",
+            straight, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert f"holds the weights --patience kept (epoch {kept}'s)" in r.stderr, r.stderr
+
+
+def test_a_checkpoint_without_a_training_record_starts_afresh_from_its_weights(tmp_path):
+    """model.save() keeps no step count, seed or batch size: --load takes its weights
+    with a fresh optimizer (its step count alone would put the learning rate's
+    schedule ahead of the run), and says so."""
+    import dpnet
+    from dpnet.data import load_mnist
+    d = load_mnist(limit_train=500, validation=100)
+    m = dpnet.Sequential([dpnet.Dense(784, 32, activation="relu"),
+                          dpnet.Dense(32, 10, activation="softmax")], seed=0)
+    m.fit(d.x_train, d.y_train, epochs=2, batch_size=128, verbose=0)
+    assert m.optimizer.t == 8
+    lib, out = tmp_path / "lib.npz", tmp_path / "out.npz"
+    m.save(lib)
+    r = run(DEBUG, "--limit-train", 500, "--validation", 100, "--hidden", 32, "--augment",
+            "none", "--epochs", 1, "--load", lib, "--save", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "has no training record" in r.stderr and "fresh optimizer" in r.stderr, r.stderr
+    assert dpnet.load(out).optimizer.t == 4              # this run's one epoch of steps
+    # and a checkpoint of another --optimizer is named by the flag, full-batch ones too
+    for optimizer in ("lbfgs", "sgd"):
+        r = run(DEBUG, "--limit-train", 500, "--validation", 100, "--hidden", 32, "--augment",
+                "none", "--epochs", 2, "--load", out, "--optimizer", optimizer)
+        assert r.returncode == 2, r.stderr
+        assert (f"was trained with --optimizer adam, this run has {optimizer}; resuming "
+                f"needs the same settings") in r.stderr, r.stderr

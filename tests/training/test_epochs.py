@@ -165,3 +165,35 @@ def test_keras_style_validation_split_initial_epoch_and_model_checkpoint(tmp_pat
     saved = dpnet.load(tmp_path / "best.npz")
     assert saved.checkpoint_meta["epoch"] == k
     assert saved.checkpoint_meta["metrics"]["val_loss"] == min(h.history["val_loss"])
+
+
+def test_early_stopping_state_goes_into_the_checkpoint_and_comes_back(tmp_path):
+    """fit's checkpoint holds each EarlyStopping's state and best weights; ``resume``
+    gives them to the next run (set_model keeps them once), and refuses a bad state."""
+    from dpnet.storage.checkpoint import read_checkpoint
+    x, y = np.random.default_rng(0).normal(size=(60, 784)).astype(np.float32), \
+        np.arange(60) % 10
+    m = mlp()
+    es = EarlyStopping(patience=50)
+    ck = tmp_path / "ck.npz"
+    m.fit(x[:40], y[:40], epochs=3, batch_size=20, validation_data=(x[40:], y[40:]),
+          callbacks=[es], verbose=0, checkpoint=ck)
+    arrays, meta = read_checkpoint(ck)
+    (state,) = meta["training"]["early_stopping"]
+    assert state == es.state() and state["best_epoch"] == es.best_epoch
+    assert np.array_equal(arrays["early.0.best_params"], es.best_params)
+    again = EarlyStopping(patience=50)
+    again.resume(state, arrays["early.0.best_params"])
+    again.set_model(m)                                  # the resumed state survives once
+    assert again.state() == state and np.array_equal(again.best_params, es.best_params)
+    again.set_model(m)                                  # ... and a later run starts afresh
+    assert again.best is None and again.best_params is None
+    assert not again.stopped
+    for bad in ({"monitor": "val_loss"}, {**state, "wait": -1}, {**state, "best": "x"}):
+        with pytest.raises(ValueError, match="malformed"):
+            EarlyStopping().resume(bad)
+    with pytest.raises(ValueError, match="monitors 'val_loss', not 'val_accuracy'"):
+        EarlyStopping(monitor="val_accuracy").resume(state)
+    stopped = EarlyStopping(patience=2)
+    stopped.resume({**state, "wait": 2})
+    assert stopped.stopped
