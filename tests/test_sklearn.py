@@ -263,6 +263,11 @@ def test_worker_processes_give_the_in_process_weights(iris):
     one = MLPClassifier(workers=0, **kw).fit(X, y)
     two = MLPClassifier(workers=2, **kw).fit(X, y)
     np.testing.assert_allclose(two.coef_, one.coef_, rtol=1e-10, atol=1e-12)
+    # coefs_ and intercepts_ are the trained weights too (they were the initial ones:
+    # the engine gave the model a new vector instead of filling in its own)
+    for est in (one, two):
+        np.testing.assert_array_equal(np.concatenate(
+            [a.ravel() for w_b in zip(est.coefs_, est.intercepts_) for a in w_b]), est.coef_)
 
 
 def test_a_regressor_with_one_or_several_outputs():

@@ -897,7 +897,7 @@ def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog,
                 print(f"{prog}: note: --load {args.load!r} stopped early after epoch "
                       f"{hist.epochs[-1]} and holds the weights --patience kept"
                       + (f" (epoch {kept}'s)" if kept else "") + "; training goes on "
-                      f"from them", file=sys.stderr)
+                      "from them", file=sys.stderr)
             fit(model, data.x_train, data.y_train, epochs=args.epochs,
                 batch_size=args.batch_size, validation_data=val, callbacks=callbacks,
                 seed=args.seed, verbose=not args.quiet, engine=engine,

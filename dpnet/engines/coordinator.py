@@ -141,6 +141,9 @@ class Coordinator:
             self.shm["weights"] = SharedArray.from_array(model.params, tag="weights")
             # The coordinator's model updates the shared block in place: publishing new
             # weights costs nothing (workers only read it between steps, while idle).
+            # Its own array is kept, to take the weights back at the end: what holds
+            # views of it (a layer's W taken before, scikit-learn's coefs_) stays true.
+            self._home = model.params
             model.rebind(params=self.shm["weights"].array)
         if self.group.grads_in_shm:
             self.shm["grads"] = SharedArray.create((self.n_workers, model.n_params),
@@ -218,8 +221,13 @@ class Coordinator:
         self._started = False
         self.group.stop((P.STOP, {"reason": "done"}))
         if self.model is not None and "weights" in self.shm:
-            # give the model private memory again before the segment goes away
-            self.model.rebind(params=np.array(self.shm["weights"].array))
+            # give the model its own memory again before the segment goes away
+            home = getattr(self, "_home", None)
+            if home is None or not home.flags.writeable:
+                home = np.empty_like(self.shm["weights"].array)
+            home[...] = self.shm["weights"].array
+            self.model.rebind(params=home)
+            self._home = None
         for s in self.shm.values():
             s.unlink()
             s.close()

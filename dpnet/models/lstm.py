@@ -41,6 +41,7 @@ from ..backend import check_dtype, elementwise_kernel, to_numpy, xp_of
 from ..nn.initializers import get_initializer
 from ..nn.params import ParamLayout
 from ..optim.optimizers import get_optimizer
+from .flat import FlatParams
 from .saving import save_model
 
 # Above this vocabulary size a one-hot GEMM costs more than a true scatter-add.
@@ -152,7 +153,7 @@ class _Work:
         self.idx = None               # (T, B) time-major inputs of the last forward
 
 
-class CharLSTM:
+class CharLSTM(FlatParams):
     """LSTM over characters (one-hot input of size ``vocab_size``), ``num_layers`` deep.
 
     ``loss_and_grad(inputs, targets, state)`` follows the engine contract: it fills
@@ -229,7 +230,7 @@ class CharLSTM:
             grads = xp_of(params).zeros_like(params)
         if xp_of(params) is not xp_of(grads):
             raise ValueError("params and grads must live on the same backend")
-        self.params, self.grads = params, grads
+        self._params, self.grads = params, grads
         for name, v in self.layout.views(params).items():
             setattr(self, name, v)
         for name, v in self.layout.views(grads).items():
@@ -238,6 +239,9 @@ class CharLSTM:
         self._lp = [tuple(getattr(self, n) for n in names) for names in self._names]
         self._lg = [tuple(getattr(self, "d" + n) for n in names) for names in self._names]
         self._work = {}
+
+    def _rebind_views(self):
+        self.bind(self._params, self.grads)
 
     def rebind(self, params=None, grads=None):
         """The engines' name for ``bind`` (as Sequential.rebind): keep what is not given."""

@@ -12,10 +12,11 @@ from ..nn.params import ParamLayout
 from ..nn.rng import mix_key
 from ..data.check import check_data
 from ..optim.optimizers import get_optimizer
+from .flat import FlatParams
 from .saving import save_model
 
 
-class Sequential:
+class Sequential(FlatParams):
     """A feed-forward network.
 
     ``Sequential([Dense(784, 512, activation="relu"), Dense(512, 10, activation="softmax")],
@@ -51,6 +52,15 @@ class Sequential:
                                  f"{l.n_in} inputs")
         if not isinstance(layers[-1], Dense):
             raise ValueError(f"the last layer must be Dense, got {layers[-1]!r}")
+        for i, l in enumerate(layers):
+            # a layer's W and b are views of ONE model's vector: a second model of the
+            # same layer objects would rebind them, and the first would train nothing
+            if l.param_shapes() and (getattr(l, "_in_model", False)
+                                     or any(l is m for m in layers[:i])):
+                raise ValueError(f"layer {i} ({l!r}) already belongs to a model (its "
+                                 f"weights are views of that model's parameter vector): "
+                                 f"give each model layers of its own, or copy.deepcopy "
+                                 f"the model")
         self.layers = layers
         self.loss = get_loss(loss)
         out_act = layers[-1].activation.name
@@ -73,8 +83,10 @@ class Sequential:
         for i, l in enumerate(layers):
             entries += [(f"{i}.{name}", shape) for name, shape in l.param_shapes()]
         self.layout = ParamLayout(entries)
-        self.params, self.grads = self.layout.allocate(self.dtype, xp)
+        self._params, self.grads = self.layout.allocate(self.dtype, xp)
         self._bind()
+        for l in layers:
+            l._in_model = True
         self._weight_slices = [self.layout.slice_of(f"{i}.W")
                                for i, l in enumerate(layers) if isinstance(l, Dense)]
         self._constrained = [l for l in layers
@@ -84,6 +96,9 @@ class Sequential:
         self.last_correct = 0
 
     # -- set-up --------------------------------------------------------------------
+    def _rebind_views(self):
+        self._bind()
+
     def _bind(self):
         pv, gv = self.layout.views(self.params), self.layout.views(self.grads)
         for i, l in enumerate(self.layers):
@@ -105,7 +120,7 @@ class Sequential:
                 raise ValueError(f"{name} must be a ({self.layout.size},) {self.dtype} array, "
                                  f"got {arr.shape} {arr.dtype}")
         if params is not None:
-            self.params = params
+            self._params = params
         if grads is not None:
             self.grads = grads
         self._bind()

@@ -273,3 +273,52 @@ def test_float32_gradients_agree_with_float64():
     assert l32 == pytest.approx(l64, rel=1e-5)
     big = np.abs(m64.grads) > 1e-4
     assert rel_error(m32.grads[big], m64.grads[big]) < 1e-4
+
+
+def test_a_copied_or_pickled_model_trains_its_own_weights():
+    """copy.deepcopy and pickle copy the flat vector and the layers' views separately:
+    the copy's views must be views of its own vector again, or it trains nothing."""
+    import copy
+    import pickle
+    x, y = data(B=40)
+    curves = []
+    for make in (lambda m: m, copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))):
+        m = make(three_layer(dtype=np.float32))
+        assert np.shares_memory(m.layers[0].W, m.params)
+        curves.append(m.fit(x, y, epochs=3, batch_size=8, verbose=0).history["loss"])
+    assert curves[0] == curves[1] == curves[2] and curves[0][-1] < curves[0][0]
+    lstm = dpnet.CharLSTM(12, 6, num_layers=2)
+    for twin in (copy.deepcopy(lstm), pickle.loads(pickle.dumps(lstm))):
+        assert np.shares_memory(twin.Wy, twin.params) and np.shares_memory(twin.dWy, twin.grads)
+        assert np.array_equal(twin.params, lstm.params)
+
+
+def test_layers_belong_to_one_model_and_params_assigned_are_copied_in():
+    layers = [Dense(6, 5, activation="relu"), Dropout(0.1), Dense(5, 3, activation="softmax")]
+    m = Sequential(layers)
+    with pytest.raises(ValueError, match=r"layer 0 \(Dense\(6, 5.*already belongs to a model"):
+        Sequential(layers)
+    with pytest.raises(ValueError, match="layer 2 .* already belongs"):
+        Sequential([Dense(6, 5), Dense(5, 5), layers[2]], loss="mse")
+    d = Dense(4, 4)
+    with pytest.raises(ValueError, match="layer 1 .* already belongs"):
+        Sequential([d, d], loss="mse")
+    Sequential([Dense(6, 5), layers[1], Dense(5, 3)], loss="mse")   # no weights: shared
+    # assigning params fills the one vector the layers read (it replaced it before)
+    before = m.params
+    m.params = np.arange(m.n_params)
+    assert m.params is before and m.layers[0].W[0, 1] == 1 and m.layers[2].b[-1] == m.n_params - 1
+    with pytest.raises(ValueError, match=r"params must have shape \(53,\)"):
+        m.params = np.zeros(52)
+
+
+def test_views_taken_before_a_fit_with_workers_hold_its_result(mnist_small):
+    """The engine works on a shared-memory copy of the vector and copies the result back
+    INTO the model's own vector: a layer's W taken before fit is the trained W after."""
+    m = Sequential([Dense(784, 16, activation="relu"), Dense(16, 10, activation="softmax")])
+    W, params = m.layers[0].W, m.params
+    start = W.copy()
+    m.fit(mnist_small.x_train[:400], mnist_small.y_train[:400], epochs=1, batch_size=100,
+          workers=2, verbose=0)
+    assert m.params is params and np.shares_memory(W, m.params)
+    assert not np.array_equal(W, start)
