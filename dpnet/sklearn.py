@@ -18,8 +18,10 @@ scikit-learn. Training stops after ``max_iter`` of them, or when for
 ``n_iter_no_change`` iterations in a row the training loss (with ``early_stopping``:
 the held-out accuracy or R^2) did not improve on the best by ``tol``; with
 ``early_stopping`` the best iteration's weights are kept. Ctrl-C stops after the
-current step (scipy's lbfgs/cg: after the current iteration) with a warning and keeps
-the weights trained so far (``coef_`` is current); a second Ctrl-C stops at once.
+current step (scipy's lbfgs/cg: after the current iteration), leaves the estimator
+with the weights trained so far (``coef_`` is current), and then raises
+KeyboardInterrupt (SIGTERM ends the process), so that a search or a script does not go
+on as if the fit had finished; a second Ctrl-C stops at once.
 
 Fitted attributes: ``coef_`` (a copy of the flat parameter vector), ``coefs_`` and
 ``intercepts_`` (per-layer views of it, scikit-learn's layout), ``loss_curve_``,
@@ -65,7 +67,7 @@ from .nn.layers import Dense, _Buffers
 from .optim.optimizers import OPTIMIZERS, get_optimizer
 from .training.epochs import fit as fit_epochs
 from .training.fullbatch import STOPPED, minimize
-from .training.loop import GracefulStop
+from .training.loop import GracefulStop, pass_on
 
 FULL_BATCH = {"lbfgs": "L-BFGS-B", "cg": "CG"}
 ACTIVATIONS = {"identity": "linear", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
@@ -302,8 +304,8 @@ class _BaseMLP(BaseEstimator):
                           callbacks=[self._each(val, state)],     # (its loss is weighted)
                           seed=self._seed_, verbose=0, progress=False,
                           workers=int(self.workers), initial_epoch=start, divergence=None,
-                          sample_weight=sample_weight)
-        self._finish(hist.interrupted, state, iterations)
+                          sample_weight=sample_weight, on_interrupt="return")
+        self._finish(hist.stop_signal if hist.interrupted else None, state, iterations)
 
     def _fit_full_batch(self, X, y, iterations, val, sample_weight):
         state = {"bad": 0, "best": None, "stopped": False}
@@ -315,21 +317,23 @@ class _BaseMLP(BaseEstimator):
                               sample_weight=sample_weight)
         # scipy stopping on its own (its tolerances met) is convergence too
         state["stopped"] |= result.status != STOPPED and result.nit < iterations
-        self._finish(stop.requested is not None, state, iterations)
+        self._finish(stop.requested, state, iterations)
 
-    def _finish(self, interrupted, state, iterations):
+    def _finish(self, signal_name, state, iterations):
+        """The estimator's state after a run, whatever ended it; a stop signal
+        (``signal_name``) then goes on (a Ctrl-C raises KeyboardInterrupt: a search or
+        a script must not go on with a half-trained estimator as if nothing happened),
+        the estimator holding the whole weights trained so far."""
         if state["best"] is not None:                 # early stopping: the best weights
             self.model_.params[...] = state["best"]
-        if interrupted:
-            warnings.warn("training interrupted: the weights trained so far are kept",
-                          RuntimeWarning)
-        elif not state["stopped"] and iterations > 1:
+        if signal_name is None and not state["stopped"] and iterations > 1:
             warnings.warn(f"stopped after max_iter={self.max_iter} iterations without "
                           f"converging", ConvergenceWarning)
         if self.best_loss_ == np.inf:
             self.best_loss_ = min(self.loss_curve_, default=np.inf)
         if self.early_stopping:
             self.best_loss_ = None
+        pass_on(signal_name)
 
     # -- inference -------------------------------------------------------------------
     def _predict_raw(self, X):

@@ -295,11 +295,12 @@ def cb(i, coef):
         os.kill(os.getpid(), signal.SIGINT)          # as Ctrl-C in a terminal
 c = MLPClassifier(hidden_layer_sizes=(8,), max_iter=100, batch_size=10, random_state=0,
                   callback=cb, solver=sys.argv[1])
-with warnings.catch_warnings(record=True) as w:
-    warnings.simplefilter("always")
+try:
     c.fit(X, y)
-print(c.n_iter_, any("interrupted" in str(x.message) for x in w),
-      not np.array_equal(c.coef_, start), c.score(X, y) > 0.3,
+    raised = False
+except KeyboardInterrupt:
+    raised = True
+print(c.n_iter_, raised, not np.array_equal(c.coef_, start), c.score(X, y) > 0.3,
       np.array_equal(c.coef_, at_3[0]))
 """
 
@@ -309,8 +310,8 @@ def test_ctrl_c_keeps_the_weights_trained_so_far(solver):
     r = subprocess.run([sys.executable, "-c", CTRL_C, solver], capture_output=True,
                        text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr
-    n_iter, warned, moved, sane, kept = r.stdout.split()
-    assert int(n_iter) in (3, 4) and warned == moved == sane == "True", r.stdout
+    n_iter, raised, moved, sane, kept = r.stdout.split()
+    assert int(n_iter) in (3, 4) and raised == moved == sane == "True", r.stdout
     if solver == "lbfgs":      # stopped right after iteration 3: its weights exactly
         assert int(n_iter) == 3 and kept == "True", r.stdout
 

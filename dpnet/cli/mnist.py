@@ -904,7 +904,8 @@ def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog,
                 checkpoint=args.save, initial_step=initial_step, history=hist,
                 divergence=None if args.allow_divergence else 100.0,
                 checkpoint_extra={"optimizer": args.optimizer, "data": data_recipe(args)},
-                test_data=(data.x_test, data.y_test) if args.report_test else None)
+                test_data=(data.x_test, data.y_test) if args.report_test else None,
+                on_interrupt="return")       # the exit code says it: 130, 143, ...
             if hist.stopped_early and callbacks:    # part of the result: even --quiet
                 es = callbacks[0]
                 print(f"{prog}: stopped early after epoch {hist.epochs[-1]} (--patience "

@@ -46,7 +46,7 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
         shuffle=True, seed=None, verbose=1, engine=None, workers=0, checkpoint=None,
         initial_step=0, history=None, print_fn=print, progress=None, divergence=100.0,
         checkpoint_extra=None, validation_split=None, initial_epoch=None,
-        sample_weight=None, class_weight=None, test_data=None):
+        sample_weight=None, class_weight=None, test_data=None, on_interrupt="raise"):
     """Train ``model`` on (x, y).
 
     epochs: the epoch to stop after (counting from 0, as Keras's ``epochs`` with
@@ -72,8 +72,13 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
     progress: show a tqdm bar per epoch (default: when stderr is a terminal).
     divergence: stop (``Diverged``, a FloatingPointError) when an epoch's loss is more
       than this many times the first epoch's; None lets a run go where it goes.
-    Ctrl-C or SIGTERM stops after the current step; the model keeps its weights and
-    the returned History has ``interrupted = True``.
+    on_interrupt: Ctrl-C (SIGTERM, SIGHUP, SIGQUIT) stops training after the current
+      step, with whole weights, the checkpoint written and any workers stopped; then,
+      with "raise" (the default), the signal goes on as if fit had not caught it:
+      Ctrl-C raises KeyboardInterrupt (its ``history`` attribute: the run's History),
+      SIGTERM SystemExit(143) (``loop.pass_on``); with "return", fit returns the History, its
+      ``interrupted`` True (what the command-line tools do). A second Ctrl-C raises
+      at once.
     """
     if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
@@ -111,7 +116,8 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
         if hasattr(cb, "set_model"):
             cb.set_model(model)
     say = print_fn if verbose else (lambda *a, **k: None)
-    loop = Loop(model, history, engine=engine, workers=workers, checkpoint=checkpoint, say=say)
+    loop = Loop(model, history, engine=engine, workers=workers, checkpoint=checkpoint, say=say,
+                on_interrupt=on_interrupt)
     seed = model.seed if seed is None else int(seed)
     plan = EpochPlan(model, loop, x.shape[0], int(batch_size), int(epochs), seed, shuffle,
                      "val" in datasets, list(callbacks), checkpoint, say,

@@ -17,7 +17,7 @@ from ..engines import make_engine
 from ..nn.deform import Deform
 from ..nn.layers import Dropout
 from .epochs import check_training_data, check_validation, sample_weights
-from .loop import GracefulStop
+from .loop import GracefulStop, check_on_interrupt, pass_on
 
 METHODS = ("L-BFGS-B", "CG", "BFGS")
 STOPPED = 99            # a result's status when a callback or a signal stopped the run
@@ -32,6 +32,13 @@ def _stopper(stop):
     our own: either way the first Ctrl-C (SIGTERM, SIGHUP) ends the run after the
     current iteration, with the model holding that iterate, not half a line search."""
     return contextlib.nullcontext(stop) if stop is not None else GracefulStop()
+
+
+def _pass_on(own_stop, stop, on_interrupt, **about):
+    """A signal that stopped a run with a stop of its own goes on (``loop.pass_on``)
+    under on_interrupt="raise"; a caller's ``stop`` is the caller's to act on."""
+    if own_stop and on_interrupt == "raise":
+        pass_on(stop.requested, **about)
 
 
 def _check(model, method, maxiter):
@@ -125,7 +132,7 @@ def _prepare(model, x, y, validation_data, method, maxiter, sample_weight=None):
 
 def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
              engine=None, workers=0, callback=None, tol=None, print_fn=None,
-             iterations_done=0, stop=None, sample_weight=None):
+             iterations_done=0, stop=None, sample_weight=None, on_interrupt="raise"):
     """Minimize the mean training loss (plus the model's L2 penalty) over all of (x, y)
     -- with ``sample_weight`` (one per sample, >= 0), the mean of weight x loss, as
     ``fit``'s (the ``loss`` the callback and the progress lines show is the unweighted
@@ -138,12 +145,15 @@ def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
     ``callback(iteration, metrics) -> bool`` runs after every iteration; True stops.
     ``iterations_done``: how many a resumed run ran before (the progress lines
     count on from there). Ctrl-C stops after the current iteration (a second one at
-    once); pass a ``GracefulStop`` as ``stop`` to learn whether one came
-    (``stop.requested``).
+    once); then, with on_interrupt="raise" (the default), the signal goes on as
+    ``fit``'s does (a KeyboardInterrupt carrying the OptimizeResult as ``result``),
+    with "return" the result is returned. A caller that passes its own
+    ``GracefulStop`` as ``stop`` acts on ``stop.requested`` itself.
     """
+    check_on_interrupt(on_interrupt)
     scipy_minimize, x, y, datasets = _prepare(model, x, y, validation_data, method, maxiter,
                                               sample_weight)
-    own = engine is None
+    own_stop, own = stop is None, engine is None
     engine = make_engine(workers) if own else engine
     try:
         engine.start(model, datasets)
@@ -165,6 +175,7 @@ def minimize(model, x, y, method="L-BFGS-B", maxiter=100, validation_data=None,
     finally:
         if own:
             engine.close()
+    _pass_on(own_stop, stop, on_interrupt, result=result)
     return result
 
 
@@ -182,7 +193,8 @@ class MinibatchRun:
 
 def minimize_minibatches(model, x, y, method="L-BFGS-B", batch_size=1000, mb_maxiter=3,
                          epochs=1, validation_data=None, engine=None, workers=0, seed=0,
-                         callback=None, print_fn=None, initial_step=0, stop=None):
+                         callback=None, print_fn=None, initial_step=0, stop=None,
+                         on_interrupt="raise"):
     """scipy's minimizer on one minibatch at a time, as the 002 blog runs CG and L-BFGS-B:
     each epoch visits the shuffled training set in batches of ``batch_size``, and on each
     batch scipy runs ``mb_maxiter`` iterations from the current weights (a fresh
@@ -194,6 +206,8 @@ def minimize_minibatches(model, x, y, method="L-BFGS-B", batch_size=1000, mb_max
     Returns a ``MinibatchRun``. Ctrl-C (SIGTERM, SIGHUP) stops after the current
     minibatch; nothing but the weights carries from one minibatch to the next, so
     ``initial_step=run.step`` from those weights continues exactly as if never stopped.
+    The signal then goes on as ``minimize``'s does (``on_interrupt``; the
+    KeyboardInterrupt carries the MinibatchRun as ``result``).
     """
     if not isinstance(initial_step, (int, np.integer)) or initial_step < 0:
         raise ValueError(f"initial_step must be a count of minibatches >= 0, got "
@@ -202,17 +216,20 @@ def minimize_minibatches(model, x, y, method="L-BFGS-B", batch_size=1000, mb_max
                                               mb_maxiter)
     classify = model.classifies(y)
     slices = batch_slices(len(x), int(batch_size))
-    own = engine is None
+    check_on_interrupt(on_interrupt)
+    own_stop, own = stop is None, engine is None
     engine = make_engine(workers) if own else engine
     try:
         engine.start(model, datasets)
         with _stopper(stop) as stop:
-            return _minibatch_epochs(scipy_minimize, model, engine, x, datasets, classify,
-                                     slices, method, mb_maxiter, epochs, seed, callback,
-                                     print_fn, int(initial_step), stop)
+            run = _minibatch_epochs(scipy_minimize, model, engine, x, datasets, classify,
+                                    slices, method, mb_maxiter, epochs, seed, callback,
+                                    print_fn, int(initial_step), stop)
     finally:
         if own:
             engine.close()
+    _pass_on(own_stop, stop, on_interrupt, result=run)
+    return run
 
 
 def _minibatch_epochs(scipy_minimize, model, engine, x, datasets, classify, slices, method,

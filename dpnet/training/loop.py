@@ -11,7 +11,10 @@ core owns what must be the same for every loop:
 - one training step: the engine's gradient, a divergence check (one line naming the
   step), the model's update, the engine told of the new weights;
 - a clean stop on Ctrl-C / SIGTERM (``GracefulStop``): after the current step, with
-  whole weights, ``history.interrupted = True``; a second Ctrl-C raises at once;
+  whole weights, ``history.interrupted = True``; a second Ctrl-C raises at once; once
+  the run is wound up (checkpoint written, workers gone), ``on_interrupt="raise"``
+  hands the signal on to the handler that was there before (``pass_on``): a library
+  call must not swallow a Ctrl-C or a SIGTERM meant for the whole program;
 - checkpoints: the path is checked before any work; one is written when a worker
   fails (the weights are those of the last whole step) and when the run ends, unless
   the plan saved at that very step already;
@@ -48,7 +51,10 @@ class GracefulStop:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
+                # a signal the process ignores stays ignored: nohup's SIGHUP, the
+                # SIGINT of a job a non-interactive shell put in the background
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
@@ -60,6 +66,37 @@ class GracefulStop:
         for sig, old in self._old.items():
             signal.signal(sig, old)
         return False
+
+
+ON_INTERRUPT = ("raise", "return")
+
+
+def check_on_interrupt(on_interrupt):
+    if on_interrupt not in ON_INTERRUPT:
+        raise ValueError(f"on_interrupt must be 'raise' or 'return', got {on_interrupt!r}")
+
+
+def pass_on(requested, **about):
+    """After a run that a signal stopped has wound up cleanly (whole weights, checkpoint
+    written, workers gone): the signal (``requested``, its name) goes on to the handler
+    that was there before the run, as if the run had never caught it -- Python's raises
+    KeyboardInterrupt for Ctrl-C, one of the program's own runs. Where that handler is
+    the default action (SIGTERM, SIGHUP, SIGQUIT), which would end the process on the
+    spot, SystemExit(128 + the signal's number) ends it instead: the same exit status
+    (143 for SIGTERM) after the program's own ``finally`` blocks, ``with`` exits and
+    atexit handlers have run. The exception carries ``about`` as attributes
+    (``history``, ``result``): what the run did before it stopped."""
+    if requested is None:
+        return
+    sig = signal.Signals[requested]
+    try:
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            raise SystemExit(128 + sig.value)
+        signal.raise_signal(sig)
+    except (KeyboardInterrupt, SystemExit) as e:
+        for k, v in about.items():
+            setattr(e, k, v)
+        raise
 
 
 class Diverged(FloatingPointError):
@@ -119,8 +156,11 @@ class Plan:
 class Loop:
     """Runs a ``Plan`` from ``step`` to ``end`` (see the module docstring)."""
 
-    def __init__(self, model, history, engine=None, workers=0, checkpoint=None, say=print):
+    def __init__(self, model, history, engine=None, workers=0, checkpoint=None, say=print,
+                 on_interrupt="raise"):
         check_checkpoint_path(checkpoint)
+        check_on_interrupt(on_interrupt)
+        self.on_interrupt = on_interrupt
         self.model, self.history, self.say = model, history, say
         self.own_engine = engine is None
         self.engine = make_engine(workers) if engine is None else engine
@@ -174,6 +214,8 @@ class Loop:
             if self.own_engine:
                 self.engine.close()
             self.history.engine_stats = self.engine.stats()
+        if self.on_interrupt == "raise" and self.history.interrupted:
+            pass_on(self.history.stop_signal, history=self.history)
         return self.step
 
     def _save_after_failure(self, plan):

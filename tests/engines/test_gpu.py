@@ -161,7 +161,7 @@ def test_a_device_error_mid_run_saves_the_last_good_weights(tmp_path, monkeypatc
     s = meta["training"]["step"]
     assert 0 < s < 30
     ref = mlp()                                    # the same s steps in process
-    ref.fit(x, y, epochs=3, batch_size=32, verbose=0, engine=_Steps(s))
+    ref.fit(x, y, epochs=3, batch_size=32, verbose=0, engine=_Steps(s), on_interrupt="return")
     assert np.array_equal(reloaded.params, ref.params)
 
 

@@ -104,13 +104,45 @@ def test_sigint_stops_after_the_current_step_and_keeps_weights(mnist_small):
                 os.kill(os.getpid(), signal.SIGINT)   # a real Ctrl-C, mid-epoch
             return super().gradient(step, idx)
 
+    x, y = mnist_small.x_train[:1000], mnist_small.y_train[:1000]
     m = mlp()
-    h = m.fit(mnist_small.x_train[:1000], mnist_small.y_train[:1000], epochs=5, batch_size=100,
-              engine=Interrupting(), verbose=0)
+    h = m.fit(x, y, epochs=5, batch_size=100, engine=Interrupting(), verbose=0,
+              on_interrupt="return")
     assert h.interrupted and h.step == 5 and m.optimizer.t == 5
     assert np.isfinite(m.params).all()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # restored
     m.predict(mnist_small.x_val[:10])                  # the model stays usable
+    # by default the Ctrl-C goes on to the program once the step is done: a library
+    # call must not swallow it (a loop of fits would run on, a script exit 0)
+    m = mlp()
+    with pytest.raises(KeyboardInterrupt) as e:
+        m.fit(x, y, epochs=5, batch_size=100, engine=Interrupting(), verbose=0)
+    assert e.value.history.interrupted and e.value.history.step == 5 and m.optimizer.t == 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(ValueError, match="on_interrupt must be 'raise' or 'return'"):
+        m.fit(x, y, on_interrupt="ignore")
+
+
+def test_a_signal_the_process_ignores_stays_ignored(mnist_small):
+    """nohup ignores SIGHUP, a non-interactive shell's background job SIGINT: training
+    must not take them over and stop on a hang-up the user asked to survive."""
+    import os
+    import signal
+
+    class HangUp(dpnet.engines.LocalEngine):
+        def gradient(self, step, idx):
+            if step == 2:
+                os.kill(os.getpid(), signal.SIGHUP)
+            return super().gradient(step, idx)
+
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        h = mlp().fit(mnist_small.x_train[:500], mnist_small.y_train[:500], epochs=2,
+                      batch_size=100, engine=HangUp(), verbose=0)
+        assert not h.interrupted and h.step == 10
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, old)
 
 
 def test_divergence_is_reported_not_trained_through(mnist_small):
@@ -197,3 +229,56 @@ def test_early_stopping_state_goes_into_the_checkpoint_and_comes_back(tmp_path):
     stopped = EarlyStopping(patience=2)
     stopped.resume({**state, "wait": 2})
     assert stopped.stopped
+
+
+SIGTERM_IN_FIT = """
+import os, signal, sys
+import numpy as np
+import dpnet
+from dpnet.engines.coordinator import MultiprocessEngine
+
+class Term(MultiprocessEngine):
+    def step(self, step, batch):
+        out = super().step(step, batch)
+        if step == 3:
+            print("workers", self.group.pid(0), self.group.pid(1), flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)       # as timeout, docker stop, Slurm
+        return out
+
+rng = np.random.default_rng(0)
+x, y = rng.normal(size=(400, 20)).astype(np.float32), rng.integers(0, 3, 400)
+m = dpnet.Sequential([dpnet.Dense(20, 8, activation="relu"),
+                      dpnet.Dense(8, 3, activation="softmax")])
+with Term(workers=2) as engine:
+    try:
+        m.fit(x, y, epochs=50, batch_size=40, engine=engine, verbose=0,
+              checkpoint=sys.argv[1])
+        print("fit returned", flush=True)
+    finally:
+        print("finally ran", flush=True)
+"""
+
+
+def test_sigterm_in_a_library_fit_ends_the_program_after_winding_up(tmp_path):
+    """SIGTERM stops training after the step and saves -- then ends the program, exit
+    status 143 as SIGTERM's own (it ran on and exited 0), after the program's finally
+    blocks and with-exits, so its engine stops the workers and removes the shared
+    memory."""
+    import subprocess
+    import sys
+    import psutil
+    from conftest import ROOT, run_leftovers
+    ck = tmp_path / "ck.npz"
+    p = subprocess.Popen([sys.executable, "-c", SIGTERM_IN_FIT, str(ck)], text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 143, (p.returncode, out, err)
+    assert "fit returned" not in out and "finally ran" in out and "Traceback" not in err, err
+    assert run_leftovers(p.pid) == []
+    pids = [int(w) for w in out.split()[1:3]]
+    assert len(pids) == 2 and not any(psutil.pid_exists(w) and psutil.Process(w).status()
+                                      != psutil.STATUS_ZOMBIE for w in pids)
+    import dpnet
+    assert dpnet.load(ck).optimizer.t == 4
+    from dpnet.storage.checkpoint import read_checkpoint_meta
+    assert read_checkpoint_meta(ck)["training"]["history"]["interrupted"] is True

@@ -86,7 +86,8 @@ def test_ctrl_c_stops_after_the_minibatch_and_a_resume_is_the_uninterrupted_run(
     b, _, _ = problem()
     epochs = []
     cut = minimize_minibatches(b, x, y, batch_size=100, mb_maxiter=3, epochs=2,
-                               engine=CtrlC(at=20), callback=lambda e, mt: epochs.append(e))
+                               engine=CtrlC(at=20), callback=lambda e, mt: epochs.append(e),
+                               on_interrupt="return")
     # stopped after the minibatch that the signal came in, inside the first epoch
     assert cut.interrupted and cut.evals >= 20 and 0 < cut.step < 6 and epochs == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # restored
@@ -110,13 +111,22 @@ def test_ctrl_c_stops_a_full_batch_run_after_the_iteration(method):
     seen = []
     engine = CtrlC(at=8)              # (the callback never asks to stop)
     res = minimize(m, x, y, method=method, maxiter=50, engine=engine,
-                   callback=lambda it, mt: seen.append(mt["loss"]))
+                   callback=lambda it, mt: seen.append(mt["loss"]), on_interrupt="return")
     assert (res.status, res.message) == (STOPPED, "stopped by SIGINT")
     # every gradient evaluated is counted, the half line search after the signal too
     assert res.nit == len(seen) and res.nfev == engine.calls >= 8
     assert 0 < len(seen) < 8 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     # the model holds the last whole iterate: the one the last callback measured
     assert m.evaluate(x, y)["loss"] == pytest.approx(seen[-1], rel=1e-12)
+    # by default the signal goes on, carrying the result
+    m, x, y = problem()
+    with pytest.raises(KeyboardInterrupt) as e:
+        minimize(m, x, y, method=method, maxiter=50, engine=CtrlC(at=8))
+    assert e.value.result.status == STOPPED and e.value.result.nfev >= 8
+    with pytest.raises(KeyboardInterrupt) as e:
+        minimize_minibatches(m, x, y, batch_size=100, mb_maxiter=3, epochs=2,
+                             engine=CtrlC(at=5))
+    assert e.value.result.interrupted
 
 
 def cli(*args):
