@@ -332,13 +332,23 @@ def _model(args, ck, vocab, H, L):
                         optimizer=opt, num_layers=L, temperature=args.train_temperature or 1.0,
                         **clip)
     model = ck.model
+    changed = []           # what a continuation changes is said, as runDnn.py says it
     if args.train_temperature is not None:
+        if args.train_temperature != model.temperature:
+            changed.append(f"--train-temperature {model.temperature:g}; continuing at "
+                           f"{args.train_temperature:g}")
         model.temperature = args.train_temperature
     if args.optimizer is not None and args.optimizer != model.optimizer.name:
         raise UserError(f"--optimizer {args.optimizer}: the checkpoint was trained with "
                         f"{model.optimizer.name} (its state would not fit)")
     if args.lr is not None:
-        model.optimizer.schedule = as_schedule(args.lr)
+        new = as_schedule(args.lr)
+        if str(new) != str(model.optimizer.schedule):
+            changed.append(f"learning rate {model.optimizer.schedule}; continuing with {new}")
+        model.optimizer.schedule = new
+    prog = getattr(args, "prog", None) or "runLstm.py"
+    for what in changed:
+        print(f"{prog}: note: --load {args.load!r} was trained with {what}", file=sys.stderr)
     if args.clip is not None:
         model.clip_norm = clip["clip_norm"]
     if args.clip_value is not None:
@@ -351,6 +361,7 @@ def _train(args, prog, given):
     if json_on_stdout(args.json):            # stdout is for the JSON alone
         args.quiet = True
     ck = load_text_checkpoint(args.load) if args.load else None
+    args.prog = prog                              # (for the notes of a continuation)
     vocab, train, val, model, sizes = _setup(args, ck)
     prime, _ = _prime(vocab, args.prime)          # a bad --prime fails before training
     initial_step, state, hist = 0, None, TextHistory()
@@ -405,7 +416,8 @@ def _train(args, prog, given):
                         initial_state=state, history=hist, verbose=not args.quiet,
                         text_path=_recorded_text(args.text),
                         val_fraction=args.val_fraction,
-                        divergence=None if args.allow_divergence else 2.0)
+                        divergence=None if args.allow_divergence else 2.0,
+                        on_interrupt="return")       # the exit code says it: 130, ...
     except WorkerError:
         if args.save and hist.saved_step is not None:
             print(f"{prog}: saved the weights of step {hist.saved_step} to {args.save}",

@@ -55,7 +55,17 @@ def load(path):
         raise CheckpointError(f"checkpoint {path!r} holds an unknown model type "
                               f"{cfg.get('type')!r}") from None
     try:
-        model = cls.from_config(cls.upgrade_config(cfg))
+        cfg = cls.upgrade_config(cfg)
+        # the size the description claims, before anything of that size is allocated:
+        # an edited description must not make the loader reserve gigabytes
+        n = cls.config_n_params(cfg)
+        params = arrays.get("params")
+        if params is not None and params.size != n:
+            raise CheckpointError(f"checkpoint {path!r} describes a model of {n:,} "
+                                  f"parameters but holds {params.size:,}")
+        model = cls.from_config(cfg)
+    except CheckpointError:
+        raise
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path!r} has a bad model description: {e}") from None
     model.params[...] = _to_backend(model.params, _check_params(path, arrays, meta,
@@ -89,7 +99,7 @@ def load_weights_into(model, path, optimizer="checkpoint"):
                               f"not a {ours.get('type')!r}")
     theirs = type(model).upgrade_config(theirs)
     for key in type(model).architecture_keys:
-        if key in ours and theirs.get(key) != ours[key]:
+        if key in ours and _without_init(theirs.get(key)) != _without_init(ours[key]):
             raise CheckpointError(f"checkpoint {path!r} does not match the model: "
                                   f"{_difference(key, theirs.get(key), ours[key])}")
     params = _check_params(path, arrays, meta, model.n_params, model.dtype)
@@ -114,6 +124,15 @@ def load_weights_into(model, path, optimizer="checkpoint"):
     model.params[...] = _to_backend(model.params, params)
     model.checkpoint_meta = meta
     return meta
+
+
+def _without_init(value):
+    """A layer list as compared for loading: a layer's initializer chose weights that
+    the checkpoint's replace, so it is no part of the architecture."""
+    if isinstance(value, list):
+        return [{k: v for k, v in c.items() if k != "init"} if isinstance(c, dict) else c
+                for c in value]
+    return value
 
 
 def _to_backend(like, host):

@@ -40,7 +40,7 @@ import numpy as np
 from ..backend import check_dtype, elementwise_kernel, to_numpy, xp_of
 from ..nn.initializers import get_initializer
 from ..nn.params import ParamLayout
-from ..optim.optimizers import get_optimizer
+from ..optim.optimizers import model_optimizer
 from .flat import FlatParams
 from .saving import save_model
 
@@ -188,7 +188,7 @@ class CharLSTM(FlatParams):
                 raise ValueError(f"{name} must be > 0 or None, got {v!r}")
         self.clip_norm = None if clip_norm is None else float(clip_norm)
         self.clip_value = None if clip_value is None else float(clip_value)
-        self.optimizer = get_optimizer(optimizer)
+        self.optimizer = model_optimizer(optimizer)
         self.vocab = None            # a dpnet.data.text.Vocabulary, once one is given
 
         V, H = self.vocab_size, self.hidden_size
@@ -683,6 +683,14 @@ class CharLSTM(FlatParams):
         """A config as this version writes it: the first checkpoints had one layer and
         did not name the count."""
         return dict(cfg, num_layers=cfg.get("num_layers", 1))
+
+    @classmethod
+    def config_n_params(cls, cfg):
+        """The parameter count a config describes, found without allocating them."""
+        V = _positive_int("vocab_size", cfg["vocab_size"])
+        H = _positive_int("hidden_size", cfg["hidden_size"])
+        L = _positive_int("num_layers", cfg.get("num_layers", 1))
+        return 4 * H * (V + H + 1) + (L - 1) * 4 * H * (2 * H + 1) + H * V + V
 
     @classmethod
     def from_config(cls, cfg, optimizer="adam", xp=np):

@@ -11,7 +11,7 @@ from ..nn.losses import get_loss
 from ..nn.params import ParamLayout
 from ..nn.rng import mix_key
 from ..data.check import check_data
-from ..optim.optimizers import get_optimizer
+from ..optim.optimizers import model_optimizer
 from .flat import FlatParams
 from .saving import save_model
 
@@ -69,7 +69,7 @@ class Sequential(FlatParams):
             raise ValueError(f"loss {self.loss.name!r} needs output activation {fused!r}, "
                              f"got {out_act!r}")
         self._fused = fused is not None
-        self.optimizer = get_optimizer(optimizer)
+        self.optimizer = model_optimizer(optimizer)
         if not isinstance(l2, (int, float, np.integer, np.floating)) or not l2 >= 0:
             raise ValueError(f"l2 must be >= 0, got {l2!r}")
         if clip_norm is not None and not (isinstance(clip_norm, (int, float, np.integer,
@@ -242,6 +242,8 @@ class Sequential(FlatParams):
 
     def train_on_batch(self, x, y):
         x, y = check_data(self, x, y, "the batch")
+        if x.shape[0] == 0:
+            raise ValueError("the batch is empty: no gradient to step along")
         # each update draws fresh dropout masks, as fit does (keyed by the step count)
         self.seed_step(self.seed, self.optimizer.t)
         loss, n = self.loss_and_grad(x, y)
@@ -332,6 +334,13 @@ class Sequential(FlatParams):
     def upgrade_config(cfg):
         """A config as this version writes it (every version so far wrote the same)."""
         return cfg
+
+    @staticmethod
+    def config_n_params(cfg):
+        """The parameter count a config describes, found without allocating them (a
+        loader compares it with the checkpoint's array before building the model)."""
+        layers = [layer_from_config(c) for c in cfg["layers"]]
+        return sum(int(np.prod(shape)) for l in layers for _, shape in l.param_shapes())
 
     def save(self, path, **extra):
         """Weights, optimizer state and config to an .npz checkpoint (``dpnet.load``

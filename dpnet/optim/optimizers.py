@@ -332,6 +332,20 @@ def get_optimizer(name, **kwargs):
     return cls(**kwargs)
 
 
+def model_optimizer(spec):
+    """``get_optimizer`` for a model's constructor. An Optimizer instance serves ONE
+    model -- its step count (which drives the learning rate's schedule) and its state
+    vectors are that model's -- so a second model given the same instance is refused,
+    not silently started at the end of the first one's schedule with its moments."""
+    opt = get_optimizer(spec)
+    if getattr(opt, "_in_model", False):
+        raise ValueError(f"optimizer {opt!r} already belongs to a model (its step count "
+                         f"and state are that model's): give each model an optimizer of "
+                         f"its own")
+    opt._in_model = True
+    return opt
+
+
 def optimizer_from_config(cfg):
     if not isinstance(cfg, dict):
         raise ValueError(f"an optimizer's settings are a JSON object, got {cfg!r}"[:200])

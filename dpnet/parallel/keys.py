@@ -105,9 +105,29 @@ def server_keys(directory):
     return public, secret, allowed
 
 
-def client_keys(directory, name=WORKER):
-    """A worker's (public, secret) key and the coordinator's public key."""
+def worker_key_name(directory):
+    """The worker keypair a worker uses when none is named: ``worker``, else the only
+    worker keypair in ``directory`` (a host given its own one of ``keys --workers N``);
+    several: a KeysError that names them and ``--key-name``."""
+    if os.path.isfile(os.path.join(directory, WORKER + ".key_secret")) or \
+            not os.path.isdir(directory):
+        return WORKER
+    names = sorted(f[:-len(".key_secret")] for f in os.listdir(directory)
+                   if f.endswith(".key_secret") and f != COORDINATOR + ".key_secret")
+    if len(names) == 1:
+        return names[0]
+    if names:
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise KeysError(f"{directory} holds {len(names)} worker keypairs ({shown}): "
+                        f"choose this worker's with --key-name NAME")
+    return WORKER
+
+
+def client_keys(directory, name=None):
+    """A worker's (public, secret) key and the coordinator's public key; ``name``: its
+    keypair's (default: ``worker_key_name``)."""
     check_curve()
+    name = worker_key_name(directory) if name is None else name
     public, secret = _read(os.path.join(directory, name + ".key_secret"), True)
     server_public = _read(os.path.join(directory, COORDINATOR + ".key"), False)[0]
     return public, secret, server_public

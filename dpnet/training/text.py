@@ -96,7 +96,8 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
              vocab=None, prime=None, log_every=10, smoothing=0.99, checkpoint=None,
              save_every=None, initial_step=0, initial_state=None, history=None,
              print_fn=print, verbose=True, callbacks=(), text_path=None,
-             val_fraction=None, divergence=2.0, batch_size=32, seq_len=64):
+             val_fraction=None, divergence=2.0, batch_size=32, seq_len=64,
+             on_interrupt="raise"):
     """Train a CharLSTM on ``train`` (a StreamBatcher) for global steps. ``train`` may
     also be what ``load_corpus`` returns, (vocab, train ids, validation ids): the
     streams are then ``batch_size`` x ``seq_len`` and the vocabulary is the corpus's.
@@ -123,15 +124,26 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
       True from any stops training after it.
     divergence: stop (``Diverged``) when the smoothed loss exceeds this many times
       ln V, the loss of a uniform guess that training starts from; None: never.
-    Ctrl-C or SIGTERM stops after the current step with whole weights; the returned
-    TextHistory then has ``interrupted = True``.
+    on_interrupt: Ctrl-C or SIGTERM stops after the current step with whole weights
+      (and the checkpoint written); then "raise" (the default) passes the signal on as
+      ``fit``'s does (a KeyboardInterrupt with the TextHistory as ``history``), "return"
+      returns the TextHistory with ``interrupted = True``.
     """
     if divergence is not None and not (isinstance(divergence, (int, float))
                                        and divergence > 1):
         raise ValueError(f"divergence must be a factor > 1 or None, got {divergence!r}")
     if isinstance(train, tuple) and len(train) == 3:          # load_corpus's answer
         vocab, train, val = _batchers(train, val, vocab, batch_size, seq_len)
-    if vocab is not None and getattr(model, "vocab", None) is None:
+    if vocab is not None:
+        # the ids are the vocabulary's: a model of another size, or one that knows
+        # another vocabulary, would be trained on ids that mean other characters
+        if len(vocab) != model.vocab_size:
+            raise ValueError(f"vocab has {len(vocab)} characters, the model's input and "
+                             f"output {model.vocab_size}")
+        own = getattr(model, "vocab", None)
+        if own is not None and list(own.chars) != list(vocab.chars):
+            raise ValueError("vocab is not the model's own vocabulary (model.vocab): "
+                             "the same ids would mean other characters")
         model.vocab = vocab                  # so the model can sample strings, and save
     end = _check_options(train, val, steps, epochs, temperature, smoothing)
     counts = {k: _count(k, v) for k, v in (("eval_every", eval_every),
@@ -144,7 +156,8 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
         vocab is not None else None
     say = print_fn if verbose else (lambda *a, **k: None)
     hist = history if history is not None else TextHistory()
-    loop = Loop(model, hist, engine=engine, workers=workers, checkpoint=checkpoint, say=say)
+    loop = Loop(model, hist, engine=engine, workers=workers, checkpoint=checkpoint, say=say,
+                on_interrupt=on_interrupt)
     plan = TextPlan(model, loop, train, val, end, seed, vocab, prime_ids, temperature,
                     smoothing, checkpoint, save_every, initial_state, list(callbacks), say,
                     text_path=text_path, val_fraction=val_fraction, **counts)

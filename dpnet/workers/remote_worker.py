@@ -255,8 +255,9 @@ def parser(prog="python -m workers.remote"):
                         "coordinator.key and this worker's keypair); required unless "
                         "the coordinator is on this machine's loopback; - reads the keys "
                         "from standard input (how a coordinator starts its local ones)")
-    p.add_argument("--key-name", default="worker", metavar="NAME",
-                   help="which keypair in --keys: NAME.key_secret (default: worker)")
+    p.add_argument("--key-name", default=None, metavar="NAME",
+                   help="which keypair in --keys: NAME.key_secret (default: worker, or "
+                        "the only worker keypair there, e.g. worker-3 of keys --workers N)")
     p.add_argument("--data", metavar="DIR", default=None,
                    help="keep the run's arrays here (files named by checksum) and read "
                         "them from here next time instead of fetching them")

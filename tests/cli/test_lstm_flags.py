@@ -109,3 +109,16 @@ def test_on_failure_abort_with_a_worker_that_dies(tmp_path, text, capsys, monkey
                 expect=1)
     assert "worker 0 (pid" in err or "worker 1 (pid" in err
     assert "exited with code 3" in err and "saved the weights of step 10" in err
+
+
+def test_a_continuation_that_changes_the_rate_or_the_temperature_says_so(
+        tmp_path, text, capsys, baseline):
+    ck = tmp_path / "base.npz"
+    rc, _, err = cli(["--text", text, *SMALL, "--steps", "50", "--load", ck, "--lr", "0.05",
+                      "--train-temperature", "2"], capsys)
+    assert rc == 0, err
+    assert (f"runLstm.py: note: --load '{ck}' was trained with --train-temperature 1; "
+            f"continuing at 2") in err, err
+    assert "was trained with learning rate 0.01; continuing with 0.05" in err, err
+    rc, _, err = cli(["--text", text, *SMALL, "--steps", "50", "--load", ck], capsys)
+    assert rc == 0 and "note:" not in err, err             # nothing changed: nothing said

@@ -210,6 +210,25 @@ def test_listening_beyond_loopback_needs_keys_and_keys_must_be_private(tmp_path)
         make_keys(str(tmp_path / "k"))
 
 
+def test_a_worker_finds_its_keypair_among_several(tmp_path):
+    """`keys DIR --workers N` names the pairs worker-0 .. worker-N-1: a host given its
+    own pair finds it unnamed; one given several must say which (--key-name)."""
+    import shutil
+    from dpnet.parallel.keys import client_keys, worker_key_name
+    make_keys(str(tmp_path / "k"), workers=3)
+    host = tmp_path / "host"
+    host.mkdir()
+    for f in ("coordinator.key", "worker-2.key", "worker-2.key_secret"):
+        shutil.copy(tmp_path / "k" / f, host / f)
+    assert worker_key_name(str(host)) == "worker-2"
+    assert client_keys(str(host))[0] == client_keys(str(tmp_path / "k"), "worker-2")[0]
+    with pytest.raises(KeysError, match=r"holds 3 worker keypairs \(worker-0, worker-1, "
+                                        r"worker-2\): choose this worker's with --key-name"):
+        client_keys(str(tmp_path / "k"))
+    make_keys(str(tmp_path / "one"))
+    assert worker_key_name(str(tmp_path / "one")) == "worker"
+
+
 class Impostor(threading.Thread):
     """Peers that reach the socket during a run and lie: garbage bytes on a raw TCP
     connection, a message of another protocol version, an oversized frame, a JOIN

@@ -207,6 +207,10 @@ def test_train_on_batch_draws_fresh_dropout_masks():
         m.train_on_batch(x, y)
         masks.append(m.layers[1].mask.copy())
     assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[1], masks[2])
+    before = m.params.copy()
+    with pytest.raises(ValueError, match="the batch is empty"):
+        m.train_on_batch(x[:0], y[:0])
+    assert np.array_equal(m.params, before) and m.optimizer.t == 3
 
 
 def test_a_regression_predicts_values_and_reports_no_accuracy():
@@ -322,3 +326,17 @@ def test_views_taken_before_a_fit_with_workers_hold_its_result(mnist_small):
           workers=2, verbose=0)
     assert m.params is params and np.shares_memory(W, m.params)
     assert not np.array_equal(W, start)
+
+
+def test_an_optimizer_serves_one_model():
+    """Its step count drives the schedule and its moments are per weight: a second model
+    given the same instance started at the end of the first one's schedule."""
+    from dpnet.optim.optimizers import Adam
+    opt = Adam(lr=1e-2)
+    Sequential([Dense(6, 3, activation="softmax")], optimizer=opt)
+    with pytest.raises(ValueError, match="already belongs to a model .* an optimizer of "
+                                         "its own"):
+        Sequential([Dense(6, 3, activation="softmax")], optimizer=opt)
+    with pytest.raises(ValueError, match="already belongs to a model"):
+        dpnet.CharLSTM(5, 4, optimizer=opt)
+    Sequential([Dense(6, 3, activation="softmax")], optimizer="adam")   # names: fresh each

@@ -144,6 +144,19 @@ def test_metadata_that_declares_more_than_the_machine_holds_is_refused(ck):
     refused(f"dpnet.load({str(ck)!r})", ["declares 4,194,304.0 GiB of arrays"])
 
 
+def test_a_model_description_claiming_a_huge_network_is_refused_before_building_it(ck):
+    """Only the JSON edited: its layers claim 300,000 x 300,000 weights (335 GiB) beside
+    the file's 15 real ones -- refused before the model is built (MemoryError, or a
+    smaller lie really allocated and initialised)."""
+    ms = members(ck)
+    meta = json.loads(np.load(io.BytesIO(ms["__meta__.npy"])).tobytes())
+    meta["model"]["layers"][0].update(n_in=300_000, n_out=300_000)
+    ms["__meta__.npy"] = npy(np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    rezip(ck, ms)
+    refused(f"dpnet.load({str(ck)!r})",
+            ["describes a model of 90,000,300,000 parameters but holds 15"])
+
+
 def test_the_clis_refuse_a_bomb_in_one_line(ck):
     ms = members(ck)
     ms["params.npy"] = npy(params(ck)) + bytes(256 << 20)

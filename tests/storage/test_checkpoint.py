@@ -185,7 +185,8 @@ def test_wrong_size_dtype_and_nonfinite_params(tmp_path):
     meta = {"model": m.config(), "n_params": m.n_params, "dtype": "float32",
             "optimizer": {"config": m.optimizer.config(), "t": 0}}
     write_checkpoint(tmp_path / "short.npz", {"params": m.params[:-1]}, meta)
-    with pytest.raises(CheckpointError, match=f"holds {m.n_params - 1} parameters, expected {m.n_params}"):
+    with pytest.raises(CheckpointError, match=f"describes a model of {m.n_params} parameters "
+                                              f"but holds {m.n_params - 1}"):
         dpnet.load(tmp_path / "short.npz")
     write_checkpoint(tmp_path / "f64.npz", {"params": m.params.astype(np.float64)}, meta)
     with pytest.raises(CheckpointError, match="holds float64 parameters, expected float32"):

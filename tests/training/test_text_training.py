@@ -260,9 +260,17 @@ def test_callbacks_stop_and_signals_interrupt(tmp_path):
     ck = tmp_path / "int.npz"
     lines = []
     h = fit_text(model(vocab), train, val, steps=100, log_every=1, callbacks=[sigint_at_5],
-                 checkpoint=ck, print_fn=lines.append, eval_every=0, sample_every=0)
+                 checkpoint=ck, print_fn=lines.append, eval_every=0, sample_every=0,
+                 on_interrupt="return")
     assert h.interrupted and h.step == 5 and h.val_loss == []
     assert any("stopped by SIGINT after step 5" in l for l in lines)
+    assert load_text_checkpoint(ck).step == 5
+    # by default the Ctrl-C goes on, once the run has stopped and saved
+    ck.unlink()
+    with pytest.raises(KeyboardInterrupt) as e:
+        fit_text(model(vocab), train, val, steps=100, log_every=1, callbacks=[sigint_at_5],
+                 checkpoint=ck, eval_every=0, sample_every=0, print_fn=lines.append)
+    assert e.value.history.interrupted and e.value.history.step == 5
     assert load_text_checkpoint(ck).step == 5
 
 
@@ -302,3 +310,18 @@ def test_a_corpus_goes_straight_in_and_the_model_keeps_its_vocabulary(tmp_path):
     assert back.generate("the ", 30, temperature=0.5, seed=1) == text
     with pytest.raises(ValueError, match="no vocabulary"):
         CharLSTM(5, 4).generate("ab", 3)
+
+
+def test_a_vocabulary_that_is_not_the_models_is_refused():
+    """The ids mean characters of one vocabulary: another one of the model, or one of
+    another size than its input, would train it on characters it would decode wrongly."""
+    vocab, train, val = corpus()
+    m = model(vocab)
+    fit_text(m, train, val, steps=2, vocab=vocab, **QUIET)
+    assert m.vocab is vocab
+    other = Vocabulary.from_list(vocab.chars[1:] + ["~"])     # same size, other characters
+    with pytest.raises(ValueError, match="not the model's own vocabulary"):
+        fit_text(m, train, val, steps=4, vocab=other, **QUIET)
+    with pytest.raises(ValueError, match=rf"vocab has {len(vocab)} characters, the model's "
+                                         rf"input and output {len(vocab) + 3}"):
+        fit_text(CharLSTM(len(vocab) + 3, 8), train, val, steps=2, vocab=vocab, **QUIET)
