@@ -3,7 +3,11 @@ the runtime dependencies and the dev extras that carry a floor and are not cupy 
 (which need a GPU or start clusters; their tests skip without them)."""
 import re
 import sys
-import tomllib
+
+try:
+    import tomllib                  # Python 3.11+ (run this with any such python3)
+except ImportError:                 # pragma: no cover
+    sys.exit("lowest_pins: needs Python 3.11 or newer to read pyproject.toml")
 
 SKIP = {"cupy-cuda12x", "cupy-cuda13x", "ray", "pytest", "pytest-timeout", "hypothesis"}
 

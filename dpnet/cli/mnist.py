@@ -887,10 +887,24 @@ def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog,
                 f"(step {initial_step}) already: nothing to train (raise --epochs)"
                 if initial_step else f"{prog}: --epochs 0: nothing to train")
         elif es is not None and es.stopped:
-            say(f"{prog}: the checkpoint's run stopped early after epoch {hist.epochs[-1]} "
-                f"(no better val_loss in {es.wait} epochs; --patience {args.patience}) and "
-                f"keeps epoch {es.best_epoch}'s weights: nothing to train (raise "
-                f"--patience to go on)")
+            if hist.stopped_early:
+                say(f"{prog}: the checkpoint's run stopped early after epoch "
+                    f"{hist.epochs[-1]} (no better val_loss in {es.wait} epochs; --patience "
+                    f"{args.patience}) and keeps epoch {es.best_epoch}'s weights: nothing "
+                    f"to train (raise --patience to go on)")
+            else:
+                # a lower --patience than the run had: it has waited long enough already,
+                # so it stops now, as an uninterrupted run with this patience would have
+                if es.best_params is not None:
+                    model.params = es.best_params
+                hist.stopped_early = True
+                print(f"{prog}: stopped early: with --patience {args.patience}, no better "
+                      f"val_loss in the checkpoint's last {es.wait} epochs; the model keeps "
+                      f"epoch {es.best_epoch}'s weights (val_loss {es.best:.4f})",
+                      file=sys.stderr if json_on_stdout(args.json) else sys.stdout)
+                if args.save:
+                    _save(args, model, data, hist, early_stopping=[es])
+                    hist.saved_step = hist.step
         else:
             if hist.stopped_early:
                 kept = es.best_epoch if es is not None else None
@@ -930,10 +944,10 @@ def _step_size(args, data):
     return len(data.x_train) if full else args.batch_size
 
 
-def _save(args, model, data, hist):
+def _save(args, model, data, hist, early_stopping=()):
     save_training_checkpoint(args.save, model, hist.step, args.seed, _step_size(args, data),
                              hist, n_train=len(data.x_train), optimizer=args.optimizer,
-                             data=data_recipe(args))
+                             data=data_recipe(args), early_stopping=early_stopping)
 
 
 def _finish(args, model, data, hist, workers, t_start, epochs_before, say, prog):

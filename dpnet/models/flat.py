@@ -3,6 +3,8 @@ array its named views (a layer's W and b) are views of, through assignment, copi
 pickles."""
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import xp_of
 
 
@@ -30,7 +32,20 @@ class FlatParams:
         target[...] = value
 
     def __setstate__(self, state):
+        if "params" in state:            # pickled before params was a property
+            state = dict(state)
+            state["_params"] = state.pop("params")
         self.__dict__.update(state)
+        # joblib hands models to other processes as read-only memory maps: a model
+        # that comes back must still train
+        for name in ("_params", "grads"):
+            a = self.__dict__.get(name)
+            if isinstance(a, np.ndarray) and not a.flags.writeable:
+                self.__dict__[name] = a.copy()
+        opt = self.__dict__.get("optimizer")
+        if opt is not None and getattr(opt, "state", None):
+            opt.state = {k: np.array(v) if isinstance(v, np.ndarray) and not v.flags.writeable
+                         else v for k, v in opt.state.items()}
         self._rebind_views()
 
     def _rebind_views(self):

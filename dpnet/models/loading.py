@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import xp_of
-from ..optim.optimizers import optimizer_from_config
+from ..optim.optimizers import claim_optimizer, optimizer_from_config
 from ..storage.checkpoint import CheckpointError, read_checkpoint
 from .registry import model_class
 
@@ -38,6 +38,7 @@ def _restore_optimizer(path, model, arrays, meta):
                             like=model.params)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path!r} has bad optimizer state: {e}") from None
+    claim_optimizer(opt)
     model.optimizer = opt
 
 
@@ -60,7 +61,9 @@ def load(path):
         # an edited description must not make the loader reserve gigabytes
         n = cls.config_n_params(cfg)
         params = arrays.get("params")
-        if params is not None and params.size != n:
+        if params is None:
+            raise CheckpointError(f"checkpoint {path!r} has no parameter array")
+        if params.size != n:
             raise CheckpointError(f"checkpoint {path!r} describes a model of {n:,} "
                                   f"parameters but holds {params.size:,}")
         model = cls.from_config(cfg)

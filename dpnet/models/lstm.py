@@ -40,7 +40,8 @@ import numpy as np
 from ..backend import check_dtype, elementwise_kernel, to_numpy, xp_of
 from ..nn.initializers import get_initializer
 from ..nn.params import ParamLayout
-from ..optim.optimizers import model_optimizer
+from ..nn.rng import check_seed
+from ..optim.optimizers import claim_optimizer, model_optimizer
 from .flat import FlatParams
 from .saving import save_model
 
@@ -172,9 +173,7 @@ class CharLSTM(FlatParams):
         self.hidden_size = _positive_int("hidden_size", hidden_size)
         self.num_layers = _positive_int("num_layers", num_layers)
         self.dtype = check_dtype(dtype)
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         if not isinstance(forget_bias, (int, float)) or isinstance(forget_bias, bool) \
                 or not math.isfinite(forget_bias):
             raise ValueError(f"forget_bias must be a finite number, got {forget_bias!r}")
@@ -201,6 +200,7 @@ class CharLSTM(FlatParams):
         params, grads = self.layout.allocate(self.dtype, xp)
         self.bind(params, grads)
         self.init_params(self.seed)
+        claim_optimizer(self.optimizer)
 
     @property
     def temperature(self):

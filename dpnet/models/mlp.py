@@ -1,6 +1,9 @@
 """Sequential: a stack of Dense (and Dropout, Deform) layers over one flat parameter vector."""
 from __future__ import annotations
 
+import math
+import weakref
+
 import numpy as np
 
 from ..backend import check_dtype, to_numpy, xp_of
@@ -9,11 +12,16 @@ from ..nn.layer_config import layer_from_config
 from ..nn.layers import Dense, Dropout, Layer
 from ..nn.losses import get_loss
 from ..nn.params import ParamLayout
-from ..nn.rng import mix_key
-from ..data.check import check_data
-from ..optim.optimizers import model_optimizer
+from ..nn.rng import check_seed, mix_key
+from ..data.check import check_data, check_inputs
+from ..optim.optimizers import claim_optimizer, model_optimizer
 from .flat import FlatParams
 from .saving import save_model
+
+
+# the model each layer with weights is bound to (weakly: a layer of a model that is
+# gone, or a copy of one, is free to join another)
+_OWNERS = weakref.WeakKeyDictionary()
 
 
 class Sequential(FlatParams):
@@ -54,9 +62,11 @@ class Sequential(FlatParams):
             raise ValueError(f"the last layer must be Dense, got {layers[-1]!r}")
         for i, l in enumerate(layers):
             # a layer's W and b are views of ONE model's vector: a second model of the
-            # same layer objects would rebind them, and the first would train nothing
-            if l.param_shapes() and (getattr(l, "_in_model", False)
-                                     or any(l is m for m in layers[:i])):
+            # same layer objects would rebind them, and the first -- while it lives --
+            # would train nothing (a copy of the layers, or of a model, is free)
+            owner = _OWNERS.get(l)
+            owner = owner() if owner is not None else None
+            if l.param_shapes() and (owner is not None or any(l is m for m in layers[:i])):
                 raise ValueError(f"layer {i} ({l!r}) already belongs to a model (its "
                                  f"weights are views of that model's parameter vector): "
                                  f"give each model layers of its own, or copy.deepcopy "
@@ -77,7 +87,7 @@ class Sequential(FlatParams):
             raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
         self.l2, self.clip_norm = float(l2), clip_norm
         self.dtype = check_dtype(dtype)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
 
         entries = []
         for i, l in enumerate(layers):
@@ -85,8 +95,6 @@ class Sequential(FlatParams):
         self.layout = ParamLayout(entries)
         self._params, self.grads = self.layout.allocate(self.dtype, xp)
         self._bind()
-        for l in layers:
-            l._in_model = True
         self._weight_slices = [self.layout.slice_of(f"{i}.W")
                                for i, l in enumerate(layers) if isinstance(l, Dense)]
         self._constrained = [l for l in layers
@@ -94,6 +102,7 @@ class Sequential(FlatParams):
         self.init_params(self.seed)
         self.seed_step(self.seed, 0)
         self.last_correct = 0
+        claim_optimizer(self.optimizer)
 
     # -- set-up --------------------------------------------------------------------
     def _rebind_views(self):
@@ -101,7 +110,10 @@ class Sequential(FlatParams):
 
     def _bind(self):
         pv, gv = self.layout.views(self.params), self.layout.views(self.grads)
+        me = weakref.ref(self)
         for i, l in enumerate(self.layers):
+            if l.param_shapes():
+                _OWNERS[l] = me
             names = [n for n, _ in l.param_shapes()]
             l.bind({n: pv[f"{i}.{n}"] for n in names}, {n: gv[f"{i}.{n}"] for n in names})
 
@@ -145,6 +157,8 @@ class Sequential(FlatParams):
 
     def _as_input(self, x):
         xp = xp_of(self.params)
+        if xp is np:
+            return check_inputs(self, x)
         x = xp.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.n_inputs:
             raise ValueError(f"input must have shape (n, {self.n_inputs}), got {x.shape}")
@@ -340,7 +354,7 @@ class Sequential(FlatParams):
         """The parameter count a config describes, found without allocating them (a
         loader compares it with the checkpoint's array before building the model)."""
         layers = [layer_from_config(c) for c in cfg["layers"]]
-        return sum(int(np.prod(shape)) for l in layers for _, shape in l.param_shapes())
+        return sum(math.prod(shape) for l in layers for _, shape in l.param_shapes())
 
     def save(self, path, **extra):
         """Weights, optimizer state and config to an .npz checkpoint (``dpnet.load``

@@ -342,8 +342,13 @@ def model_optimizer(spec):
         raise ValueError(f"optimizer {opt!r} already belongs to a model (its step count "
                          f"and state are that model's): give each model an optimizer of "
                          f"its own")
-    opt._in_model = True
     return opt
+
+
+def claim_optimizer(opt):
+    """Mark ``opt`` as a model's (once its constructor has succeeded: a model that
+    failed to be built claims nothing)."""
+    opt._in_model = True
 
 
 def optimizer_from_config(cfg):

@@ -6,6 +6,8 @@ any of them returned True.
 """
 from __future__ import annotations
 
+import math
+
 
 class EarlyStopping:
     """Stop after ``patience`` epochs in a row in which ``monitor`` has not improved by
@@ -49,9 +51,10 @@ class EarlyStopping:
         if monitor != self.monitor:
             raise ValueError(f"the early-stopping state monitors {monitor!r}, not "
                              f"{self.monitor!r}")
-        if not (isinstance(wait, int) and wait >= 0
+        if not (isinstance(wait, int) and not isinstance(wait, bool) and wait >= 0
                 and (best is None) == (best_epoch is None)
-                and (best is None or isinstance(best, (int, float)))
+                and (best is None or (isinstance(best, (int, float))
+                                      and not isinstance(best, bool) and math.isfinite(best)))
                 and (best_epoch is None or isinstance(best_epoch, int))):
             raise ValueError(f"early-stopping state {state!r} is malformed"[:200])
         self.best, self.best_epoch, self.wait = best, best_epoch, wait
@@ -78,7 +81,7 @@ class EarlyStopping:
         self.wait += 1
         if self.wait >= self.patience:
             if self.best_params is not None:
-                self.model.params[...] = self.best_params
+                self.model.params = self.best_params     # (copied in: host or device)
             return True
         return False
 
@@ -86,7 +89,8 @@ class EarlyStopping:
 class ModelCheckpoint:
     """Save the model (weights and optimizer state, ``model.save``'s checkpoint) after an
     epoch -- with ``save_best_only`` only when ``monitor`` improved, as Keras's
-    ModelCheckpoint; ``path`` may hold ``{epoch}``. Never stops training."""
+    ModelCheckpoint; ``path`` may hold ``{epoch}`` and the epoch's metrics, formatted as
+    Keras's (``"m-{epoch:02d}-{val_loss:.3f}.npz"``). Never stops training."""
 
     def __init__(self, path, monitor="val_loss", save_best_only=True):
         self.path, self.monitor, self.save_best_only = path, monitor, save_best_only
@@ -106,7 +110,12 @@ class ModelCheckpoint:
                                               else v > self.best):
                 return False
             self.best = v
-        path = str(self.path).format(epoch=epoch)
+        try:                              # Keras's names: "m-{epoch:02d}-{val_loss:.3f}.npz"
+            path = str(self.path).format(epoch=epoch, **metrics)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"ModelCheckpoint path {str(self.path)!r} cannot be filled in "
+                             f"({type(e).__name__}: {e}); it may name epoch and "
+                             f"{', '.join(metrics)}") from None
         self.model.save(path, epoch=int(epoch), metrics=dict(metrics))
         self.saved.append(path)
         return False

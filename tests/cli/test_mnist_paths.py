@@ -235,6 +235,17 @@ def test_patience_in_pieces_stops_where_the_uninterrupted_run_stops(tmp_path):
             straight, "--quiet")
     assert r.returncode == 0, r.stderr
     assert f"holds the weights --patience kept (epoch {kept}'s)" in r.stderr, r.stderr
+    # a run with more patience, resumed with less than it has waited: it stops at once,
+    # keeping the best epoch's weights, as the run with that patience did
+    waiting = tmp_path / "waiting.npz"
+    r = run(DEBUG, *c[:-4], "--patience", 5, "--hidden", 64, "--epochs", stop, "--save",
+            waiting, "--quiet")
+    assert r.returncode == 0 and "stopped early" not in r.stdout, r.stdout
+    r = run(DEBUG, *c, "--epochs", 30, "--load", waiting, "--save", waiting)
+    assert r.returncode == 0, r.stderr
+    assert (f"stopped early: with --patience 2, no better val_loss in the checkpoint's "
+            f"last 2 epochs; the model keeps epoch {kept}'s weights") in r.stdout, r.stdout
+    assert_same_checkpoint(straight, waiting)
 
 
 def test_a_checkpoint_without_a_training_record_starts_afresh_from_its_weights(tmp_path):

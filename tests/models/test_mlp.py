@@ -308,6 +308,15 @@ def test_layers_belong_to_one_model_and_params_assigned_are_copied_in():
     with pytest.raises(ValueError, match="layer 1 .* already belongs"):
         Sequential([d, d], loss="mse")
     Sequential([Dense(6, 5), layers[1], Dense(5, 3)], loss="mse")   # no weights: shared
+    import copy
+    import gc
+    Sequential(copy.deepcopy(layers))                   # copies are free
+    Sequential(copy.deepcopy(m).layers)
+    twice = [Dense(6, 5, activation="relu"), Dense(5, 3, activation="softmax")]
+    first = Sequential(twice)
+    del first                                           # a notebook cell run again
+    gc.collect()
+    Sequential(twice)
     # assigning params fills the one vector the layers read (it replaced it before)
     before = m.params
     m.params = np.arange(m.n_params)
@@ -328,6 +337,18 @@ def test_views_taken_before_a_fit_with_workers_hold_its_result(mnist_small):
     assert not np.array_equal(W, start)
 
 
+def test_a_model_pickled_before_params_was_a_property_loads_and_trains():
+    m = three_layer(dtype=np.float32)
+    state = dict(m.__dict__)
+    state["params"] = state.pop("_params").copy()       # the old pickles' layout
+    old = Sequential.__new__(Sequential)
+    old.__setstate__(state)
+    assert np.shares_memory(old.layers[0].W, old.params)
+    x, y = data(B=40)
+    loss = old.fit(x, y, epochs=3, batch_size=8, verbose=0).history["loss"]
+    assert loss[-1] < loss[0]
+
+
 def test_an_optimizer_serves_one_model():
     """Its step count drives the schedule and its moments are per weight: a second model
     given the same instance started at the end of the first one's schedule."""
@@ -340,3 +361,7 @@ def test_an_optimizer_serves_one_model():
     with pytest.raises(ValueError, match="already belongs to a model"):
         dpnet.CharLSTM(5, 4, optimizer=opt)
     Sequential([Dense(6, 3, activation="softmax")], optimizer="adam")   # names: fresh each
+    spare = Adam(lr=1e-2)
+    with pytest.raises(ValueError, match="l2 must be"):
+        Sequential([Dense(6, 3, activation="softmax")], optimizer=spare, l2=-1)
+    Sequential([Dense(6, 3, activation="softmax")], optimizer=spare)   # a failure claims none

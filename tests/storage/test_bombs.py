@@ -155,6 +155,13 @@ def test_a_model_description_claiming_a_huge_network_is_refused_before_building_
     rezip(ck, ms)
     refused(f"dpnet.load({str(ck)!r})",
             ["describes a model of 90,000,300,000 parameters but holds 15"])
+    # ... and with no parameter array at all, refused before building too
+    ms.pop("params.npy")
+    meta["arrays"].pop("params")
+    meta["crc32"].pop("params")
+    ms["__meta__.npy"] = npy(np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    rezip(ck, ms)
+    refused(f"dpnet.load({str(ck)!r})", ["has no parameter array"])
 
 
 def test_the_clis_refuse_a_bomb_in_one_line(ck):
