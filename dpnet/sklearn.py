@@ -165,12 +165,27 @@ class _BaseMLP(BaseEstimator):
         act = ACTIVATIONS[self.activation]
         layers = [Dense(a, b, activation=act) for a, b in zip(sizes, sizes[1:])]
         layers.append(Dense(sizes[-1], n_out, activation=self._out))
-        if self.solver in FULL_BATCH:
-            opt = get_optimizer("sgd", lr=self.learning_rate_init)      # unused by scipy
-        else:
-            opt = get_optimizer(self.solver, lr=self.learning_rate_init)
-        return Sequential(layers, loss=self._loss, optimizer=opt, l2=0.0,
+        return Sequential(layers, loss=self._loss, optimizer=self._new_optimizer(), l2=0.0,
                           dtype=np.float64, seed=seed)
+
+    def _new_optimizer(self):
+        if self.solver in FULL_BATCH:
+            return get_optimizer("sgd", lr=self.learning_rate_init)     # unused by scipy
+        return get_optimizer(self.solver, lr=self.learning_rate_init)
+
+    def _warm_start(self, X, y):
+        """A warm-started fit goes on from the fitted weights, with the network they fit
+        (a changed hidden_layer_sizes or activation is an error, not ignored) and, as
+        scikit-learn's, a fresh optimizer of the current solver and learning rate."""
+        fresh = self._build(X.shape[1], self._n_outputs(y), self._seed_)
+        now, then = fresh.config()["layers"], self.model_.config()["layers"]
+        strip = [[{k: v for k, v in c.items() if k != "init"} for c in ls]
+                 for ls in (now, then)]
+        if strip[0] != strip[1]:
+            raise ValueError("warm_start: hidden_layer_sizes, activation or the outputs "
+                             "changed since the last fit, and the fitted weights are of "
+                             "that network; set warm_start=False to start afresh")
+        self.model_.optimizer = fresh.optimizer
 
     def _views(self):
         m = self.model_
@@ -216,9 +231,12 @@ class _BaseMLP(BaseEstimator):
             self.best_loss_ = np.inf
             self.validation_scores_, self.best_validation_score_ = [], -np.inf
             self._views()
+            self._best_params = None
         elif X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, but this estimator was fitted "
                              f"with {self.n_features_in_}")
+        elif not incremental:
+            self._warm_start(X, y)
         self.n_features_in_ = X.shape[1]
         if self.best_loss_ is None:        # after an early-stopping fit: a partial_fit's
             self.best_loss_ = np.inf       # iterations are judged by the training loss
@@ -272,7 +290,9 @@ class _BaseMLP(BaseEstimator):
             improved = score > self.best_validation_score_ + self.tol
             if score > self.best_validation_score_:
                 self.best_validation_score_ = score
-                stop_state["best"] = self.model_.params.copy()
+                # kept across warm-started fits, as best_validation_score_ is: a fit
+                # that never beats an earlier one's best ends with that one's weights
+                self._best_params = self.model_.params.copy()
         else:
             improved = loss < self.best_loss_ - self.tol
             self.best_loss_ = min(self.best_loss_, float(loss))
@@ -297,7 +317,7 @@ class _BaseMLP(BaseEstimator):
         return each
 
     def _fit_minibatch(self, X, y, iterations, val, sample_weight):
-        state = {"bad": 0, "best": None, "stopped": False}
+        state = {"bad": 0, "stopped": False, "validated": val is not None}
         start = self.n_iter_
         hist = fit_epochs(self.model_, X, y, epochs=start + iterations,
                           batch_size=self._batch(len(X)),
@@ -308,7 +328,7 @@ class _BaseMLP(BaseEstimator):
         self._finish(hist.stop_signal if hist.interrupted else None, state, iterations)
 
     def _fit_full_batch(self, X, y, iterations, val, sample_weight):
-        state = {"bad": 0, "best": None, "stopped": False}
+        state = {"bad": 0, "stopped": False, "validated": val is not None}
         with GracefulStop() as stop:
             result = minimize(self.model_, X, y, method=FULL_BATCH[self.solver],
                               maxiter=iterations, workers=int(self.workers),
@@ -324,8 +344,9 @@ class _BaseMLP(BaseEstimator):
         (``signal_name``) then goes on (a Ctrl-C raises KeyboardInterrupt: a search or
         a script must not go on with a half-trained estimator as if nothing happened),
         the estimator holding the whole weights trained so far."""
-        if state["best"] is not None:                 # early stopping: the best weights
-            self.model_.params[...] = state["best"]
+        best = getattr(self, "_best_params", None)
+        if state["validated"] and best is not None:   # early stopping: the best weights
+            self.model_.params[...] = best
         if signal_name is None and not state["stopped"] and iterations > 1:
             warnings.warn(f"stopped after max_iter={self.max_iter} iterations without "
                           f"converging", ConvergenceWarning)

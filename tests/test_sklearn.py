@@ -217,11 +217,33 @@ def test_warm_start_continues_and_a_cold_start_does_not(iris):
     after_one = warm.coef_
     warm.fit(X, y)
     assert warm.n_iter_ == 10 and len(warm.loss_curve_) == 10
-    ten = MLPClassifier(**dict(kw, max_iter=10)).fit(X, y)
-    assert np.array_equal(warm.coef_, ten.coef_)                 # 5 + 5 == 10 in one go
+    assert not np.array_equal(warm.coef_, after_one)              # it went on from there
+    # as scikit-learn's: each fit a fresh optimizer, of the solver and rate set now
+    assert warm.model_.optimizer.t == 5 * 5                       # 5 epochs of 5 batches
+    warm.set_params(learning_rate_init=0.05, solver="sgd")
+    warm.fit(X, y)
+    assert warm.model_.optimizer.name == "sgd" and warm.model_.optimizer.lr == 0.05
+    warm.set_params(hidden_layer_sizes=(9,))
+    with pytest.raises(ValueError, match="warm_start: hidden_layer_sizes, activation or "
+                                         "the outputs changed"):
+        warm.fit(X, y)
     cold = MLPClassifier(**kw).fit(X, y)
     cold.fit(X, y)
     assert cold.n_iter_ == 5 and np.array_equal(cold.coef_, after_one)
+
+
+def test_early_stopping_across_warm_starts_keeps_the_best_weights_seen(iris):
+    """best_validation_score_ carries over a warm start; so do the weights it was
+    reached with: a second fit that never beats it ends with them, as scikit-learn's."""
+    X, y = iris
+    c = MLPClassifier(hidden_layer_sizes=(8,), max_iter=30, early_stopping=True,
+                      n_iter_no_change=30, warm_start=True, random_state=0,
+                      learning_rate_init=0.01).fit(X, y)
+    best, weights = c.best_validation_score_, c.coef_
+    c.set_params(learning_rate_init=5.0, max_iter=3)      # a rate that only makes it worse
+    c.fit(X, y)
+    assert max(c.validation_scores_[-3:]) <= best
+    assert c.best_validation_score_ == best and np.array_equal(c.coef_, weights)
 
 
 def test_coef_coefs_intercepts_and_the_callback(iris):

@@ -10,6 +10,33 @@ from __future__ import annotations
 import numpy as np
 
 
+def numbers(a, what):
+    """``a`` if its dtype holds numbers (bool, int, float); an object array of numbers
+    (pandas' nullable Int64 or Float32 columns, a mixed bool/float frame) as float64;
+    else a ValueError naming ``what`` and the dtype -- complex or text is never cut
+    down to a number silently."""
+    if a.dtype.kind == "O" and not any(isinstance(v, (str, bytes)) for v in a.flat):
+        try:
+            a = a.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{what} must be numbers, got dtype {a.dtype}")
+    return a
+
+
+def check_inputs(model, x, what="input"):
+    """x as an (n, n_inputs) array of numbers in the model's dtype (what predict and
+    evaluate take), or ValueError naming the problem."""
+    try:
+        x = np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} cannot be read as an array: {e}") from None
+    if x.ndim != 2 or x.shape[1] != model.n_inputs:
+        raise ValueError(f"{what} must have shape (n, {model.n_inputs}), got {x.shape}")
+    return np.ascontiguousarray(numbers(x, what), dtype=model.dtype)
+
+
 def check_data(model, x, y, what="data"):
     """(x, y) as contiguous arrays the model can use, or ValueError naming the problem.
 
@@ -29,16 +56,13 @@ def check_data(model, x, y, what="data"):
         raise ValueError(f"{what} cannot be read as arrays: {e}") from None
     if x.ndim != 2 or x.shape[1] != model.n_inputs:
         raise ValueError(f"{what} inputs must have shape (n, {model.n_inputs}), got {x.shape}")
-    if x.dtype.kind not in "biuf":
-        raise ValueError(f"{what} inputs must be numbers, got dtype {x.dtype}")
-    x = np.ascontiguousarray(x, dtype=model.dtype)
+    x = np.ascontiguousarray(numbers(x, f"{what} inputs"), dtype=model.dtype)
     if not np.isfinite(x).all():
         raise ValueError(f"{what} inputs hold NaN or infinite values")
     if y.ndim == 0 or y.shape[0] != x.shape[0]:
         raise ValueError(f"{what} has {x.shape[0]} inputs but "
                          f"{y.shape[0] if y.ndim else 'a scalar as'} targets")
-    if y.dtype.kind not in "biuf":
-        raise ValueError(f"{what} targets must be numbers, got dtype {y.dtype}")
+    y = numbers(y, f"{what} targets")
     if y.dtype.kind == "f" and not np.isfinite(y).all():
         raise ValueError(f"{what} targets hold NaN or infinite values")
     k = model.n_outputs

@@ -89,7 +89,11 @@ class Coordinator:
         """Place the data and weights where the group's workers find them, and start
         the workers."""
         if self.model is not None:
-            raise RuntimeError("this engine is already started")
+            # the engine of an earlier run (fit called again with engine=): that run
+            # is wound up first, its weights back in its model, and this one starts
+            # on fresh workers and segments
+            self.close()
+        self._final_stats = None
         self.model, self.seed = model, int(seed)
         self.step_timing(reset=True)       # a restarted engine reports this run only
         try:

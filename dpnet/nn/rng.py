@@ -20,6 +20,19 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _MASK64 = (1 << 64) - 1
 
 
+def check_seed(seed, name="seed", none_ok=True):
+    """A seed as an int: a non-negative integer, or (``none_ok``) None for a fresh one
+    drawn from the operating system's entropy -- which the model then records, so the
+    run can be repeated. A negative, fractional or non-number seed is a ValueError (a
+    float was truncated silently, a negative one failed deep in NumPy)."""
+    if seed is None and none_ok:
+        return int(np.random.SeedSequence().entropy % (1 << 32))
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"{name} must be a non-negative integer"
+                         + (" or None" if none_ok else "") + f", got {seed!r}")
+    return int(seed)
+
+
 def mix_key(*parts):
     """Fold integers (seed, step, layer, ...) into one 64-bit key."""
     k = 0

@@ -16,8 +16,9 @@ import numpy as np
 
 from ..data.batching import batch_slices, epoch_order
 from ..data.check import check_data
+from ..nn.rng import check_seed
 from ..models.saving import save_model
-from .callbacks import EarlyStopping
+from .callbacks import EarlyStopping, ModelCheckpoint
 from .history import History
 from .loop import Diverged, Loop, Plan, call_all
 
@@ -82,7 +83,8 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
     """
     if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) \
+            or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     x, y = check_training_data(model, x, y)
     w = sample_weights(y, sample_weight, class_weight,
@@ -90,7 +92,8 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
     if validation_split is not None:
         if validation_data is not None:
             raise ValueError("give validation_data or validation_split, not both")
-        if not isinstance(validation_split, (int, float)) or not 0 < validation_split < 1:
+        if not isinstance(validation_split, (int, float, np.floating)) \
+                or isinstance(validation_split, bool) or not 0 < validation_split < 1:
             raise ValueError(f"validation_split must be a fraction in (0, 1), got "
                              f"{validation_split!r}")
         cut = x.shape[0] - int(round(x.shape[0] * validation_split))
@@ -111,14 +114,18 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
             raise ValueError(f"initial_epoch must be a non-negative integer, got "
                              f"{initial_epoch!r}")
         initial_step = int(initial_epoch) * len(batch_slices(x.shape[0], int(batch_size)))
+    if not isinstance(initial_step, (int, np.integer)) or isinstance(initial_step, bool) \
+            or initial_step < 0:
+        raise ValueError(f"initial_step must be a non-negative integer, got {initial_step!r}")
     history = history if history is not None else History()
+    callbacks = check_callbacks(callbacks, datasets)
     for cb in callbacks:
         if hasattr(cb, "set_model"):
             cb.set_model(model)
     say = print_fn if verbose else (lambda *a, **k: None)
     loop = Loop(model, history, engine=engine, workers=workers, checkpoint=checkpoint, say=say,
                 on_interrupt=on_interrupt)
-    seed = model.seed if seed is None else int(seed)
+    seed = model.seed if seed is None else check_seed(seed, none_ok=False)
     plan = EpochPlan(model, loop, x.shape[0], int(batch_size), int(epochs), seed, shuffle,
                      "val" in datasets, list(callbacks), checkpoint, say,
                      progress=verbose and sys.stderr.isatty() if progress is None else progress)
@@ -131,6 +138,26 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
     plan.extra = dict(checkpoint_extra or {})
     loop.run(plan, datasets, seed, int(initial_step), plan.end)
     return history
+
+
+def check_callbacks(callbacks, datasets):
+    """callbacks as a list of callables, checked before any work: a lone callback
+    given for the list, or one that watches a validation metric of a run without
+    validation data (it failed after the first whole epoch), is a ValueError."""
+    if callable(callbacks) or not isinstance(callbacks, (list, tuple)):
+        raise ValueError(f"callbacks must be a list of callbacks, got "
+                         f"{type(callbacks).__name__} (write callbacks=[...])")
+    for cb in callbacks:
+        if not callable(cb):
+            raise ValueError(f"callbacks must be callables cb(epoch, metrics), got {cb!r}")
+        monitor = getattr(cb, "monitor", None)
+        watching = monitor is not None and (not isinstance(cb, ModelCheckpoint)
+                                            or cb.save_best_only)
+        if watching and isinstance(monitor, str) and monitor.startswith("val_") \
+                and "val" not in datasets:
+            raise ValueError(f"{type(cb).__name__} monitors {monitor!r}, but fit has no "
+                             f"validation data (give validation_data or validation_split)")
+    return list(callbacks)
 
 
 def sample_weights(y, sample_weight=None, class_weight=None, n_classes=None):

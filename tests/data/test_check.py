@@ -140,3 +140,44 @@ def test_metadata_numpy_scalars_nan_states_and_unusable_checkpoint_paths(tmp_pat
         lstm.loss_and_grad(x, x, (np.full((2, 4), np.nan), np.zeros((2, 4))))
     with pytest.raises(ValueError, match="not a writable file path"):
         m.fit(X, Y, epochs=1, verbose=0, checkpoint=tmp_path / "no" / "such.npz")
+
+
+def test_predict_takes_what_fit_takes_and_refuses_what_fit_refuses():
+    """An object array of numbers (pandas' nullable columns) is numbers to fit and to
+    predict alike; complex or text input is an error to both (predict cut complex down
+    to its real part with a warning)."""
+    m = net()
+    objects = X.astype(object)
+    objects[0, 0] = True                                   # a mixed bool/float frame
+    m.fit(objects, Y.astype(object), epochs=1, verbose=0)
+    as_floats = X.copy()
+    as_floats[0, 0] = 1.0
+    assert np.array_equal(m.predict_proba(objects), m.predict_proba(as_floats))
+    for bad, words in ((X.astype(complex), "must be numbers, got dtype complex128"),
+                       (X.astype(str), "must be numbers, got dtype <U"),
+                       (np.array([["1", 2, 3, 4]] * 60, dtype=object), "got dtype object")):
+        with pytest.raises(ValueError, match=words):
+            m.predict(bad)
+        with pytest.raises(ValueError, match=words):
+            m.fit(bad, Y, epochs=1, verbose=0)
+
+
+def test_seeds_and_counts_are_checked_and_none_draws_a_recorded_seed():
+    def net(seed):
+        return Sequential([Dense(4, 8, activation="relu"), Dense(8, 3, activation="softmax")],
+                          seed=seed)
+    for bad in (-1, 1.7, True, "0"):
+        with pytest.raises(ValueError, match=r"seed must be a non-negative integer or None"):
+            net(seed=bad)
+        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+            dpnet.CharLSTM(5, 4, seed=bad)
+    a, b = net(seed=None), net(seed=None)
+    assert a.seed != b.seed and a.config()["seed"] == a.seed     # drawn, and recorded
+    assert np.array_equal(net(seed=a.seed).params, a.params)     # so it can be repeated
+    m = net(0)
+    for kw, words in ((dict(seed=-1), "seed must be a non-negative integer, got -1"),
+                      (dict(initial_step=-3), "initial_step must be a non-negative integer"),
+                      (dict(batch_size=True), "batch_size must be a positive integer")):
+        with pytest.raises(ValueError, match=words):
+            m.fit(X, Y, epochs=1, verbose=0, **kw)
+    m.fit(X, Y, epochs=1, verbose=0, validation_split=np.float32(0.25))   # NumPy's floats too

@@ -71,6 +71,17 @@ def test_same_weights_as_the_in_process_engine(data, workers, batch_size, n):
     assert h.history["accuracy"] == href.history["accuracy"]
 
 
+def test_one_engine_serves_one_fit_after_another(data):
+    """fit(engine=eng) again -- a loop over settings with one engine: the earlier run is
+    wound up (its weights back in its model) and the next starts afresh (it was a
+    RuntimeError: "already started")."""
+    ref, _ = train(LocalEngine(), data)
+    with MultiprocessEngine(workers=2) as eng:
+        first, _ = train(eng, data)
+        second, _ = train(eng, data)
+    assert close_to(first.params, ref.params) and close_to(second.params, ref.params)
+
+
 def test_dropout_results_do_not_depend_on_the_worker_count(data):
     ref, _ = train(LocalEngine(), data, dropout=0.3)
     with MultiprocessEngine(workers=3) as eng:

@@ -229,6 +229,25 @@ def test_early_stopping_state_goes_into_the_checkpoint_and_comes_back(tmp_path):
     stopped = EarlyStopping(patience=2)
     stopped.resume({**state, "wait": 2})
     assert stopped.stopped
+    for bad in ({**state, "wait": True}, {**state, "best": float("nan")}):
+        with pytest.raises(ValueError, match="malformed"):
+            EarlyStopping().resume(bad)
+
+
+def test_resumed_best_weights_go_back_onto_a_device_model(monkeypatch):
+    """The checkpoint's best weights are host arrays; a model on the device (the
+    stand-in: a host array in a device formula raises) takes them copied in."""
+    from dpnet import backend
+    monkeypatch.setenv("DPNET_DEVICE", "standin")
+    sd = backend.device_xp()
+    m = Sequential([Dense(4, 3, activation="softmax")])
+    m.rebind(params=sd.asarray(m.params), grads=sd.asarray(m.grads))   # as a GPU worker
+    es = EarlyStopping(patience=1)
+    es.resume({"monitor": "val_loss", "best": 0.5, "best_epoch": 1, "wait": 0},
+              np.ones(m.n_params, np.float32))
+    es.set_model(m)
+    assert es(2, {"val_loss": 0.9})                      # worse: stop, restore epoch 1's
+    assert np.array_equal(m.params.get(), np.ones(m.n_params))
 
 
 SIGTERM_IN_FIT = """
@@ -282,3 +301,29 @@ def test_sigterm_in_a_library_fit_ends_the_program_after_winding_up(tmp_path):
     assert dpnet.load(ck).optimizer.t == 4
     from dpnet.storage.checkpoint import read_checkpoint_meta
     assert read_checkpoint_meta(ck)["training"]["history"]["interrupted"] is True
+
+
+def test_callbacks_are_checked_before_training_and_checkpoint_paths_take_metrics(tmp_path):
+    x, y = np.random.default_rng(0).normal(size=(60, 784)).astype(np.float32), \
+        np.arange(60) % 10
+    m = mlp()
+    for cbs, words in ((EarlyStopping(), "callbacks must be a list of callbacks, got "
+                                         "EarlyStopping"),
+                       ([EarlyStopping()], "EarlyStopping monitors 'val_loss', but fit has no "
+                                           "validation data"),
+                       ([dpnet.ModelCheckpoint(tmp_path / "x.npz")], "ModelCheckpoint "
+                                                                      "monitors 'val_loss'"),
+                       ([3], "callbacks must be callables")):
+        with pytest.raises(ValueError, match=words):
+            m.fit(x, y, epochs=1, verbose=0, callbacks=cbs)
+        assert m.optimizer.t == 0                              # nothing was trained
+    # every epoch's checkpoint, named as Keras names them
+    ck = dpnet.ModelCheckpoint(str(tmp_path / "m-{epoch:02d}-{val_loss:.3f}.npz"),
+                               save_best_only=False)
+    h = m.fit(x[:40], y[:40], epochs=2, verbose=0, validation_data=(x[40:], y[40:]),
+              callbacks=[ck])
+    assert [p.rsplit("/", 1)[1] for p in ck.saved] == \
+        [f"m-{e:02d}-{v:.3f}.npz" for e, v in zip((1, 2), h.history["val_loss"])]
+    bad = dpnet.ModelCheckpoint(str(tmp_path / "{val_los}.npz"), save_best_only=False)
+    with pytest.raises(ValueError, match=r"cannot be filled in \(KeyError: 'val_los'\)"):
+        m.fit(x[:40], y[:40], epochs=1, verbose=0, callbacks=[bad])
