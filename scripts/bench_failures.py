@@ -114,7 +114,7 @@ def orphans_exit():
     for line in p.stdout:
         if line.startswith("epoch   1/50"):
             break
-    workers = [c for c in psutil.Process(p.pid).children() if "dpnet" in " ".join(c.cmdline())]
+    workers = [c for c in psutil.Process(p.pid).children() if "dpnet" in " ".join(c.cmdline()[1:])]
     if len(workers) != 2:
         p.kill()
         raise SystemExit(f"expected 2 workers, found {len(workers)}")

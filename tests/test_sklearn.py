@@ -357,7 +357,8 @@ print(json.dumps({
     "best": grid.best_params_["mlpclassifier__learning_rate_init"],
     "score": grid.score(X, y),
     "helpers": [p.pid for p in helpers],
-    "dpnet_children": [p.pid for p in helpers if "dpnet" in " ".join(p.cmdline())],
+    # (the arguments, not the interpreter's path: a venv may be called dpnet-...)
+    "dpnet_children": [p.pid for p in helpers if "dpnet" in " ".join(p.cmdline()[1:])],
     "leftovers": {p.pid: run_leftovers(p.pid) for p in helpers}}))
 """
 

@@ -52,8 +52,9 @@ class GracefulStop:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
                 # a signal the process ignores stays ignored: nohup's SIGHUP, the
-                # SIGINT of a job a non-interactive shell put in the background
-                if signal.getsignal(sig) is not signal.SIG_IGN:
+                # SIGINT of a job a non-interactive shell put in the background; and
+                # one whose handler was set outside Python (None) could not be put back
+                if signal.getsignal(sig) not in (signal.SIG_IGN, None):
                     self._old[sig] = signal.signal(sig, self._handle)
         return self
 
