@@ -438,8 +438,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         warm = self.warm_start and hasattr(self, "model_")
         X, y = validate_data(self, X, y, dtype=np.float64, reset=not warm, multi_output=True,
                              y_numeric=True)
-        self._1d = y.ndim == 1
-        return self._fit(X, y.reshape(len(y), -1), sample_weight=sample_weight)
+        self._fit(X, y.reshape(len(y), -1), sample_weight=sample_weight)
+        self._1d = y.ndim == 1                   # (a fit refused changes nothing)
+        return self
 
     def partial_fit(self, X, y, sample_weight=None):
         first = not hasattr(self, "model_")

@@ -300,6 +300,10 @@ def test_a_regressor_with_one_or_several_outputs():
     assert r.predict(X).shape == (300, 2) and r.score(X, y) > 0.95
     r1 = clone(r).fit(X, y[:, 0])
     assert r1.predict(X).shape == (300,) and r1.score(X, y[:, 0]) > 0.95
+    r1.set_params(warm_start=True)
+    with pytest.raises(ValueError, match="warm_start"):
+        r1.fit(X, y)                                  # two outputs now: refused ...
+    assert r1.predict(X).shape == (300,)              # ... and nothing changed
 
 
 CTRL_C = """

@@ -895,15 +895,18 @@ def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog,
             else:
                 # a lower --patience than the run had: it has waited long enough already,
                 # so it stops now, as an uninterrupted run with this patience would have
+                kept = (f"epoch {es.best_epoch}'s weights (val_loss {es.best:.4f})"
+                        if es.best_params is not None else
+                        "its last weights (the checkpoint holds no best ones)")
                 if es.best_params is not None:
                     model.params = es.best_params
                 hist.stopped_early = True
                 print(f"{prog}: stopped early: with --patience {args.patience}, no better "
                       f"val_loss in the checkpoint's last {es.wait} epochs; the model keeps "
-                      f"epoch {es.best_epoch}'s weights (val_loss {es.best:.4f})",
-                      file=sys.stderr if json_on_stdout(args.json) else sys.stdout)
+                      f"{kept}", file=sys.stderr if json_on_stdout(args.json) else sys.stdout)
                 if args.save:
-                    _save(args, model, data, hist, early_stopping=[es])
+                    extra = {} if hist.partial is None else {"epoch_partial": hist.partial}
+                    _save(args, model, data, hist, early_stopping=[es], **extra)
                     hist.saved_step = hist.step
         else:
             if hist.stopped_early:
@@ -944,10 +947,10 @@ def _step_size(args, data):
     return len(data.x_train) if full else args.batch_size
 
 
-def _save(args, model, data, hist, early_stopping=()):
+def _save(args, model, data, hist, early_stopping=(), **extra):
     save_training_checkpoint(args.save, model, hist.step, args.seed, _step_size(args, data),
                              hist, n_train=len(data.x_train), optimizer=args.optimizer,
-                             data=data_recipe(args), early_stopping=early_stopping)
+                             data=data_recipe(args), early_stopping=early_stopping, **extra)
 
 
 def _finish(args, model, data, hist, workers, t_start, epochs_before, say, prog):

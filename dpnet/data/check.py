@@ -15,7 +15,9 @@ def numbers(a, what):
     (pandas' nullable Int64 or Float32 columns, a mixed bool/float frame) as float64;
     else a ValueError naming ``what`` and the dtype -- complex or text is never cut
     down to a number silently."""
-    if a.dtype.kind == "O" and not any(isinstance(v, (str, bytes)) for v in a.flat):
+    if a.dtype.kind == "O" and not any(
+            isinstance(v, (str, bytes, complex, np.complexfloating, np.datetime64,
+                           np.timedelta64)) for v in a.flat):
         try:
             a = a.astype(np.float64)
         except (TypeError, ValueError):

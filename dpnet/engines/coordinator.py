@@ -91,8 +91,19 @@ class Coordinator:
         if self.model is not None:
             # the engine of an earlier run (fit called again with engine=): that run
             # is wound up first, its weights back in its model, and this one starts
-            # on fresh workers and segments
+            # on fresh workers and segments, its counts from zero. Remote workers are
+            # told the run is over and leave: such an engine serves one run.
+            if self.group.elastic:
+                raise RuntimeError("this engine's remote workers were told its run is "
+                                   "over: make a new engine for another run")
+            try:
+                self.sync_to_host()       # (a GPU worker's newer weights, if it lives)
+            except WorkerError:
+                pass
             self.close()
+            self.group.drops = type(self.group.drops)()
+        self.respawns = self.stale_replies = self._failures_in_a_row = 0
+        self.worker_info = {}
         self._final_stats = None
         self.model, self.seed = model, int(seed)
         self.step_timing(reset=True)       # a restarted engine reports this run only

@@ -38,7 +38,7 @@ def _restore_optimizer(path, model, arrays, meta):
                             like=model.params)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path!r} has bad optimizer state: {e}") from None
-    claim_optimizer(opt)
+    claim_optimizer(opt, model)
     model.optimizer = opt
 
 

@@ -200,7 +200,7 @@ class CharLSTM(FlatParams):
         params, grads = self.layout.allocate(self.dtype, xp)
         self.bind(params, grads)
         self.init_params(self.seed)
-        claim_optimizer(self.optimizer)
+        claim_optimizer(self.optimizer, self)
 
     @property
     def temperature(self):
@@ -617,7 +617,9 @@ class CharLSTM(FlatParams):
                 or isinstance(temperature, bool) or not math.isfinite(temperature) \
                 or temperature <= 0:
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(
+            [check_seed(s, none_ok=False) for s in seed] if isinstance(seed, (list, tuple))
+            else check_seed(seed, none_ok=False))          # (seed, step) keys, too
         xp = xp_of(self.params)
         w = self._workspace(1, 1)
         self._prepare(w)

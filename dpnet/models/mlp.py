@@ -19,8 +19,9 @@ from .flat import FlatParams
 from .saving import save_model
 
 
-# the model each layer with weights is bound to (weakly: a layer of a model that is
-# gone, or a copy of one, is free to join another)
+# the models each layer with weights is bound to (weakly: a layer whose models are all
+# gone, or a deep copy of one, is free to join another; a shallow copy of a model shares
+# its layers, and so is one more owner)
 _OWNERS = weakref.WeakKeyDictionary()
 
 
@@ -64,9 +65,7 @@ class Sequential(FlatParams):
             # a layer's W and b are views of ONE model's vector: a second model of the
             # same layer objects would rebind them, and the first -- while it lives --
             # would train nothing (a copy of the layers, or of a model, is free)
-            owner = _OWNERS.get(l)
-            owner = owner() if owner is not None else None
-            if l.param_shapes() and (owner is not None or any(l is m for m in layers[:i])):
+            if l.param_shapes() and (len(_OWNERS.get(l, ())) or any(l is m for m in layers[:i])):
                 raise ValueError(f"layer {i} ({l!r}) already belongs to a model (its "
                                  f"weights are views of that model's parameter vector): "
                                  f"give each model layers of its own, or copy.deepcopy "
@@ -102,7 +101,7 @@ class Sequential(FlatParams):
         self.init_params(self.seed)
         self.seed_step(self.seed, 0)
         self.last_correct = 0
-        claim_optimizer(self.optimizer)
+        claim_optimizer(self.optimizer, self)
 
     # -- set-up --------------------------------------------------------------------
     def _rebind_views(self):
@@ -110,10 +109,9 @@ class Sequential(FlatParams):
 
     def _bind(self):
         pv, gv = self.layout.views(self.params), self.layout.views(self.grads)
-        me = weakref.ref(self)
         for i, l in enumerate(self.layers):
             if l.param_shapes():
-                _OWNERS[l] = me
+                _OWNERS.setdefault(l, weakref.WeakSet()).add(self)
             names = [n for n, _ in l.param_shapes()]
             l.bind({n: pv[f"{i}.{n}"] for n in names}, {n: gv[f"{i}.{n}"] for n in names})
 
@@ -157,11 +155,13 @@ class Sequential(FlatParams):
 
     def _as_input(self, x):
         xp = xp_of(self.params)
-        if xp is np:
-            return check_inputs(self, x)
-        x = xp.asarray(x)
+        if xp is np or xp_of(x) is np:          # host input: checked there, then moved
+            x = check_inputs(self, x)
+            return x if xp is np else xp.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.n_inputs:
             raise ValueError(f"input must have shape (n, {self.n_inputs}), got {x.shape}")
+        if x.dtype.kind not in "biuf":
+            raise ValueError(f"input must be numbers, got dtype {x.dtype}")
         return x.astype(self.dtype, copy=False)
 
     # -- forward / backward ----------------------------------------------------------

@@ -21,6 +21,9 @@ class _Buffers:
     def __init__(self):
         self._bufs = {}
 
+    def __getstate__(self):
+        return {"_bufs": {}}        # scratch: a copy (pickle, joblib) starts without it
+
     def get(self, xp, tag, shape, dtype):
         key = (tag, shape, dtype)
         buf = self._bufs.get(key)

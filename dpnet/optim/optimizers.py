@@ -16,6 +16,7 @@ the data; on a GPU the whole vector is one block).
 from __future__ import annotations
 
 import inspect
+import weakref
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,13 @@ def _check(name, v, lo=0.0, hi=math.inf, lo_open=False, hi_open=False):
 class Optimizer:
     name = "?"
     state_names = ()                      # per-parameter state vectors, same size as params
+
+    def __getstate__(self):
+        # the update's scratch vector is not state: a copy makes its own (a read-only
+        # one, as joblib's memory maps give, could not be written)
+        state = dict(self.__dict__)
+        state.pop("_tmp", None)
+        return state
 
     def __init__(self, lr, threads=None):
         if not isinstance(lr, Schedule):
@@ -338,17 +346,20 @@ def model_optimizer(spec):
     vectors are that model's -- so a second model given the same instance is refused,
     not silently started at the end of the first one's schedule with its moments."""
     opt = get_optimizer(spec)
-    if getattr(opt, "_in_model", False):
+    if len(_OPT_OWNERS.get(opt, ())):
         raise ValueError(f"optimizer {opt!r} already belongs to a model (its step count "
                          f"and state are that model's): give each model an optimizer of "
                          f"its own")
     return opt
 
 
-def claim_optimizer(opt):
-    """Mark ``opt`` as a model's (once its constructor has succeeded: a model that
-    failed to be built claims nothing)."""
-    opt._in_model = True
+def claim_optimizer(opt, model):
+    """Mark ``opt`` as ``model``'s, while the model lives (once its constructor has
+    succeeded: a model that failed to be built claims nothing)."""
+    _OPT_OWNERS.setdefault(opt, weakref.WeakSet()).add(model)
+
+
+_OPT_OWNERS = weakref.WeakKeyDictionary()      # optimizer -> the models that use it
 
 
 def optimizer_from_config(cfg):

@@ -112,7 +112,7 @@ class ModelCheckpoint:
             self.best = v
         try:                              # Keras's names: "m-{epoch:02d}-{val_loss:.3f}.npz"
             path = str(self.path).format(epoch=epoch, **metrics)
-        except (KeyError, IndexError, ValueError) as e:
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
             raise ValueError(f"ModelCheckpoint path {str(self.path)!r} cannot be filled in "
                              f"({type(e).__name__}: {e}); it may name epoch and "
                              f"{', '.join(metrics)}") from None

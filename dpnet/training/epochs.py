@@ -119,9 +119,6 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
         raise ValueError(f"initial_step must be a non-negative integer, got {initial_step!r}")
     history = history if history is not None else History()
     callbacks = check_callbacks(callbacks, datasets)
-    for cb in callbacks:
-        if hasattr(cb, "set_model"):
-            cb.set_model(model)
     say = print_fn if verbose else (lambda *a, **k: None)
     loop = Loop(model, history, engine=engine, workers=workers, checkpoint=checkpoint, say=say,
                 on_interrupt=on_interrupt)
@@ -136,6 +133,10 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
         raise ValueError(f"divergence must be a factor > 1 or None, got {divergence!r}")
     plan.divergence = divergence
     plan.extra = dict(checkpoint_extra or {})
+    check_checkpoint_names(callbacks, plan.classify, datasets)
+    for cb in callbacks:       # last: a callback given a resumed state keeps it until now
+        if hasattr(cb, "set_model"):
+            cb.set_model(model)
     loop.run(plan, datasets, seed, int(initial_step), plan.end)
     return history
 
@@ -144,6 +145,8 @@ def check_callbacks(callbacks, datasets):
     """callbacks as a list of callables, checked before any work: a lone callback
     given for the list, or one that watches a validation metric of a run without
     validation data (it failed after the first whole epoch), is a ValueError."""
+    if callbacks is None:
+        return []
     if callable(callbacks) or not isinstance(callbacks, (list, tuple)):
         raise ValueError(f"callbacks must be a list of callbacks, got "
                          f"{type(callbacks).__name__} (write callbacks=[...])")
@@ -158,6 +161,32 @@ def check_callbacks(callbacks, datasets):
             raise ValueError(f"{type(cb).__name__} monitors {monitor!r}, but fit has no "
                              f"validation data (give validation_data or validation_split)")
     return list(callbacks)
+
+
+def check_checkpoint_names(callbacks, classify, datasets):
+    """A ModelCheckpoint path naming a metric this run will not report ({val_loss}
+    without validation data, {accuracy} of a regression): a ValueError now, not after
+    the first epoch."""
+    import string
+    have = {"epoch", "loss", "lr", "seconds"}
+    for part in ("val", "test"):
+        if part in datasets:
+            have |= {f"{part}_loss"} | ({f"{part}_accuracy"} if classify else set())
+    if classify:
+        have.add("accuracy")
+    for cb in callbacks:
+        if not isinstance(cb, ModelCheckpoint):
+            continue
+        try:
+            names = {f.split(".")[0].split("[")[0]
+                     for _, f, _, _ in string.Formatter().parse(str(cb.path)) if f}
+        except ValueError as e:
+            raise ValueError(f"ModelCheckpoint path {str(cb.path)!r}: {e}") from None
+        missing = sorted(names - have)
+        if missing:
+            raise ValueError(f"ModelCheckpoint path {str(cb.path)!r} names "
+                             f"{', '.join(missing)}, which this run does not report "
+                             f"(it has {', '.join(sorted(have))})")
 
 
 def sample_weights(y, sample_weight=None, class_weight=None, n_classes=None):

@@ -16,6 +16,7 @@ from ..data.batching import batch_slices, epoch_order
 from ..engines import make_engine
 from ..nn.deform import Deform
 from ..nn.layers import Dropout
+from ..nn.rng import check_seed
 from .epochs import check_training_data, check_validation, sample_weights
 from .loop import GracefulStop, check_on_interrupt, pass_on
 
@@ -217,6 +218,7 @@ def minimize_minibatches(model, x, y, method="L-BFGS-B", batch_size=1000, mb_max
     classify = model.classifies(y)
     slices = batch_slices(len(x), int(batch_size))
     check_on_interrupt(on_interrupt)
+    seed = check_seed(seed, none_ok=False)
     own_stop, own = stop is None, engine is None
     engine = make_engine(workers) if own else engine
     try:

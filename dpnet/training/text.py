@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from ..nn.rng import check_seed
 from .history import LN2, TextHistory
 from .loop import Diverged, Loop, Plan, call_all
 from .text_checkpoint import save_text_checkpoint, stream_crc
@@ -158,6 +159,7 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
     hist = history if history is not None else TextHistory()
     loop = Loop(model, hist, engine=engine, workers=workers, checkpoint=checkpoint, say=say,
                 on_interrupt=on_interrupt)
+    seed = check_seed(seed, none_ok=False)
     plan = TextPlan(model, loop, train, val, end, seed, vocab, prime_ids, temperature,
                     smoothing, checkpoint, save_every, initial_state, list(callbacks), say,
                     text_path=text_path, val_fraction=val_fraction, **counts)

@@ -78,7 +78,9 @@ def test_one_engine_serves_one_fit_after_another(data):
     ref, _ = train(LocalEngine(), data)
     with MultiprocessEngine(workers=2) as eng:
         first, _ = train(eng, data)
+        eng.respawns, eng._failures_in_a_row = 3, 4   # as after "giving up after 3 ..."
         second, _ = train(eng, data)
+        assert eng.respawns == 0 and eng._failures_in_a_row == 0   # this run's own counts
     assert close_to(first.params, ref.params) and close_to(second.params, ref.params)
 
 

@@ -312,6 +312,11 @@ def test_layers_belong_to_one_model_and_params_assigned_are_copied_in():
     import gc
     Sequential(copy.deepcopy(layers))                   # copies are free
     Sequential(copy.deepcopy(m).layers)
+    shallow = copy.copy(m)                      # shares m's layers: one more owner
+    del shallow
+    gc.collect()
+    with pytest.raises(ValueError, match="already belongs"):
+        Sequential(layers)                      # m still lives
     twice = [Dense(6, 5, activation="relu"), Dense(5, 3, activation="softmax")]
     first = Sequential(twice)
     del first                                           # a notebook cell run again
@@ -354,7 +359,7 @@ def test_an_optimizer_serves_one_model():
     given the same instance started at the end of the first one's schedule."""
     from dpnet.optim.optimizers import Adam
     opt = Adam(lr=1e-2)
-    Sequential([Dense(6, 3, activation="softmax")], optimizer=opt)
+    first = Sequential([Dense(6, 3, activation="softmax")], optimizer=opt)
     with pytest.raises(ValueError, match="already belongs to a model .* an optimizer of "
                                          "its own"):
         Sequential([Dense(6, 3, activation="softmax")], optimizer=opt)
@@ -365,3 +370,36 @@ def test_an_optimizer_serves_one_model():
     with pytest.raises(ValueError, match="l2 must be"):
         Sequential([Dense(6, 3, activation="softmax")], optimizer=spare, l2=-1)
     Sequential([Dense(6, 3, activation="softmax")], optimizer=spare)   # a failure claims none
+    import gc
+    del first                                  # the model is gone: its optimizer is free
+    gc.collect()
+    Sequential([Dense(6, 3, activation="softmax")], optimizer=opt)
+
+
+def test_a_model_joblib_hands_over_as_read_only_memory_maps_predicts_and_trains(tmp_path):
+    """joblib (GridSearchCV's processes) memory-maps a pickled model's arrays read-only:
+    the vectors, the optimizer's state and its scratch, the layers' work arrays."""
+    joblib = pytest.importorskip("joblib")
+    x, y = data(B=40)
+    m = three_layer(dtype=np.float32)
+    m.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    m.predict_proba(x)                                   # work arrays allocated
+    joblib.dump(m, tmp_path / "m.joblib")
+    back = joblib.load(tmp_path / "m.joblib", mmap_mode="r")
+    assert np.array_equal(back.predict_proba(x), m.predict_proba(x))
+    a = back.fit(x, y, epochs=1, batch_size=8, verbose=0).history["loss"]
+    assert a == m.fit(x, y, epochs=1, batch_size=8, verbose=0).history["loss"]
+
+
+def test_predict_on_the_device_checks_host_input_as_on_the_host(monkeypatch):
+    from dpnet import backend
+    monkeypatch.setenv("DPNET_DEVICE", "standin")
+    sd = backend.device_xp()
+    m = three_layer(dtype=np.float32)
+    m.rebind(params=sd.asarray(m.params), grads=sd.asarray(m.grads))
+    x, _ = data()
+    assert m.predict_proba(x).shape == (7, 3)
+    for bad in (x.astype(complex), x.astype(str),
+                np.array([[np.complex128(1 + 2j)] + [0.0] * 5], dtype=object)):
+        with pytest.raises(ValueError, match="must be numbers"):
+            m.predict(bad)

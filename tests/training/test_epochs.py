@@ -324,6 +324,9 @@ def test_callbacks_are_checked_before_training_and_checkpoint_paths_take_metrics
               callbacks=[ck])
     assert [p.rsplit("/", 1)[1] for p in ck.saved] == \
         [f"m-{e:02d}-{v:.3f}.npz" for e, v in zip((1, 2), h.history["val_loss"])]
-    bad = dpnet.ModelCheckpoint(str(tmp_path / "{val_los}.npz"), save_best_only=False)
-    with pytest.raises(ValueError, match=r"cannot be filled in \(KeyError: 'val_los'\)"):
-        m.fit(x[:40], y[:40], epochs=1, verbose=0, callbacks=[bad])
+    for name in ("{val_los}", "{val_loss}"):            # a typo; no validation data
+        bad = dpnet.ModelCheckpoint(str(tmp_path / f"{name}.npz"), save_best_only=False)
+        with pytest.raises(ValueError, match=f"names {name[1:-1]}, which this run does "
+                                             f"not report"):
+            m.fit(x[:40], y[:40], epochs=1, verbose=0, callbacks=[bad])
+    assert m.optimizer.t == 4                            # (the two epochs above) no more

@@ -325,3 +325,14 @@ def test_a_vocabulary_that_is_not_the_models_is_refused():
     with pytest.raises(ValueError, match=rf"vocab has {len(vocab)} characters, the model's "
                                          rf"input and output {len(vocab) + 3}"):
         fit_text(CharLSTM(len(vocab) + 3, 8), train, val, steps=2, vocab=vocab, **QUIET)
+
+
+def test_seeds_of_text_training_and_sampling_are_checked():
+    vocab, train, val = corpus()
+    m = model(vocab)
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+            fit_text(m, train, val, steps=2, seed=bad, **QUIET)
+        with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+            m.sample([1], 5, seed=bad)
+    assert m.sample([1], 5, seed=[3, 4]) == m.sample([1], 5, seed=[3, 4])   # (seed, step)
