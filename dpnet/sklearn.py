@@ -63,7 +63,8 @@ except ImportError as e:                       # pragma: no cover - the extra is
     raise ImportError("dpnet.sklearn needs scikit-learn: pip install 'dpnet[sklearn]'") from e
 
 from .models.mlp import Sequential
-from .nn.layers import Dense, _Buffers
+from .models.loading import without_init
+from .nn.layers import Dense
 from .optim.optimizers import OPTIMIZERS, get_optimizer
 from .training.epochs import fit as fit_epochs
 from .training.fullbatch import STOPPED, minimize
@@ -178,10 +179,8 @@ class _BaseMLP(BaseEstimator):
         (a changed hidden_layer_sizes or activation is an error, not ignored) and, as
         scikit-learn's, a fresh optimizer of the current solver and learning rate."""
         fresh = self._build(X.shape[1], self._n_outputs(y), self._seed_)
-        now, then = fresh.config()["layers"], self.model_.config()["layers"]
-        strip = [[{k: v for k, v in c.items() if k != "init"} for c in ls]
-                 for ls in (now, then)]
-        if strip[0] != strip[1]:
+        if without_init(fresh.config()["layers"]) != \
+                without_init(self.model_.config()["layers"]):
             raise ValueError("warm_start: hidden_layer_sizes, activation or the outputs "
                              "changed since the last fit, and the fitted weights are of "
                              "that network; set warm_start=False to start afresh")
@@ -195,20 +194,11 @@ class _BaseMLP(BaseEstimator):
         self.intercepts_ = [views[f"{i}.b"] for i, _ in dense]
 
     def __setstate__(self, state):
-        # a pickled estimator may come back with read-only arrays (joblib memory-maps
-        # them when it hands estimators to other processes): the model gets writable
-        # copies of its vectors and optimizer state, and fresh work buffers
+        # the model comes back trainable by itself (Sequential's own __setstate__: its
+        # views rebound, joblib's read-only memory maps copied, scratch left behind);
+        # coefs_ and intercepts_ must be views of its vector again
         self.__dict__.update(state)
-        m = self.__dict__.get("model_")
-        if m is not None:
-            m.rebind(params=m.params.copy(), grads=m.grads.copy())
-            for layer in m.layers:
-                if hasattr(layer, "_bufs"):
-                    layer._bufs = _Buffers()
-            opt = m.optimizer
-            opt.state = {k: np.array(v) for k, v in opt.state.items()}
-            if getattr(opt, "_tmp", None) is not None:
-                opt._tmp = np.empty_like(m.params)
+        if self.__dict__.get("model_") is not None:
             self._views()
 
     @property

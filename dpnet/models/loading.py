@@ -102,7 +102,7 @@ def load_weights_into(model, path, optimizer="checkpoint"):
                               f"not a {ours.get('type')!r}")
     theirs = type(model).upgrade_config(theirs)
     for key in type(model).architecture_keys:
-        if key in ours and _without_init(theirs.get(key)) != _without_init(ours[key]):
+        if key in ours and without_init(theirs.get(key)) != without_init(ours[key]):
             raise CheckpointError(f"checkpoint {path!r} does not match the model: "
                                   f"{_difference(key, theirs.get(key), ours[key])}")
     params = _check_params(path, arrays, meta, model.n_params, model.dtype)
@@ -129,7 +129,7 @@ def load_weights_into(model, path, optimizer="checkpoint"):
     return meta
 
 
-def _without_init(value):
+def without_init(value):
     """A layer list as compared for loading: a layer's initializer chose weights that
     the checkpoint's replace, so it is no part of the architecture."""
     if isinstance(value, list):

@@ -65,7 +65,8 @@ class Sequential(FlatParams):
             # a layer's W and b are views of ONE model's vector: a second model of the
             # same layer objects would rebind them, and the first -- while it lives --
             # would train nothing (a copy of the layers, or of a model, is free)
-            if l.param_shapes() and (len(_OWNERS.get(l, ())) or any(l is m for m in layers[:i])):
+            owned = len(_OWNERS.get(l, ())) or any(l is m for m in layers[:i])
+            if l.param_shapes() and owned:
                 raise ValueError(f"layer {i} ({l!r}) already belongs to a model (its "
                                  f"weights are views of that model's parameter vector): "
                                  f"give each model layers of its own, or copy.deepcopy "

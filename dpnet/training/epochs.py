@@ -9,6 +9,7 @@ failure, is the same as an uninterrupted run.
 """
 from __future__ import annotations
 
+import string
 import sys
 import time
 
@@ -118,22 +119,22 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
             or initial_step < 0:
         raise ValueError(f"initial_step must be a non-negative integer, got {initial_step!r}")
     history = history if history is not None else History()
-    callbacks = check_callbacks(callbacks, datasets)
     say = print_fn if verbose else (lambda *a, **k: None)
     loop = Loop(model, history, engine=engine, workers=workers, checkpoint=checkpoint, say=say,
                 on_interrupt=on_interrupt)
     seed = model.seed if seed is None else check_seed(seed, none_ok=False)
+    classify = model.classifies(y)               # else a regression: no accuracy reported
+    callbacks = check_callbacks(callbacks, classify, datasets)
     plan = EpochPlan(model, loop, x.shape[0], int(batch_size), int(epochs), seed, shuffle,
-                     "val" in datasets, list(callbacks), checkpoint, say,
+                     "val" in datasets, callbacks, checkpoint, say,
                      progress=verbose and sys.stderr.isatty() if progress is None else progress)
-    plan.classify = model.classifies(y)          # else a regression: no accuracy reported
+    plan.classify = classify
     plan.report_test = "test" in datasets
     if divergence is not None and not (isinstance(divergence, (int, float))
                                        and divergence > 1):
         raise ValueError(f"divergence must be a factor > 1 or None, got {divergence!r}")
     plan.divergence = divergence
     plan.extra = dict(checkpoint_extra or {})
-    check_checkpoint_names(callbacks, plan.classify, datasets)
     for cb in callbacks:       # last: a callback given a resumed state keeps it until now
         if hasattr(cb, "set_model"):
             cb.set_model(model)
@@ -141,52 +142,44 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
     return history
 
 
-def check_callbacks(callbacks, datasets):
-    """callbacks as a list of callables, checked before any work: a lone callback
-    given for the list, or one that watches a validation metric of a run without
-    validation data (it failed after the first whole epoch), is a ValueError."""
+def check_callbacks(callbacks, classify, datasets):
+    """callbacks as a list of callables, checked before any work: a lone callback given
+    for the list, one that watches a metric this run does not report (val_* without
+    validation data, accuracy of a regression), or a ModelCheckpoint path naming one,
+    is a ValueError now -- not after the first whole epoch."""
     if callbacks is None:
         return []
     if callable(callbacks) or not isinstance(callbacks, (list, tuple)):
         raise ValueError(f"callbacks must be a list of callbacks, got "
                          f"{type(callbacks).__name__} (write callbacks=[...])")
+    have = {"loss", "lr", "seconds"} | ({"accuracy"} if classify else set())
+    for part in ("val", "test"):
+        if part in datasets:
+            have |= {f"{part}_{m}" for m in have & {"loss", "accuracy"}}
     for cb in callbacks:
         if not callable(cb):
             raise ValueError(f"callbacks must be callables cb(epoch, metrics), got {cb!r}")
+        checkpoint = isinstance(cb, ModelCheckpoint)
         monitor = getattr(cb, "monitor", None)
-        watching = monitor is not None and (not isinstance(cb, ModelCheckpoint)
-                                            or cb.save_best_only)
-        if watching and isinstance(monitor, str) and monitor.startswith("val_") \
-                and "val" not in datasets:
-            raise ValueError(f"{type(cb).__name__} monitors {monitor!r}, but fit has no "
-                             f"validation data (give validation_data or validation_split)")
+        if isinstance(monitor, str) and (not checkpoint or cb.save_best_only) \
+                and monitor not in have:
+            raise ValueError(f"{type(cb).__name__} monitors {monitor!r}, which this run "
+                             f"does not report (it has {', '.join(sorted(have))}"
+                             + ("; give validation_data or validation_split"
+                                if monitor.startswith("val_") and "val" not in datasets
+                                else "") + ")")
+        if checkpoint:
+            try:
+                names = {f.split(".")[0].split("[")[0]
+                         for _, f, _, _ in string.Formatter().parse(str(cb.path)) if f}
+            except ValueError as e:
+                raise ValueError(f"ModelCheckpoint path {str(cb.path)!r}: {e}") from None
+            missing = sorted(names - have - {"epoch"})
+            if missing:
+                raise ValueError(f"ModelCheckpoint path {str(cb.path)!r} names "
+                                 f"{', '.join(missing)}, which this run does not report "
+                                 f"(it has epoch, {', '.join(sorted(have))})")
     return list(callbacks)
-
-
-def check_checkpoint_names(callbacks, classify, datasets):
-    """A ModelCheckpoint path naming a metric this run will not report ({val_loss}
-    without validation data, {accuracy} of a regression): a ValueError now, not after
-    the first epoch."""
-    import string
-    have = {"epoch", "loss", "lr", "seconds"}
-    for part in ("val", "test"):
-        if part in datasets:
-            have |= {f"{part}_loss"} | ({f"{part}_accuracy"} if classify else set())
-    if classify:
-        have.add("accuracy")
-    for cb in callbacks:
-        if not isinstance(cb, ModelCheckpoint):
-            continue
-        try:
-            names = {f.split(".")[0].split("[")[0]
-                     for _, f, _, _ in string.Formatter().parse(str(cb.path)) if f}
-        except ValueError as e:
-            raise ValueError(f"ModelCheckpoint path {str(cb.path)!r}: {e}") from None
-        missing = sorted(names - have)
-        if missing:
-            raise ValueError(f"ModelCheckpoint path {str(cb.path)!r} names "
-                             f"{', '.join(missing)}, which this run does not report "
-                             f"(it has {', '.join(sorted(have))})")
 
 
 def sample_weights(y, sample_weight=None, class_weight=None, n_classes=None):

@@ -309,8 +309,9 @@ def test_callbacks_are_checked_before_training_and_checkpoint_paths_take_metrics
     m = mlp()
     for cbs, words in ((EarlyStopping(), "callbacks must be a list of callbacks, got "
                                          "EarlyStopping"),
-                       ([EarlyStopping()], "EarlyStopping monitors 'val_loss', but fit has no "
-                                           "validation data"),
+                       ([EarlyStopping()], "EarlyStopping monitors 'val_loss', which this "
+                                           "run does not report .* give validation_data"),
+                       ([EarlyStopping(monitor="test_accuracy")], "monitors 'test_accuracy'"),
                        ([dpnet.ModelCheckpoint(tmp_path / "x.npz")], "ModelCheckpoint "
                                                                       "monitors 'val_loss'"),
                        ([3], "callbacks must be callables")):
