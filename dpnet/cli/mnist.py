@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from ..data import load_mnist
+from ..data.mnist import default_mnist_dir
 from ..data.table import Table, load_table
 from ..engines import gpu_engine, make_engine
 from ..engines.errors import WorkerError
@@ -372,15 +373,24 @@ def build_model(args, steps_per_epoch, n_in=784, n_out=10):
                       seed=args.seed)
 
 
-def data_recipe(args):
-    """How this run prepared its data: what a resumed run must repeat (the weights were
-    fitted to exactly that data)."""
+def data_recipe(args, data):
+    """What this run's data was and how it was prepared: what a resumed run must repeat
+    (the weights were fitted to exactly that data)."""
     recipe = {"standardize": bool(args.standardize), "validation": int(args.validation),
               "limit_train": args.limit_train, "dtype": args.dtype}
     if args.target:
         recipe.update(target=args.target, drop=sorted(args.drop),
                       test_fraction=args.test_fraction)
+    if data.source_crc32 is not None:
+        recipe["source_crc32"] = int(data.source_crc32)
     return recipe
+
+
+def data_source(args):
+    """The run's data as a user knows it: the MNIST files in DIR, or the CSV file."""
+    if args.target:
+        return f"CSV file {args.data}"
+    return f"the MNIST files in {args.data or default_mnist_dir()}"
 
 
 RECIPE_FLAGS = {"standardize": "--standardize", "validation": "--validation",
@@ -411,10 +421,11 @@ def training_record(path, meta):
     return t
 
 
-def check_resume(path, training, now, recipe=None):
+def check_resume(path, training, now, recipe=None, source=None):
     """The step to resume from, after checking that the checkpoint's step count means
     the same thing in this run (same seed, batch size, training set, optimizer) and that
-    its data was prepared the same way (checkpoints that recorded it)."""
+    its data is the same (its source's CRC-32) and was prepared the same way
+    (checkpoints that recorded them). source: the data, named for a user."""
     flags = {"seed": "--seed", "batch_size": "--batch-size", "n_train": "training-set size",
              "optimizer": "--optimizer"}
     for key, value in now.items():
@@ -424,8 +435,16 @@ def check_resume(path, training, now, recipe=None):
                             f"has {value}; resuming needs the same settings")
     then = training.get("data")
     if isinstance(then, dict) and recipe is not None:
+        ours, theirs = recipe.get("source_crc32"), then.get("source_crc32")
+        if theirs is not None and (not isinstance(theirs, int) or isinstance(theirs, bool)):
+            raise UserError(f"checkpoint {path!r} has a bad data CRC-32: {theirs!r}"[:300])
+        if ours is not None and theirs is not None and ours != theirs:
+            # (older checkpoints have no CRC: they resume on trust, as they always did)
+            raise UserError(f"--load {path!r} was not trained on this data ("
+                            + (f"{source}: " if source else "") + f"CRC-32 {ours:08x}; the "
+                            f"checkpoint records {theirs:08x}); resuming needs the same data")
         for key, value in recipe.items():
-            if key in then and then[key] != value:
+            if key in then and key in RECIPE_FLAGS and then[key] != value:
                 raise UserError(f"--load {path!r} was trained with {RECIPE_FLAGS[key]} "
                                 f"{then[key]}, this run has {value}: the same weights on "
                                 f"other data; resuming needs the same data settings")
@@ -786,7 +805,7 @@ def _resume(args, model, data):
                         {"seed": args.seed,
                          "batch_size": step_size,
                          "n_train": len(data.x_train), "optimizer": args.optimizer},
-                        data_recipe(args))
+                        data_recipe(args, data), data_source(args))
     past = training.get("history")
     hist = resumed_history(past, args.load) if past else History()
     hist.partial = epoch_partial(args.load, training, step)
@@ -920,7 +939,7 @@ def _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog,
                 seed=args.seed, verbose=not args.quiet, engine=engine,
                 checkpoint=args.save, initial_step=initial_step, history=hist,
                 divergence=None if args.allow_divergence else 100.0,
-                checkpoint_extra={"optimizer": args.optimizer, "data": data_recipe(args)},
+                checkpoint_extra={"optimizer": args.optimizer, "data": data_recipe(args, data)},
                 test_data=(data.x_test, data.y_test) if args.report_test else None,
                 on_interrupt="return")       # the exit code says it: 130, 143, ...
             if hist.stopped_early and callbacks:    # part of the result: even --quiet
@@ -950,7 +969,7 @@ def _step_size(args, data):
 def _save(args, model, data, hist, early_stopping=(), **extra):
     save_training_checkpoint(args.save, model, hist.step, args.seed, _step_size(args, data),
                              hist, n_train=len(data.x_train), optimizer=args.optimizer,
-                             data=data_recipe(args), early_stopping=early_stopping, **extra)
+                             data=data_recipe(args, data), early_stopping=early_stopping, **extra)
 
 
 def _finish(args, model, data, hist, workers, t_start, epochs_before, say, prog):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +112,10 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     n_classes: int = 10
+    # CRC-32 of the source's bytes as stored (MNIST's training images and labels, a
+    # table's file): what a resumed run checks its data against -- of the raw bytes, not
+    # the prepared floats, whose last bit may differ between NumPy builds
+    source_crc32: int | None = None
 
 
 def load_mnist(path=None, scale=True, standardize=False, validation=10_000,
@@ -130,6 +135,9 @@ def load_mnist(path=None, scale=True, standardize=False, validation=10_000,
         raise DataError(f"MNIST directory {directory} "
                         + ("is not a directory" if directory.exists() else "does not exist"))
     arr = {k: read_idx(_find(directory, stem)) for k, stem in FILES.items()}
+    # the training files' (gzip or not: the same arrays); the test set plays no part in
+    # training
+    crc = zlib.crc32(arr["train_labels"].tobytes(), zlib.crc32(arr["train_images"].tobytes()))
     for part in ("train", "test"):
         imgs, labels = arr[f"{part}_images"], arr[f"{part}_labels"]
         if imgs.ndim != 3 or imgs.shape[1:] != (28, 28):
@@ -165,4 +173,5 @@ def load_mnist(path=None, scale=True, standardize=False, validation=10_000,
         for x in (x_train, x_val, x_test):
             x -= mean
             x *= inv
-    return Dataset(np.ascontiguousarray(x_train), y_train, x_val, y_val, x_test, y_test)
+    return Dataset(np.ascontiguousarray(x_train), y_train, x_val, y_val, x_test, y_test,
+                   source_crc32=crc)

@@ -19,9 +19,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -85,7 +87,8 @@ def _stray_cell(name, column, body, cells, values, levels, share=0.9):
 
 
 def read_csv(path):
-    """(header, rows) of a CSV file, every row as long as the header."""
+    """(header, rows, crc) of a CSV file, every row as long as the header; crc: the
+    CRC-32 of the file's bytes."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(f"CSV file {path} " + ("is a directory" if os.path.isdir(path) else
@@ -96,8 +99,11 @@ def read_csv(path):
         raise DataError(f"CSV file {path} is {size / 2**20:.0f} MiB, more than the "
                         f"{MAX_CSV_BYTES >> 20} MiB this reader takes")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
+        with open(path, "rb") as f:
+            raw = f.read()
+        rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
+    except OSError as e:
+        raise DataError(f"cannot read CSV file {path}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise DataError(f"CSV file {path} is not UTF-8 text ({e.reason} at byte "
                         f"{e.start})") from None
@@ -124,7 +130,7 @@ def read_csv(path):
         body.append((i, [c.strip() for c in row]))
     if not body:
         raise DataError(f"CSV file {path} has a header but no rows")
-    return header, body
+    return header, body, zlib.crc32(raw)
 
 
 def load_table(path, target, task="classification", test_fraction=0.2, validation=None,
@@ -133,7 +139,7 @@ def load_table(path, target, task="classification", test_fraction=0.2, validatio
 
     task: "classification" or "regression". validation: rows held out of the training
     part (default: a tenth of it)."""
-    header, body = read_csv(path)
+    header, body, crc = read_csv(path)
     name = os.path.basename(os.fspath(path))
     if target not in header:
         raise DataError(f"{name}: no column {target!r} (columns: {', '.join(header)})")
@@ -217,4 +223,4 @@ def load_table(path, target, task="classification", test_fraction=0.2, validatio
                  n_classes=0 if classes is None else len(classes), features=features,
                  classes=None if classes is None else [str(c) for c in classes],
                  target=target, mean=mean.astype(dtype), std=std.astype(dtype),
-                 y_mean=y_mean, y_std=y_std)
+                 y_mean=y_mean, y_std=y_std, source_crc32=crc)

@@ -208,6 +208,41 @@ def test_two_runs_cannot_write_one_checkpoint(tmp_path):
     assert not (tmp_path / "shared.npz.lock").exists()
 
 
+def test_load_refuses_other_training_images_however_stored(tmp_path):
+    """A resume checks the training files' content (a CRC-32 of their bytes, recorded in
+    the checkpoint): another MNIST of the same size is refused, naming it; the same
+    images stored another way (not gzipped) and another test set are not other data."""
+    import gzip
+    import shutil
+    from dpnet.data.mnist import FILES, default_mnist_dir
+    ck, src = tmp_path / "m.npz", default_mnist_dir()
+    small = ("--limit-train", "300", "--hidden", "8", "--quiet")
+    assert run(*small, "--epochs", "1", "--save", str(ck)).returncode == 0
+
+    def copy(name, change=None):
+        d = tmp_path / name
+        d.mkdir()
+        for stem in FILES.values():
+            raw = gzip.decompress((src / f"{stem}.gz").read_bytes())
+            if change and stem in change:
+                raw = change[stem](bytearray(raw))
+            (d / stem).write_bytes(raw)                       # stored unzipped
+        return d
+
+    def relabel_last(b):                                      # a validation label
+        b[-1] = (b[-1] + 1) % 10
+        return bytes(b)
+    same = copy("same", {FILES["test_labels"]: relabel_last})
+    r = run(*small, "--epochs", "2", "--load", str(ck), "--data", str(same))
+    assert r.returncode == 0, r.stderr
+    other = copy("other", {FILES["train_labels"]: relabel_last})
+    r = run(*small, "--epochs", "2", "--load", str(ck), "--data", str(other))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"--load {str(ck)!r} was not trained on this data (the MNIST files in {other}: " \
+        f"CRC-32 " in r.stderr and "resuming needs the same data" in r.stderr, r.stderr
+    shutil.rmtree(same), shutil.rmtree(other)
+
+
 def test_load_refuses_other_data_and_notes_another_learning_rate(tmp_path):
     ck = tmp_path / "d.npz"
     small = ("--limit-train", "500", "--hidden", "16")

@@ -97,6 +97,14 @@ def test_resume_is_exact_and_needs_the_same_table_settings(tmp_path):
     r, _ = run(*common, "--epochs", "6", "--load", part, "--test-fraction", "0.3")
     assert r.returncode == 2 and "resuming needs the same settings" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    # another table of the same shape (one cell changed) is other data: refused, naming it
+    other = edited(tmp_path, lambda rows: rows[5].__setitem__(4, "31"))
+    assert load_table(other, "survived", drop=["passenger_id", "name"]).x_train.shape == \
+        load_table(CSV, "survived", drop=["passenger_id", "name"]).x_train.shape
+    r, _ = run(*common, "--epochs", "6", "--load", part, "--data", other)
+    assert r.returncode == 2 and f"--load {str(part)!r} was not trained on this data (CSV " \
+        f"file {other}: CRC-32 " in r.stderr and "resuming needs the same data" in r.stderr, \
+        r.stderr
 
 
 def edited(tmp_path, change):
