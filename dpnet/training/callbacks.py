@@ -2,11 +2,14 @@
 
 The rule, the same for ``fit`` and ``fit_text`` (``dpnet.training.loop.call_all``):
 every callback sees every record, in order, and training stops after the record if
-any of them returned True.
+any of them returned True; then each callback with an ``on_stop()`` has it called
+(``EarlyStopping`` puts its best weights back there, after every callback has seen
+the last record with the weights that made it).
 """
 from __future__ import annotations
 
 import math
+import string
 
 
 class EarlyStopping:
@@ -79,11 +82,13 @@ class EarlyStopping:
                 self.best_params = self.model.params.copy()
             return False
         self.wait += 1
-        if self.wait >= self.patience:
-            if self.best_params is not None:
-                self.model.params = self.best_params     # (copied in: host or device)
-            return True
-        return False
+        return self.wait >= self.patience
+
+    def on_stop(self):
+        """Training stops (after every callback saw the record): the best weights back,
+        if this callback's patience ran out -- not when another stopped training."""
+        if self.stopped and self.best_params is not None and self.model is not None:
+            self.model.params = self.best_params         # (copied in: host or device)
 
 
 class ModelCheckpoint:
@@ -119,3 +124,56 @@ class ModelCheckpoint:
         self.model.save(path, epoch=int(epoch), metrics=dict(metrics))
         self.saved.append(path)
         return False
+
+
+def check_callback_list(callbacks, records, fields=(), hint=lambda monitor: "",
+                        routed=False):
+    """``callbacks`` as a list of callables, checked before any work, so that a mistake
+    is a ValueError now, not after the first epoch: a lone callback given for the list,
+    something not callable, one that monitors a metric no record of the run holds
+    (``records``: the sets of metric names of the run's kinds of record), or a
+    ModelCheckpoint path naming a field its records lack (``fields``: the names a path
+    may use besides the metrics). ``hint(monitor)``: advice added to a missing monitor's
+    message. ``routed``: each callback with a ``monitor`` sees only the records that
+    hold it (``fit_text``), so every monitor is checked, a ModelCheckpoint's too when it
+    saves every time."""
+    if callbacks is None:
+        return []
+    if callable(callbacks) or not isinstance(callbacks, (list, tuple)):
+        raise ValueError(f"callbacks must be a list of callbacks, got "
+                         f"{type(callbacks).__name__} (write callbacks=[...])")
+    every = set().union(*records)
+    for cb in callbacks:
+        if not callable(cb):
+            raise ValueError(f"callbacks must be callables cb(epoch, metrics), got {cb!r}")
+        checkpoint = isinstance(cb, ModelCheckpoint)
+        monitor = getattr(cb, "monitor", None)
+        have = every
+        if isinstance(monitor, str) and (routed or not checkpoint or cb.save_best_only):
+            if monitor not in every:
+                advice = hint(monitor)
+                raise ValueError(f"{type(cb).__name__} monitors {monitor!r}, which this run "
+                                 f"does not report (it has {', '.join(sorted(every))}"
+                                 + (f"; {advice}" if advice else "") + ")")
+            have = next(r for r in records if monitor in r)    # the records it will see
+        if checkpoint:
+            try:
+                names = {f.split(".")[0].split("[")[0]
+                         for _, f, _, _ in string.Formatter().parse(str(cb.path)) if f}
+            except ValueError as e:
+                raise ValueError(f"ModelCheckpoint path {str(cb.path)!r}: {e}") from None
+            missing = sorted(names - have - set(fields))
+            if missing:
+                which = "this run does not report (it has" if have is every else \
+                    f"the records it sees (those with {monitor!r}) do not hold (they have"
+                raise ValueError(f"ModelCheckpoint path {str(cb.path)!r} names "
+                                 f"{', '.join(missing)}, which {which} "
+                                 f"{', '.join(sorted(set(fields) | have))})")
+    return list(callbacks)
+
+
+def sees(cb, record):
+    """Whether a routed callback is given this record: one with a ``monitor`` only
+    those that hold it (``fit_text``'s validation records for ``val_loss``)."""
+    monitor = getattr(cb, "monitor", None)
+    return not isinstance(monitor, str) or monitor in record

@@ -9,7 +9,6 @@ failure, is the same as an uninterrupted run.
 """
 from __future__ import annotations
 
-import string
 import sys
 import time
 
@@ -19,9 +18,9 @@ from ..data.batching import batch_slices, epoch_order
 from ..data.check import check_data
 from ..nn.rng import check_seed
 from ..models.saving import save_model
-from .callbacks import EarlyStopping, ModelCheckpoint
+from .callbacks import EarlyStopping, ModelCheckpoint, check_callback_list
 from .history import History
-from .loop import Diverged, Loop, Plan, call_all
+from .loop import Diverged, Loop, Plan, call_all, on_stop
 
 
 def check_validation(model, validation_data):
@@ -143,43 +142,16 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
 
 
 def check_callbacks(callbacks, classify, datasets):
-    """callbacks as a list of callables, checked before any work: a lone callback given
-    for the list, one that watches a metric this run does not report (val_* without
-    validation data, accuracy of a regression), or a ModelCheckpoint path naming one,
-    is a ValueError now -- not after the first whole epoch."""
-    if callbacks is None:
-        return []
-    if callable(callbacks) or not isinstance(callbacks, (list, tuple)):
-        raise ValueError(f"callbacks must be a list of callbacks, got "
-                         f"{type(callbacks).__name__} (write callbacks=[...])")
+    """fit's callbacks as a list, checked before any work (``check_callback_list``)
+    against the metrics of its epochs: loss, lr, seconds, accuracy of a classifier, and
+    the same of each dataset given beside the training set (val_*, test_*)."""
     have = {"loss", "lr", "seconds"} | ({"accuracy"} if classify else set())
     for part in ("val", "test"):
         if part in datasets:
             have |= {f"{part}_{m}" for m in have & {"loss", "accuracy"}}
-    for cb in callbacks:
-        if not callable(cb):
-            raise ValueError(f"callbacks must be callables cb(epoch, metrics), got {cb!r}")
-        checkpoint = isinstance(cb, ModelCheckpoint)
-        monitor = getattr(cb, "monitor", None)
-        if isinstance(monitor, str) and (not checkpoint or cb.save_best_only) \
-                and monitor not in have:
-            raise ValueError(f"{type(cb).__name__} monitors {monitor!r}, which this run "
-                             f"does not report (it has {', '.join(sorted(have))}"
-                             + ("; give validation_data or validation_split"
-                                if monitor.startswith("val_") and "val" not in datasets
-                                else "") + ")")
-        if checkpoint:
-            try:
-                names = {f.split(".")[0].split("[")[0]
-                         for _, f, _, _ in string.Formatter().parse(str(cb.path)) if f}
-            except ValueError as e:
-                raise ValueError(f"ModelCheckpoint path {str(cb.path)!r}: {e}") from None
-            missing = sorted(names - have - {"epoch"})
-            if missing:
-                raise ValueError(f"ModelCheckpoint path {str(cb.path)!r} names "
-                                 f"{', '.join(missing)}, which this run does not report "
-                                 f"(it has epoch, {', '.join(sorted(have))})")
-    return list(callbacks)
+    return check_callback_list(callbacks, [have], fields={"epoch"},
+                               hint=lambda m: "give validation_data or validation_split"
+                               if m.startswith("val_") and "val" not in datasets else "")
 
 
 def sample_weights(y, sample_weight=None, class_weight=None, n_classes=None):
@@ -318,6 +290,8 @@ class EpochPlan(Plan):
         self.say(line)
         self.epoch = None
         stop = call_all(self.callbacks, epoch, metrics)
+        if stop:
+            on_stop(self.callbacks)
         self.history.stopped_early = bool(stop)    # (the checkpoint records it)
         if self.checkpoint is not None:
             self.loop.save(self, step)

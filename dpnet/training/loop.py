@@ -121,6 +121,14 @@ def call_all(callbacks, *record):
     return any([bool(cb(*record)) for cb in callbacks])
 
 
+def on_stop(callbacks):
+    """Training stops after this record: the callbacks' ``on_stop`` hooks, in order."""
+    for cb in callbacks:
+        hook = getattr(cb, "on_stop", None)
+        if callable(hook):
+            hook()
+
+
 class Plan:
     """What a loop decides; the core calls these in this order:
 

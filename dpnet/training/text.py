@@ -16,9 +16,15 @@ import time
 import numpy as np
 
 from ..nn.rng import check_seed
+from .callbacks import check_callback_list, sees
 from .history import LN2, TextHistory
-from .loop import Diverged, Loop, Plan, call_all
+from .loop import Diverged, Loop, Plan, call_all, on_stop
 from .text_checkpoint import save_text_checkpoint, stream_crc
+
+
+# the metrics of fit_text's two kinds of record, which its callbacks see
+TRAIN_RECORD = {"loss", "smooth_loss", "chars_per_s"}
+VAL_RECORD = {"val_loss", "val_bits_per_char"}
 
 
 def _count(name, v, zero_ok=True, none_ok=False):
@@ -121,8 +127,11 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
     initial_step / initial_state / history: resume; ``initial_state`` = (h, c) that
       chunk ``initial_step % len(train)`` starts from (None: zeros).
     callbacks: ``cb(step, record) -> bool`` after every progress line and validation
-      (record: {"kind": "train" | "val", ...}); every callback sees every record, and
-      True from any stops training after it.
+      (record: {"kind": "train", "step", "loss", "smooth_loss", "chars_per_s"} or
+      {"kind": "val", "step", "val_loss", "val_bits_per_char"}); True from any stops
+      training after it. A callback with a ``monitor`` (``EarlyStopping``,
+      ``ModelCheckpoint``) sees only the records that hold it -- the validations, for
+      "val_loss" -- so its patience counts validations; the others see every record.
     divergence: stop (``Diverged``) when the smoothed loss exceeds this many times
       ln V, the loss of a uniform guess that training starts from; None: never.
     on_interrupt: Ctrl-C or SIGTERM stops after the current step with whole weights
@@ -147,6 +156,11 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
                              "the same ids would mean other characters")
         model.vocab = vocab                  # so the model can sample strings, and save
     end = _check_options(train, val, steps, epochs, temperature, smoothing)
+    callbacks = check_callback_list(
+        callbacks, [TRAIN_RECORD] + ([VAL_RECORD] if val is not None else []),
+        fields={"epoch", "step", "kind"}, routed=True,
+        hint=lambda m: "give validation text (val)" if m.startswith("val_") and
+        val is None else "")
     counts = {k: _count(k, v) for k, v in (("eval_every", eval_every),
                                            ("sample_every", sample_every),
                                            ("sample_length", sample_length),
@@ -161,9 +175,12 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
                 on_interrupt=on_interrupt)
     seed = check_seed(seed, none_ok=False)
     plan = TextPlan(model, loop, train, val, end, seed, vocab, prime_ids, temperature,
-                    smoothing, checkpoint, save_every, initial_state, list(callbacks), say,
+                    smoothing, checkpoint, save_every, initial_state, callbacks, say,
                     text_path=text_path, val_fraction=val_fraction, **counts)
     plan.divergence = divergence
+    for cb in callbacks:       # last: every check has passed
+        if hasattr(cb, "set_model"):
+            cb.set_model(model)
     loop.run(plan, {"train": train, "val": val}, seed, step, end)
     return hist
 
@@ -194,6 +211,7 @@ class TextPlan(Plan):
         self.crc = stream_crc(train) if checkpoint is not None else None
         self.t_log, self.chars_log = 0.0, 0
         self.divergence = 2.0
+        self.stopped_by_callback = False
 
     def start(self, engine):
         self.engine = engine
@@ -233,8 +251,13 @@ class TextPlan(Plan):
         if self.checkpoint is not None and self.save_every and step % self.save_every == 0:
             self.loop.save(self, step)
         stop = False
+        if records and any(hasattr(cb, "set_model") for cb in self.callbacks):
+            self.engine.sync_to_host()   # they read (EarlyStopping: restore) the weights
         for rec in records:
-            stop = call_all(self.callbacks, step, rec) or stop
+            stop = call_all([cb for cb in self.callbacks if sees(cb, rec)], step, rec) or stop
+        if stop:
+            on_stop(self.callbacks)
+        self.stopped_by_callback = stop
         return stop
 
     def _progress(self, step, loss):
@@ -267,8 +290,10 @@ class TextPlan(Plan):
 
     def finish(self, step, interrupted):
         h = self.hist
-        if not interrupted and self.val is not None and (not h.val_steps
-                                                         or h.val_steps[-1] != step):
+        # (not after a callback's stop: an EarlyStopping may have put back weights the
+        # engine does not hold; fit does not validate after one either)
+        if not interrupted and not self.stopped_by_callback and self.val is not None and \
+                (not h.val_steps or h.val_steps[-1] != step):
             self.validate(step)
 
     def save(self, step):

@@ -87,6 +87,8 @@ def test_early_stopping_restores_the_best_weights():
     m.params += 1
     assert not es(2, {"val_loss": 1.5})
     assert es(3, {"val_loss": 1.2})                   # two epochs without improvement
+    assert not np.array_equal(m.params, best)         # (the other callbacks' turn)
+    es.on_stop()
     assert np.array_equal(m.params, best) and es.best_epoch == 1
     es1 = EarlyStopping(patience=1)
     assert not es1(1, {"val_loss": 1.0}) and es1(2, {"val_loss": 1.0})   # no improvement
@@ -168,6 +170,36 @@ def test_bad_arguments():
     assert isinstance(m.fit(x, y, epochs=0, verbose=0), History)
 
 
+def test_early_stopping_puts_back_the_best_weights_after_every_callback(tmp_path):
+    """As Keras's (at the end of training): a callback after EarlyStopping in the list
+    sees the last epoch's weights with its metrics -- a ModelCheckpoint saving every
+    epoch wrote the restored best weights under the last epoch's name -- and one that
+    stops training itself leaves the weights alone."""
+    from dpnet.training import ModelCheckpoint
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 200)
+    val = (x[:50], y[:50])
+    ref = mlp(opt="sgd")
+    ref.fit(x, y, epochs=1, batch_size=50, verbose=0)
+    ref3 = mlp(opt="sgd")
+    ref3.fit(x, y, epochs=3, batch_size=50, verbose=0)
+    es = EarlyStopping(patience=2, min_delta=100.0)
+    every = ModelCheckpoint(str(tmp_path / "m-{epoch}.npz"), save_best_only=False)
+    m = mlp(opt="sgd")
+    h = m.fit(x, y, epochs=10, batch_size=50, validation_data=val, callbacks=[es, every],
+              verbose=0)
+    assert h.epochs == [1, 2, 3] and h.stopped_early
+    assert np.array_equal(m.params, ref.params)
+    assert np.array_equal(dpnet.load(tmp_path / "m-3.npz").params, ref3.params)
+    # another callback stops training: EarlyStopping's patience has not run out
+    other = mlp(opt="sgd")
+    other.fit(x, y, epochs=10, batch_size=50, validation_data=val, verbose=0,
+              callbacks=[EarlyStopping(patience=5, min_delta=100.0),
+                         lambda epoch, metrics: epoch == 3])
+    assert np.array_equal(other.params, ref3.params)
+
+
 def test_keras_style_validation_split_initial_epoch_and_model_checkpoint(tmp_path):
     from dpnet.training import ModelCheckpoint
     rng = np.random.default_rng(0)
@@ -247,6 +279,7 @@ def test_resumed_best_weights_go_back_onto_a_device_model(monkeypatch):
               np.ones(m.n_params, np.float32))
     es.set_model(m)
     assert es(2, {"val_loss": 0.9})                      # worse: stop, restore epoch 1's
+    es.on_stop()
     assert np.array_equal(m.params.get(), np.ones(m.n_params))
 
 

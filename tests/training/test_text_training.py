@@ -1,6 +1,7 @@
 """fit_text: learning, worker-count equivalence, exact mid-epoch resume (also across
 engines), the text checkpoint, the engines' stream-state access, and stopping."""
 import math
+import re
 import os
 import signal
 
@@ -336,3 +337,66 @@ def test_seeds_of_text_training_and_sampling_are_checked():
         with pytest.raises(ValueError, match="seed must be a non-negative integer"):
             m.sample([1], 5, seed=bad)
     assert m.sample([1], 5, seed=[3, 4]) == m.sample([1], 5, seed=[3, 4])   # (seed, step)
+
+
+@pytest.mark.parametrize("engine", ["in-process", "2 workers", "gpu stand-in"])
+def test_keras_callbacks_watch_the_validations(engine, tmp_path, monkeypatch):
+    """EarlyStopping and ModelCheckpoint (monitor "val_loss") see the validation
+    records: the patience counts validations, the best weights come back -- from the
+    GPU worker too, whose weights live on its device -- once every callback has seen
+    the last validation: the checkpoint after it holds that step's weights."""
+    import dpnet
+    from dpnet.engines import gpu_engine
+    from dpnet.training.callbacks import EarlyStopping, ModelCheckpoint
+    vocab, train, val = corpus()
+    ref, ref30 = sgd_model(vocab), sgd_model(vocab)
+    fit_text(ref, train, val, steps=10, **QUIET)
+    fit_text(ref30, train, val, steps=30, **QUIET)
+    if engine == "gpu stand-in":
+        monkeypatch.setenv("DPNET_DEVICE", "standin")
+        kw = {"engine": gpu_engine(0)}
+    else:
+        kw = {"workers": 2 if engine == "2 workers" else 0}
+    # every validation after the first is "no better" by min_delta: stop at the third
+    es = EarlyStopping(patience=2, min_delta=10.0)
+    every = ModelCheckpoint(str(tmp_path / "m-{step}-{val_loss:.4f}.npz"),
+                            save_best_only=False)
+    m = sgd_model(vocab)
+    h = fit_text(m, train, val, steps=100, callbacks=[es, every], log_every=5,
+                 **{**QUIET, "eval_every": 10}, **kw)
+    if "engine" in kw:
+        kw["engine"].close()
+    assert h.stopped_early and h.step == 30 and h.val_steps == [10, 20, 30]
+    assert es.best_epoch == 10 and es.wait == 2
+    assert np.allclose(m.params, ref.params, rtol=1e-5, atol=1e-6)
+    if engine == "in-process":
+        assert np.array_equal(m.params, ref.params)
+    assert [p.rsplit("/", 1)[1] for p in every.saved] == \
+        [f"m-{s}-{v:.4f}.npz" for s, v in zip(h.val_steps, h.val_loss)]
+    assert np.array_equal(dpnet.load(every.saved[0]).params, m.params)
+    assert np.allclose(dpnet.load(every.saved[2]).params, ref30.params, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ref30.params, ref.params, rtol=1e-5, atol=1e-6)
+
+
+def test_callbacks_are_checked_before_training():
+    from dpnet.training.callbacks import EarlyStopping, ModelCheckpoint
+    vocab, train, val = corpus()
+    m = model(vocab)
+    before = m.params.copy()
+    for callbacks, words in [
+            (EarlyStopping(), "callbacks must be a list of callbacks, got EarlyStopping"),
+            ([1], "callbacks must be callables"),
+            ([EarlyStopping(monitor="val_accuracy")], "EarlyStopping monitors "
+             "'val_accuracy', which this run does not report (it has chars_per_s, loss, "
+             "smooth_loss, val_bits_per_char, val_loss)"),
+            ([ModelCheckpoint("m-{loss}.npz")], "names loss, which the records it sees "
+             "(those with 'val_loss') do not hold"),
+            ([ModelCheckpoint("m-{step}.npz", save_best_only=False, monitor="loss"),
+              ModelCheckpoint("m-{nope}.npz", monitor="loss")], "names nope")]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            fit_text(m, train, val, steps=5, callbacks=callbacks, **QUIET)
+    with pytest.raises(ValueError, match=re.escape("monitors 'val_loss', which this run does "
+                                                   "not report (it has chars_per_s, loss, "
+                                                   "smooth_loss; give validation text")):
+        fit_text(m, train, None, steps=5, callbacks=[EarlyStopping()], **QUIET)
+    assert np.array_equal(m.params, before)
