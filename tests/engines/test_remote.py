@@ -129,6 +129,10 @@ def test_two_remote_workers_give_the_local_workers_weights_bit_for_bit(local2):
     with eng:
         m, h = train(eng)
         stats = eng.stats()
+        # its workers leave when the run is over: a second run is refused, not waited for
+        with pytest.raises(RuntimeError, match="remote workers were told its run is over: "
+                           "make a new engine for another run"):
+            train(eng)
     codes = launcher.finish()
     assert np.array_equal(m.params, local2[0])
     assert h.history["val_loss"] == local2[1].history["val_loss"]
