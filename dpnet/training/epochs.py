@@ -9,6 +9,7 @@ failure, is the same as an uninterrupted run.
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -271,6 +272,7 @@ class EpochPlan(Plan):
             metrics["accuracy"] = self.correct / max(self.seen, 1)
         if self.validate:
             vl, vn, vc = self.loop.engine.evaluate("val")
+            self._check_val_divergence(step, vl)
             metrics["val_loss"] = vl
             if self.classify:
                 metrics["val_accuracy"] = vc / max(vn, 1)
@@ -305,6 +307,19 @@ class EpochPlan(Plan):
             raise Diverged(f"training diverged: epoch {self.epoch + 1}'s loss {loss:.4g} is "
                            f"over {self.divergence:g}x the {first:.4g} it started from (step "
                            f"{step}); lower the learning rate")
+
+    def _check_val_divergence(self, step, val_loss):
+        """The validation loss of the weights the epoch ended with -- which no step has
+        tried yet -- not finite (always), or far above the first epoch's validation
+        loss: before they are checkpointed."""
+        first = (self.history.history.get("val_loss") or [None])[0]
+        far = first is not None and self.divergence is not None and \
+            val_loss > self.divergence * max(first, 1e-12)
+        if not math.isfinite(val_loss) or far:
+            raise Diverged(f"training diverged: the validation loss {val_loss:.4g} after "
+                           f"epoch {self.epoch + 1} (step {step}) is "
+                           + (f"over {self.divergence:g}x the first epoch's {first:.4g}"
+                              if far else "not finite") + "; lower the learning rate")
 
     def close(self):
         if self.bar is not None:

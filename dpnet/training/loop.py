@@ -31,8 +31,26 @@ import sys
 import threading
 import time
 
+import numpy as np
+
+from ..backend import xp_of
 from ..engines import make_engine
 from ..engines.errors import StepAbandoned, WorkerError
+from ..storage.atomic import atomic_write
+
+
+def _small_file(path):
+    """The bytes of the file at ``path`` if there is one of at most
+    ``KEEP_PREVIOUS_BYTES``, else None."""
+    if path is None:
+        return None
+    try:
+        if os.path.getsize(path) > KEEP_PREVIOUS_BYTES:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -102,7 +120,18 @@ def pass_on(requested, **about):
 
 class Diverged(FloatingPointError):
     """The loss ran away: not finite, or far above where training started. The run
-    stops; the last checkpoint written (if any) keeps the weights before it."""
+    stops, and its checkpoint holds weights from before: a checkpoint whose weights
+    gave the loss (``step``: the step whose weights did, when one did) is put back to
+    what the file held before it, and weights that are not finite are never written."""
+
+    def __init__(self, message, step=None):
+        super().__init__(message)
+        self.step = step
+
+
+# the file a checkpoint replaces is kept in memory, to be put back should the weights
+# just written turn out to be the ones that diverged -- up to this size
+KEEP_PREVIOUS_BYTES = 512 << 20
 
 
 def check_checkpoint_path(checkpoint):
@@ -175,11 +204,38 @@ class Loop:
         self.engine = make_engine(workers) if engine is None else engine
         self.checkpoint = checkpoint
         self.saved_step = None       # the step of the last checkpoint this run wrote
+        self._previous = None        # (bytes, step or None) of the file that one replaced
 
     def save(self, plan, step):
         self.engine.sync_to_host()       # the weights may live with a worker
+        params = self.model.params
+        if not bool(xp_of(params).isfinite(params).all()):
+            raise Diverged(f"training diverged: the weights are not finite after step "
+                           f"{step}; lower the learning rate", step=step)
+        previous = _small_file(self.checkpoint)
         plan.save(step)
+        self._previous = None if previous is None else (previous, self.saved_step)
         self.saved_step = self.history.saved_step = step
+
+    def _put_back(self, e):
+        """After ``Diverged`` ``e``: a checkpoint written from the weights that gave the
+        loss goes back to what the file held before (this run's previous checkpoint, or
+        the one it was resumed from); said in one line on stderr, quiet or not: which
+        weights the file holds is part of the result."""
+        if e.step is None or self.checkpoint is None or self.saved_step != e.step:
+            return
+        path = os.fspath(self.checkpoint)
+        if self._previous is None:
+            print(f"dpnet: note: {path} holds the weights of step {e.step}, which "
+                  f"diverged (it replaced no earlier checkpoint that could be put back)",
+                  file=sys.stderr)
+            return
+        data, step = self._previous
+        atomic_write(path, lambda f: f.write(data))
+        self.saved_step = self.history.saved_step = step
+        print(f"dpnet: note: {path} held the weights of step {e.step}, which diverged: "
+              f"put back to the checkpoint it replaced"
+              + (f" (step {step})" if step is not None else ""), file=sys.stderr)
 
     def run(self, plan, datasets, seed, step, end):
         """Train from global step ``step`` to ``end``; returns the step reached."""
@@ -207,6 +263,9 @@ class Loop:
                         self.say(f"stopped by {stop.requested} after step {self.step}; "
                                  f"the model keeps its last weights{abandoned}")
                     plan.finish(self.step, interrupted)
+                except Diverged as e:
+                    self._put_back(e)
+                    raise
                 except WorkerError:
                     # the weights are those of the last whole step: a resumable checkpoint
                     if self.checkpoint is not None and self.saved_step != self.step:
@@ -237,14 +296,19 @@ class Loop:
                   file=sys.stderr)
 
     def _steps(self, plan, end, stop):
-        engine = self.engine
+        engine, first = self.engine, self.step
         while self.step < end and not stop.requested:
             t0 = time.perf_counter()
             # the engine's step: the gradient, then the update (in the coordinator, or
             # where the weights live); a non-finite loss leaves the weights untouched
             loss, n, correct = engine.step(self.step, plan.batch(self.step))
             if not math.isfinite(loss):
-                raise Diverged(plan.diverged(self.step, loss))
+                if self.step == first:       # no update of this run made it so
+                    raise Diverged(f"the loss is {loss} at step {self.step}, before any "
+                                   f"update of this run: the data or the weights it "
+                                   f"starts from give a loss that is not finite (values "
+                                   f"too large for {np.dtype(self.model.dtype).name}?)", step=self.step)
+                raise Diverged(plan.diverged(self.step, loss), step=self.step)
             self.step += 1
             if plan.after_step(self.step, loss, n, correct, time.perf_counter() - t0):
                 self.history.stopped_early = True

@@ -237,7 +237,7 @@ class TextPlan(Plan):
             raise Diverged(f"training diverged: the smoothed loss {self.smooth:.4g} nats/char "
                            f"at step {step} is over {self.divergence:g}x ln V = {limit:.4g} "
                            f"(a uniform guess: where training started); lower the learning "
-                           f"rate or clip the gradient")
+                           f"rate or clip the gradient", step=step - 1)
         h.steps.append(step)
         h.loss.append(loss)
         h.smooth_loss.append(self.smooth)

@@ -364,3 +364,47 @@ def test_callbacks_are_checked_before_training_and_checkpoint_paths_take_metrics
                                              f"not report"):
             m.fit(x[:40], y[:40], epochs=1, verbose=0, callbacks=[bad])
     assert m.optimizer.t == 4                            # (the two epochs above) no more
+
+
+def test_a_diverged_run_never_leaves_its_checkpoint_with_the_weights_that_diverged(
+        tmp_path, capfd):
+    """One step per epoch, no validation: the checkpoint of an epoch's end holds the
+    weights whose loss the next step finds not finite; it is put back to the file it
+    replaced (here the run's start). With validation the epoch's weights are judged
+    before they are written. Weights that are not finite are never written."""
+    from dpnet.models.loading import load_weights_into
+    from dpnet.training.loop import Diverged
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 784)).astype(np.float32)
+    y = rng.integers(0, 10, 200)
+
+    def net(lr):
+        return Sequential([Dense(784, 16, activation="relu"),
+                           Dense(16, 10, activation="softmax")],
+                          optimizer=dpnet.optimizers.SGD(lr=lr), seed=0)
+    ck = tmp_path / "m.npz"
+    net(0.01).fit(x, y, epochs=1, batch_size=200, checkpoint=ck, verbose=0)
+    good = ck.read_bytes()
+    for validation in (None, (x[:50], y[:50])):
+        m = net(1e30)
+        load_weights_into(m, ck, optimizer="state")
+        with pytest.raises(Diverged, match="diverged"), np.errstate(all="ignore"):
+            m.fit(x, y, epochs=6, batch_size=200, checkpoint=ck, initial_step=1, verbose=0,
+                  validation_data=validation)
+        assert ck.read_bytes() == good
+        err = capfd.readouterr().err
+        assert (f"dpnet: note: {ck} held the weights of step 2, which diverged: put back "
+                f"to the checkpoint it replaced") in err if validation is None else \
+            "note" not in err, err
+    # a fresh run: no earlier file to put back, said so
+    fresh = tmp_path / "fresh.npz"
+    with pytest.raises(Diverged), np.errstate(all="ignore"):
+        net(1e30).fit(x, y, epochs=6, batch_size=200, checkpoint=fresh, verbose=0)
+    assert "(it replaced no earlier checkpoint that could be put back)" in \
+        capfd.readouterr().err
+    # a loss that is not finite before any update: the data, not the learning rate
+    with pytest.raises(Diverged, match="before any update of this run: the data or the "
+                       "weights it starts from give a loss that is not finite"), \
+            np.errstate(all="ignore"):
+        net(0.01).fit(x, y, epochs=1, batch_size=200, sample_weight=np.full(200, 1e39),
+                      verbose=0)

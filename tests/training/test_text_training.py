@@ -400,3 +400,25 @@ def test_callbacks_are_checked_before_training():
                                                    "smooth_loss; give validation text")):
         fit_text(m, train, None, steps=5, callbacks=[EarlyStopping()], **QUIET)
     assert np.array_equal(m.params, before)
+
+
+def test_a_diverged_text_run_puts_its_checkpoint_back(tmp_path, capfd):
+    """Saved every step: the step whose weights the smoothed-loss rule finds run away
+    was written; the file goes back to the one before it."""
+    from dpnet.training.loop import Diverged
+    vocab, train, val = corpus()
+    ck = tmp_path / "t.npz"
+    fit_text(sgd_model(vocab), train, val, steps=3, checkpoint=ck, vocab=vocab, **QUIET)
+    c = load_text_checkpoint(ck)
+    good = ck.read_bytes()
+    m = model(vocab, optimizer=SGD(lr=1e30))
+    m.params[...] = c.model.params
+    m.clip_norm = None
+    with pytest.raises(Diverged), np.errstate(all="ignore"):
+        fit_text(m, train, val, steps=20, checkpoint=ck, save_every=1, initial_step=3,
+                 initial_state=c.resume_state(train)[0], vocab=vocab, **QUIET)
+    err = capfd.readouterr().err
+    # step 3's update blew the weights up; step 4's file holds them, its loss is nan
+    assert f"dpnet: note: {ck} held the weights of step 4, which diverged: put back to " \
+        f"the checkpoint it replaced\n" in err, err
+    assert ck.read_bytes() == good and load_text_checkpoint(ck).step == 3
