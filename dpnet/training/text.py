@@ -273,6 +273,15 @@ class TextPlan(Plan):
     def validate(self, step):
         t0 = time.perf_counter()
         vl, vn, _ = self.engine.evaluate("val")
+        limit = None if self.divergence is None else \
+            self.divergence * math.log(self.model.vocab_size)
+        if not math.isfinite(vl) or (limit is not None and vl > limit):
+            # (before the checkpoint of these weights; one written already is put back)
+            raise Diverged(f"training diverged: the validation loss {vl:.4g} nats/char at "
+                           f"step {step} is " + ("not finite" if not math.isfinite(vl) else
+                                                 f"over {self.divergence:g}x ln V = "
+                                                 f"{limit:.4g}") + "; lower the learning "
+                           f"rate or clip the gradient", step=step)
         self.hist.val_steps.append(step)
         self.hist.val_loss.append(vl)
         self.say(f"step {step:>{self.width}}/{self.end}  val loss {vl:.4f} nats/char  "

@@ -422,3 +422,11 @@ def test_a_diverged_text_run_puts_its_checkpoint_back(tmp_path, capfd):
     assert f"dpnet: note: {ck} held the weights of step 4, which diverged: put back to " \
         f"the checkpoint it replaced\n" in err, err
     assert ck.read_bytes() == good and load_text_checkpoint(ck).step == 3
+    # the last step's update blew them up: the validation at the end says so before
+    # the final checkpoint is written (it saved them, and exited 0)
+    m.params[...] = c.model.params
+    with pytest.raises(Diverged, match="the validation loss .* nats/char at step 4 is "), \
+            np.errstate(all="ignore"):
+        fit_text(m, train, val, steps=4, checkpoint=ck, initial_step=3, vocab=vocab,
+                 initial_state=c.resume_state(train)[0], **QUIET)
+    assert ck.read_bytes() == good
