@@ -530,7 +530,9 @@ def report(model, hist, results, per_class, wall, out=print, settings=None, clas
             + "  ".join(f"{k}: " + ("none in the test set" if a != a else f"{a * 100:.1f}%")
                         for k, a in zip(names, per_class)))
     else:                                             # a regression
-        out(f"test MSE: {test['mse']:.6g}  R^2: {test['r2']:.4f}  ({test['n']} rows)")
+        r2 = f"{test['r2']:.4f}" if math.isfinite(test["r2"]) else \
+            "n/a (the test targets are all equal)"
+        out(f"test MSE: {test['mse']:.6g}  R^2: {r2}  ({test['n']} rows)")
     for line in curve_summary(hist):
         out(line)
     if settings:

@@ -133,6 +133,19 @@ def read_csv(path):
     return header, body, zlib.crc32(raw)
 
 
+def _statistics(x):
+    """Each column's mean and standard deviation (float64), computed on the column
+    divided by its largest magnitude: the squares of values near 1e300 would overflow
+    (std inf: the column became all zeros), those near 1e-310 vanish (std 0). A
+    column constant to rounding is divided by its magnitude instead: it stays 0."""
+    scale = np.abs(x).max(axis=0)
+    scale[~(scale > 0)] = 1.0
+    unit = x / scale
+    mean, std = unit.mean(axis=0), unit.std(axis=0)
+    std[std < 1e-12] = 1.0
+    return mean * scale, std * scale
+
+
 def load_table(path, target, task="classification", test_fraction=0.2, validation=None,
                seed=0, drop=(), dtype=np.float32):
     """A ``Table`` from the CSV file at ``path`` (see the module docstring).
@@ -186,7 +199,9 @@ def load_table(path, target, task="classification", test_fraction=0.2, validatio
         if bad is not None:
             raise DataError(f"{name}: row {body[bad][0]}, column {target!r}: {cells[bad]!r} "
                             f"is not a number (a regression target must be)")
-        y, classes = np.array(values, dtype=dtype)[:, None], None     # (n, 1) targets
+        # (n, 1) targets, float64 until standardized: a float32 cast first would round
+        # 1.7e9 + small changes away, or 1e-46 to 0
+        y, classes = np.array(values, dtype=np.float64)[:, None], None
         if min(values) == max(values):                       # (before float32 rounding)
             raise DataError(f"{name}: the target {target!r} has one value ({values[0]:g}): "
                             f"nothing to predict")
@@ -211,16 +226,15 @@ def load_table(path, target, task="classification", test_fraction=0.2, validatio
         raise DataError(f"{name}: {n} rows leave no training or no test rows (test "
                         f"fraction {test_fraction}, {n_val} validation rows)")
     test, val, train = order[:n_test], rest[len(rest) - n_val:], rest[:len(rest) - n_val]
-    mean = x[train].mean(axis=0)
-    std = x[train].std(axis=0)
-    std[std == 0] = 1.0                                  # a constant column stays 0
+    mean, std = _statistics(x[train])
     xs = ((x - mean) / std).astype(dtype)
     y_mean, y_std = 0.0, 1.0
     if classes is None:              # the target too: the network then starts near it
-        y_mean, y_std = float(y[train].mean()), float(y[train].std()) or 1.0
+        m, s = _statistics(y[train])
+        y_mean, y_std = float(m[0]), float(s[0])
         y = ((y - y_mean) / y_std).astype(dtype)
     return Table(xs[train], y[train], xs[val], y[val], xs[test], y[test],
                  n_classes=0 if classes is None else len(classes), features=features,
                  classes=None if classes is None else [str(c) for c in classes],
-                 target=target, mean=mean.astype(dtype), std=std.astype(dtype),
+                 target=target, mean=mean, std=std,
                  y_mean=y_mean, y_std=y_std, source_crc32=crc)

@@ -237,3 +237,32 @@ def test_numeric_labels_are_classes_by_value(tmp_path):
     ids = ["12345678901234567890", "12345678901234567891"]
     p.write_text("a,y\n" + "".join(f"{i},{ids[i % 2]}\n" for i in range(20)))
     assert load_table(p, "y").classes == ids
+
+
+def test_columns_far_from_one_are_standardized_not_lost(tmp_path):
+    """Features near 1e300 or 1e-310 (their squares overflow or vanish: the column
+    became all zeros), a regression target 1.7e9 + small changes or near 1e-46 (cast
+    to float32 before standardizing: rounded away): each comes out as the same column
+    at scale 1 does."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=300), rng.normal(size=300)
+
+    def table(name, fa, fy):
+        p = tmp_path / name
+        p.write_text("a,b,y\n" + "".join(f"{float(fa(u))!r},{float(v)!r},{float(fy(u))!r}\n"
+                                         for u, v in zip(a, b)))
+        return load_table(p, "y", task="regression")
+    ref = table("ref.csv", lambda u: u, lambda u: 20 * u)
+    assert ref.x_train.std(axis=0) == pytest.approx([1, 1], abs=1e-6)
+    for fa, fy in ((lambda u: u * 1e300, lambda u: 1.7e9 + 20 * u),
+                   (lambda u: u * 1e-310, lambda u: u * 1e-46),
+                   (lambda u: 5e-324 * round(u * 1000), lambda u: -1e300 + 1e290 * u)):
+        t = table("t.csv", fa, fy)
+        assert np.allclose(t.x_train, ref.x_train, atol=2e-3 if fa(1) < 1e-320 else 1e-5)
+        assert np.allclose(t.y_train, ref.y_train, atol=1e-5)
+        assert np.isfinite(t.mean).all() and np.isfinite(t.std).all()
+    # a constant column stays 0, whatever its size
+    p = tmp_path / "const.csv"
+    p.write_text("a,b,c,y\n" + "".join(f"1e300,{float(v)!r},0.1,{int(v > 0)}\n" for v in b))
+    t = load_table(p, "y")
+    assert np.array_equal(t.x_train[:, [0, 2]], np.zeros((len(t.x_train), 2)))
