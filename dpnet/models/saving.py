@@ -2,6 +2,9 @@
 reading a model back is ``dpnet.models.loading``)."""
 from __future__ import annotations
 
+import os
+
+from ..backend import xp_of
 from ..storage.checkpoint import write_checkpoint
 
 
@@ -19,8 +22,14 @@ def model_arrays_and_meta(model, **extra):
 
 def save_model(path, model, arrays=None, **extra):
     """Atomically write ``model`` (weights, optimizer state, config), further ``arrays``
-    (names other than the model's own) and ``extra`` metadata to ``path``."""
+    (names other than the model's own) and ``extra`` metadata to ``path``. Weights that
+    are not finite are refused (ValueError): ``dpnet.load`` would refuse the file."""
     own, meta = model_arrays_and_meta(model, **extra)
+    p = own["params"]
+    finite = xp_of(p).isfinite(p)
+    if not bool(finite.all()):
+        raise ValueError(f"the model's weights are not finite ({int((~finite).sum()):,} of "
+                         f"{p.size:,}): not saved to {os.fspath(path)!r}")
     for name in arrays or {}:
         if name in own:
             raise ValueError(f"array name {name!r} is the model's own")

@@ -44,6 +44,9 @@ class ExponentialDecay(Schedule):
     def __init__(self, lr, decay_rate, decay_steps):
         self.lr = _positive("lr", lr)
         self.decay_rate = _positive("decay_rate", decay_rate)
+        if self.decay_rate > 1:      # (Keras's order is (lr, decay_steps, decay_rate))
+            raise ValueError(f"decay_rate must be in (0, 1], got {decay_rate!r} (the "
+                             f"arguments are lr, decay_rate, decay_steps)")
         self.decay_steps = _positive("decay_steps", decay_steps)
 
     def __call__(self, t):
@@ -63,6 +66,9 @@ class StepDecay(Schedule):
     def __init__(self, lr, drop, every):
         self.lr = _positive("lr", lr)
         self.drop = _positive("drop", drop)
+        if self.drop > 1:
+            raise ValueError(f"drop must be in (0, 1], got {drop!r} (the arguments are lr, "
+                             f"drop, every)")
         if not isinstance(every, int) or isinstance(every, bool) or every <= 0:
             raise ValueError(f"every must be a positive integer, got {every!r}")
         self.every = every

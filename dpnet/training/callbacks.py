@@ -20,6 +20,9 @@ class EarlyStopping:
     def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, restore_best_weights=True):
         if not isinstance(patience, int) or patience < 0:
             raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
+        if not isinstance(min_delta, (int, float)) or isinstance(min_delta, bool) \
+                or not 0 <= min_delta < math.inf:
+            raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
         self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
         self.restore_best_weights = restore_best_weights
         self.mode = "max" if "acc" in monitor else "min"

@@ -140,6 +140,17 @@ def test_bad_step_counts_raise(v):
         Anneal(1e-3, 1e-5, v)
 
 
+def test_rates_that_grow_raise_and_name_the_order():
+    """Keras's ExponentialDecay(1e-3, 1000, 0.96) is (lr, decay_steps, decay_rate)."""
+    with pytest.raises(ValueError, match=re.escape("decay_rate must be in (0, 1], got 1000 "
+                                                   "(the arguments are lr, decay_rate, "
+                                                   "decay_steps)")):
+        ExponentialDecay(1e-3, 1000, 0.96)
+    with pytest.raises(ValueError, match=re.escape("drop must be in (0, 1], got 2")):
+        StepDecay(0.1, 2, 3)
+    assert ExponentialDecay(0.1, 1, 10)(50) == StepDecay(0.1, 1.0, 3)(50) == 0.1
+
+
 def test_bad_kind_and_type_raise():
     with _raises_naming("cosine", "kind"):
         Anneal(1e-3, 1e-5, 100, kind="cosine")

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -94,6 +96,10 @@ def test_early_stopping_restores_the_best_weights():
     assert not es1(1, {"val_loss": 1.0}) and es1(2, {"val_loss": 1.0})   # no improvement
     with pytest.raises(ValueError, match="monitors 'val_loss'"):
         EarlyStopping()(1, {"loss": 1.0})
+    for bad in (float("nan"), -0.1, float("inf"), "0", None):
+        with pytest.raises(ValueError, match=re.escape(f"min_delta must be a finite number "
+                                                       f">= 0, got {bad!r}")):
+            EarlyStopping(min_delta=bad)
 
 
 def test_sigint_stops_after_the_current_step_and_keeps_weights(mnist_small):
@@ -408,3 +414,13 @@ def test_a_diverged_run_never_leaves_its_checkpoint_with_the_weights_that_diverg
             np.errstate(all="ignore"):
         net(0.01).fit(x, y, epochs=1, batch_size=200, sample_weight=np.full(200, 1e39),
                       verbose=0)
+
+
+def test_weights_that_are_not_finite_are_not_saved(tmp_path):
+    """dpnet.load refuses them: model.save does too, and writes nothing."""
+    m = mlp()
+    m.params[5] = np.nan
+    with pytest.raises(ValueError, match=re.escape(f"the model's weights are not finite (1 "
+                                                   f"of {m.n_params:,}): not saved to")):
+        m.save(tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
