@@ -325,8 +325,16 @@ class _BaseMLP(BaseEstimator):
                               callback=self._each(val, state, None if sample_weight is None
                                                   else (X, y, sample_weight)), stop=stop,
                               sample_weight=sample_weight)
-        # scipy stopping on its own (its tolerances met) is convergence too
-        state["stopped"] |= result.status != STOPPED and result.nit < iterations
+        if result.status != STOPPED and result.nit < iterations:
+            # scipy stopped on its own: its tolerances met (convergence), or it could
+            # not go on (a line search that failed: a loss that is not finite, say) --
+            # warned as scikit-learn's own MLP does
+            state["stopped"] = True
+            if not result.success:
+                why = str(result.message).strip().rstrip(":")
+                warnings.warn(f"{self.solver} failed to converge after {result.nit} "
+                              f"iterations (scipy: {why}); scaling the data (and a "
+                              f"regression's target) may help", ConvergenceWarning)
         self._finish(stop.requested, state, iterations)
 
     def _finish(self, signal_name, state, iterations):

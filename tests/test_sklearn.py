@@ -418,6 +418,15 @@ def test_lbfgs_that_converges_does_not_warn(iris):
     assert not [x for x in w if issubclass(x.category, ConvergenceWarning)]
 
 
+def test_lbfgs_that_cannot_go_on_warns(iris):
+    """scipy ending on an abnormal line search (a target of 1e20: float32 losses past
+    its range) is no convergence: warned as scikit-learn's own MLP does."""
+    X, y = iris
+    with pytest.warns(ConvergenceWarning, match=r"lbfgs failed to converge after 0 "
+                      r"iterations \(scipy: ABNORMAL.*\); scaling the data"):
+        MLPRegressor(solver="lbfgs", max_iter=50, random_state=0).fit(X, y * 1e20)
+
+
 def test_a_warm_start_with_other_features_is_refused_and_changes_nothing(iris):
     X, y = iris
     c = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, warm_start=True,
