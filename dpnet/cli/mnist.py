@@ -475,7 +475,9 @@ def note_changes(prog, path, meta, model):
 def per_class_accuracy(model, x, y, n_classes=10):
     if n_classes == 0:                                # a regression
         return []
-    pred = model.predict_proba(x).argmax(axis=1)      # single-label, any loss
+    # single-label, any loss; a softmax's decided on its logits, as evaluate counts
+    pred = model.predict(x) if model.loss.name == "categorical_crossentropy" else \
+        model.predict_proba(x).argmax(axis=1)
     return [float((pred[y == k] == k).mean()) if (y == k).any() else float("nan")
             for k in range(n_classes)]
 

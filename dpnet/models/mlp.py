@@ -282,6 +282,11 @@ class Sequential(FlatParams):
     def predict_proba(self, x, batch_size=1024):
         """Output activations (class probabilities for a softmax output; the values of
         a regression), as NumPy."""
+        return self._outputs(x, batch_size, activate=True)
+
+    def _outputs(self, x, batch_size, activate):
+        """The network's outputs over ``x`` in batches, as NumPy: with ``activate``
+        False, a fused output layer's logits (before its softmax or sigmoid)."""
         if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         x = self._as_input(x)
@@ -290,7 +295,7 @@ class Sequential(FlatParams):
         outs = []
         for s in range(0, x.shape[0], batch_size):
             out = self._forward(x[s:s + batch_size], training=False)
-            if self._fused:   # the last layer stopped at logits: apply its activation
+            if self._fused and activate:   # the last layer stopped at logits
                 out = self.layers[-1].activation.forward(out)
             outs.append(to_numpy(out).copy())
         return np.concatenate(outs) if outs else np.zeros((0, self.n_outputs), self.dtype)
@@ -298,14 +303,17 @@ class Sequential(FlatParams):
     def predict(self, x, batch_size=1024):
         """What the model predicts: for a cross-entropy classifier the class labels
         (argmax; 0/1 for a single sigmoid output; a 0/1 matrix, one column per output,
-        for several sigmoid outputs); for a regression (mse) the output values."""
-        p = self.predict_proba(x, batch_size)
+        for several sigmoid outputs); for a regression (mse) the output values. Decided
+        as ``evaluate`` counts them right: on the logits of a fused output layer, where
+        two classes whose probabilities round to the same float32 still differ."""
         if self.loss.name == "mse":
-            return p
+            return self.predict_proba(x, batch_size)
+        p = self._outputs(x, batch_size, activate=False)
+        thr = 0 if self._fused else 0.5          # a logit of 0 is a probability of 0.5
         if p.shape[1] == 1:
-            return (p[:, 0] > 0.5).astype(np.int64)
+            return (p[:, 0] > thr).astype(np.int64)
         if self.loss.name == "binary_crossentropy":
-            return (p > 0.5).astype(np.int64)
+            return (p > thr).astype(np.int64)
         return p.argmax(axis=1)
 
     def __call__(self, x, batch_size=1024):

@@ -152,6 +152,21 @@ def test_predict_evaluate_and_labels_as_one_hot():
     assert r1["accuracy"] == pytest.approx((m.predict(x) == y).mean())
 
 
+@pytest.mark.parametrize("out, loss", [(2, "categorical_crossentropy"),
+                                       (1, "binary_crossentropy")])
+def test_predict_and_evaluate_agree_where_the_probabilities_tie(out, loss):
+    """Logits 0 and 1e-8 are two classes; their float32 probabilities are both 0.5
+    (a sigmoid of 1e-8 is 0.5 too): predict decides on the logits, as evaluate counts."""
+    m = Sequential([Dense(2, out, activation="softmax" if out == 2 else "sigmoid")],
+                   loss=loss, seed=0)
+    m.params[...] = 0
+    m.layers[0].b[...] = [0, 1e-8] if out == 2 else [1e-8]
+    x, y = np.zeros((3, 2), np.float32), np.ones(3, np.int64)
+    p = m.predict_proba(x)
+    assert (p[:, 0] == p[:, -1]).all() and (p == 0.5).all()
+    assert (m.predict(x) == 1).all() and m.evaluate(x, y)["accuracy"] == 1.0
+
+
 def test_seed_determines_init_and_initializers_differ():
     a, b, c = three_layer(seed=1), three_layer(seed=1), three_layer(seed=2)
     assert np.array_equal(a.params, b.params) and not np.array_equal(a.params, c.params)
