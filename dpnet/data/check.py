@@ -39,6 +39,20 @@ def check_inputs(model, x, what="input"):
     return np.ascontiguousarray(numbers(x, what), dtype=model.dtype)
 
 
+def _fits(a, dtype, what):
+    """``a`` as a contiguous ``dtype`` array, or ValueError: NaN or infinite values, or
+    finite ones beyond ``dtype``'s range (1e300 in a float32 model), named as such."""
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError(f"{what} hold NaN or infinite values")
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(a, dtype=dtype)
+    if not np.isfinite(out).all():
+        raise ValueError(f"{what} hold values too large for {np.dtype(dtype).name} (largest "
+                         f"magnitude {float(np.abs(a).max()):g}); scale them, or use a "
+                         f"float64 model")
+    return out
+
+
 def check_data(model, x, y, what="data"):
     """(x, y) as contiguous arrays the model can use, or ValueError naming the problem.
 
@@ -58,15 +72,13 @@ def check_data(model, x, y, what="data"):
         raise ValueError(f"{what} cannot be read as arrays: {e}") from None
     if x.ndim != 2 or x.shape[1] != model.n_inputs:
         raise ValueError(f"{what} inputs must have shape (n, {model.n_inputs}), got {x.shape}")
-    x = np.ascontiguousarray(numbers(x, f"{what} inputs"), dtype=model.dtype)
-    if not np.isfinite(x).all():
-        raise ValueError(f"{what} inputs hold NaN or infinite values")
+    x = _fits(numbers(x, f"{what} inputs"), model.dtype, f"{what} inputs")
     if y.ndim == 0 or y.shape[0] != x.shape[0]:
         raise ValueError(f"{what} has {x.shape[0]} inputs but "
                          f"{y.shape[0] if y.ndim else 'a scalar as'} targets")
     y = numbers(y, f"{what} targets")
-    if y.dtype.kind == "f" and not np.isfinite(y).all():
-        raise ValueError(f"{what} targets hold NaN or infinite values")
+    if y.dtype.kind == "f":
+        _fits(y, model.dtype, f"{what} targets")
     k = model.n_outputs
     # binary cross-entropy takes 0/1 targets -- or, with several outputs, class labels
     # that become one-hot targets (one independent sigmoid per class)

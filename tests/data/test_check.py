@@ -24,6 +24,9 @@ def net(**kw):
     (X, Y[:1], "60 inputs but 1 targets"),
     (X, np.full(60, np.nan), "NaN or infinite"),
     (np.where(X > 2, np.nan, X), Y, "inputs hold NaN"),
+    # finite, but not in float32: the user's data has no NaN, the message says so
+    (X.astype(np.float64) * 1e300, Y, r"inputs hold values too large for float32 "
+     r"\(largest magnitude .*e\+300\); scale them, or use a float64 model"),
     (X, None, "y is None"),
     (X.reshape(60, 2, 2), Y, r"shape \(n, 4\)"),
     (X, np.array(["a"] * 60), "must be numbers"),
