@@ -73,6 +73,9 @@ def float_in(lo, hi=None, lo_open=False, hi_open=False):
             v = float(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if v == 0 and any(c in "123456789" for c in s.lower().split("e")[0]):
+            # 1e-400: not 0 as written, but 0 as a float (where 0 may mean "off")
+            raise argparse.ArgumentTypeError(f"{s!r} is too small to be told from 0")
         ok = (v > lo if lo_open else v >= lo) and (
             hi is None or (v < hi if hi_open else v <= hi)) and np.isfinite(v)
         if not ok:

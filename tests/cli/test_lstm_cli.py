@@ -171,6 +171,9 @@ BAD = [
     ("ok", b"abcdefgh" * 400, ["--load", "/no/such/ck.npz"], "does not exist"),
     ("ok", b"abcdefgh" * 400, ["--load", ""], "expected a path"),
     ("ok", b"abcdefgh" * 400, ["--layers", "100000000"], "parameters need at least"),
+    # a float that is 0 as written 1e-400: here 0 means "off", not a tiny clip
+    ("ok", b"abcdefgh" * 400, ["--clip", "1e-400"], "'1e-400' is too small to be told "
+     "from 0"),
 ]
 
 
