@@ -61,6 +61,14 @@ class Hosts:
         """Take worker ``i``'s link down or bring it up (the coordinator's end)."""
         _ip("link", "set", self.links[i], "up" if up else "down", ns=self.coordinator)
 
+    def slow(self, i, rate):
+        """Shape what the coordinator sends worker ``i`` to ``rate`` (tc's token bucket,
+        e.g. "1mbit"); gone with the namespace."""
+        subprocess.run(["ip", "netns", "exec", self.coordinator, "tc", "qdisc", "add",
+                        "dev", self.links[i], "root", "tbf", "rate", rate, "burst", "32kbit",
+                        "latency", "400ms"], check=True, capture_output=True, text=True,
+                       timeout=30)
+
     def run(self, ns, cmd):
         """``cmd`` (a list) as run inside namespace ``ns``."""
         return ["ip", "netns", "exec", ns, *cmd]

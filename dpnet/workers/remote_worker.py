@@ -28,7 +28,7 @@ import numpy as np
 
 from .serve import FrameWeights
 
-CHUNK = 1 << 24
+CHUNK = 1 << 20       # a data frame: seconds on a slow link, well within ZMTP_TIMEOUT_S
 _HELD = {}            # checksum -> array: a worker that joins again does not fetch again
 
 

@@ -92,3 +92,33 @@ def test_a_link_cut_mid_run_moves_the_share_and_the_worker_comes_back(hosts, key
         m, _ = train(eng, epochs=5)
     np.testing.assert_allclose(np.load(out + ".npz")["params"], m.params,
                                rtol=1e-4, atol=1e-5)
+
+
+def test_a_slow_link_carries_frames_that_take_longer_than_a_ping_timeout(hosts, keys,
+                                                                          tmp_path):
+    """On a 1 Mbit/s link the data (0.9 MB) and each step's weights (0.9 MB) take ~7 s
+    on the wire: longer than ZeroMQ's ping timeout was (5 s: the connection dropped in
+    the middle of every such frame, and the run never trained). Now the run ends as
+    the same run on fast links does."""
+    hosts.slow(1, "1mbit")
+    flags = ["--limit-train", "300", "--validation", "0", "--epochs", "1", "--batch-size",
+             "300", "--hidden", "256", "64", "--augment", "none", "--quiet"]
+    coord = subprocess.Popen(
+        hosts.run(hosts.coordinator, [sys.executable, "scripts/runDnn.py", *flags,
+                                      "--remote-workers", "2", "--listen",
+                                      f"tcp://0.0.0.0:{PORT}", "--keys", keys,
+                                      "--join-timeout", "90",
+                                      "--save", str(tmp_path / "remote.npz")]),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers = start_workers(hosts, keys)
+    out, err = coord.communicate(timeout=200)
+    codes = finish(workers)
+    assert coord.returncode == 0, err
+    assert [c for c, _ in codes] == [0, 0], codes
+    assert "left the run" not in err and "sent nothing" not in err, err
+    ref = subprocess.run([sys.executable, "scripts/runDnn.py", *flags, "--workers", "2",
+                          "--save", str(tmp_path / "local.npz")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert ref.returncode == 0, ref.stderr
+    assert np.array_equal(np.load(tmp_path / "remote.npz")["params"],
+                          np.load(tmp_path / "local.npz")["params"])
