@@ -88,6 +88,7 @@ class RemoteWorkers(WorkerGroup):
             self._local_curve = (public, secret, self.curve[0])
         self.say = say or (lambda line: print(f"dpnet: {line}", file=sys.stderr, flush=True))
         self.router = None
+        self.failed_handshakes = 0         # connections refused at the CURVE handshake
         self.members, self._rank_of = {}, {}
         self._left = {}                    # rank -> why its last member left
         self._departed = set()             # identities of members that left (bounded)
@@ -160,10 +161,22 @@ class RemoteWorkers(WorkerGroup):
     def send(self, rank, kind, header, *arrays):
         self.router.send(self.members[rank].identity, kind, header, *arrays)
 
+    def _handshakes(self, n):
+        """Connections that failed the CURVE handshake: said (the first three), for the
+        worker is told but the operator at the coordinator would see nothing."""
+        if not n:
+            return
+        self.failed_handshakes += n
+        if self.failed_handshakes - n < 3:
+            self.say(f"refused a connection that failed the CURVE handshake "
+                     f"({self.failed_handshakes} so far): a worker with another run's keys "
+                     f"(copy this run's --keys directory to it), or with none")
+
     def recv(self, timeout_s):
         """The next message from a member, with its rank; JOIN and FETCH are served
         here (returning None), and a HELLO whose data does not match is refused."""
         msg = self.router.recv_valid(timeout_s, on_bad=lambda e: self.drops(str(e)))
+        self._handshakes(self.router.failed_handshakes())
         if msg is None:
             return None
         rank = self._rank_of.get(msg.identity)
@@ -336,4 +349,5 @@ class RemoteWorkers(WorkerGroup):
                 "data_bytes_streamed": self.streamed,
                 "refused_peers": self.refused,
                 **({"refused_keys": gate.refused} if gate is not None else {}),
+                "failed_handshakes": self.failed_handshakes,
                 **self.drops.summary(), "coordinator_pid": os.getpid()}

@@ -272,7 +272,7 @@ class Router(_Socket):
     def __init__(self, transport="ipc", host="127.0.0.1", bind=None, curve=None,
                  max_message=None):
         self._dir = None
-        self.auth = self.gate = None
+        self.auth = self.gate = self._monitor = None
         self.context = zmq.Context()
         self.socket = None
         try:
@@ -299,6 +299,10 @@ class Router(_Socket):
                 self.socket.curve_secretkey = secret
                 self.socket.zap_domain = b"dpnet"
                 self.socket.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+                # a peer with another run's coordinator key (or none) fails the
+                # handshake before ZAP sees a key: only a monitor tells of it
+                self._monitor = self.socket.get_monitor_socket(
+                    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
             if bind is not None:
                 host, port = split_tcp(bind)
                 if port == 0:
@@ -325,8 +329,22 @@ class Router(_Socket):
         """One message to the peer ``identity`` (bytes)."""
         send(self.socket, kind, header, *arrays, to=identity, copy=copy)
 
+    def failed_handshakes(self):
+        """How many connections failed the CURVE handshake since the last call (a
+        worker holding another run's keys, or none)."""
+        n = 0
+        while self._monitor is not None and self._monitor.poll(0):
+            self._monitor.recv_multipart()
+            n += 1
+        return n
+
     def close(self):
         """Close the socket and context, remove the ipc directory. Idempotent."""
+        if self._monitor is not None:
+            if self.socket is not None:      # (a group may close the socket first)
+                self.socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         if self.auth is not None:
             self.auth.stop()
             self.auth = None

@@ -115,10 +115,18 @@ def test_local_and_remote_workers_mixed_with_keys(tmp_path, local_weights):
                         "tcp://0.0.0.0:0", "--keys", str(keys),
                         "--save", str(tmp_path / "mixed.npz"))
     port = ep.rsplit(":", 1)[1]
+    # first a worker given another run's keys: it is told, and the coordinator says so
+    # (the handshake fails before any key reaches the allowed list: it said nothing)
+    assert run("-m", "dpnet", "keys", str(tmp_path / "other")).returncode == 0
+    stranger = worker(f"tcp://127.0.0.1:{port}", "--keys", str(tmp_path / "other"),
+                      "--wait", "5")
+    assert stranger.wait(30) == 1
     w = worker(f"tcp://127.0.0.1:{port}", "--keys", str(keys))
     out, err = p.communicate(timeout=150)
     assert p.returncode == 0, err
     assert w.wait(30) == 0
+    assert "refused a connection that failed the CURVE handshake (1 so far): a worker " \
+        "with another run's keys" in err, err
     assert err.count("joined from") == 2, err
     assert np.array_equal(np.load(tmp_path / "mixed.npz")["params"], local_weights)
 
