@@ -46,25 +46,32 @@ def start_workers(hosts, keys):
         for i, ns in enumerate(hosts.workers)]
 
 
-def test_runDnn_with_workers_on_two_hosts_matches_local_workers(hosts, keys, tmp_path):
-    flags = ["--limit-train", "1000", "--epochs", "1", "--hidden", "64", "--quiet"]
+def remote_and_local(hosts, keys, tmp_path, flags, *coordinator_flags):
+    """runDnn.py with ``flags`` on the two worker hosts, then with two local workers:
+    (the coordinator's stderr, its checkpoint, the local run's checkpoint)."""
     coord = subprocess.Popen(
         hosts.run(hosts.coordinator, [sys.executable, "scripts/runDnn.py", *flags,
                                       "--remote-workers", "2", "--listen",
                                       f"tcp://0.0.0.0:{PORT}", "--keys", keys,
+                                      *coordinator_flags,
                                       "--save", str(tmp_path / "remote.npz")]),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     workers = start_workers(hosts, keys)
-    out, err = coord.communicate(timeout=240)
+    _, err = coord.communicate(timeout=240)
     codes = finish(workers)
     assert coord.returncode == 0, err
     assert [c for c, _ in codes] == [0, 0], codes
-    assert err.count("joined from") == 2 and "CURVE" in err, err
     ref = subprocess.run([sys.executable, "scripts/runDnn.py", *flags, "--workers", "2",
                           "--save", str(tmp_path / "local.npz")],
                          cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert ref.returncode == 0, ref.stderr
-    a, b = np.load(tmp_path / "remote.npz"), np.load(tmp_path / "local.npz")
+    return err, np.load(tmp_path / "remote.npz"), np.load(tmp_path / "local.npz")
+
+
+def test_runDnn_with_workers_on_two_hosts_matches_local_workers(hosts, keys, tmp_path):
+    flags = ["--limit-train", "1000", "--epochs", "1", "--hidden", "64", "--quiet"]
+    err, a, b = remote_and_local(hosts, keys, tmp_path, flags)
+    assert err.count("joined from") == 2 and "CURVE" in err, err
     for name in ("params", "opt.m", "opt.v"):
         assert np.array_equal(a[name], b[name]), name
 
@@ -103,22 +110,6 @@ def test_a_slow_link_carries_frames_that_take_longer_than_a_ping_timeout(hosts, 
     hosts.slow(1, "1mbit")
     flags = ["--limit-train", "300", "--validation", "0", "--epochs", "1", "--batch-size",
              "300", "--hidden", "256", "64", "--augment", "none", "--quiet"]
-    coord = subprocess.Popen(
-        hosts.run(hosts.coordinator, [sys.executable, "scripts/runDnn.py", *flags,
-                                      "--remote-workers", "2", "--listen",
-                                      f"tcp://0.0.0.0:{PORT}", "--keys", keys,
-                                      "--join-timeout", "90",
-                                      "--save", str(tmp_path / "remote.npz")]),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    workers = start_workers(hosts, keys)
-    out, err = coord.communicate(timeout=200)
-    codes = finish(workers)
-    assert coord.returncode == 0, err
-    assert [c for c, _ in codes] == [0, 0], codes
+    err, a, b = remote_and_local(hosts, keys, tmp_path, flags, "--join-timeout", "90")
     assert "left the run" not in err and "sent nothing" not in err, err
-    ref = subprocess.run([sys.executable, "scripts/runDnn.py", *flags, "--workers", "2",
-                          "--save", str(tmp_path / "local.npz")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert ref.returncode == 0, ref.stderr
-    assert np.array_equal(np.load(tmp_path / "remote.npz")["params"],
-                          np.load(tmp_path / "local.npz")["params"])
+    assert np.array_equal(a["params"], b["params"])
