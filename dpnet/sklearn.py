@@ -330,7 +330,10 @@ class _BaseMLP(BaseEstimator):
             # not go on (a line search that failed: a loss that is not finite, say) --
             # warned as scikit-learn's own MLP does
             state["stopped"] = True
-            if not result.success:
+            # (scipy's "precision loss" near a minimum, common in float32, is no
+            # failure: only a run that could not start, or ended on a loss that is not
+            # finite, is warned of)
+            if not result.success and (result.nit == 0 or not np.isfinite(getattr(result, "fun", 0.0))):
                 why = str(result.message).strip().rstrip(":")
                 warnings.warn(f"{self.solver} failed to converge after {result.nit} "
                               f"iterations (scipy: {why}); scaling the data (and a "

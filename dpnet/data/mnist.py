@@ -137,7 +137,7 @@ def load_mnist(path=None, scale=True, standardize=False, validation=10_000,
     arr = {k: read_idx(_find(directory, stem)) for k, stem in FILES.items()}
     # the training files' (gzip or not: the same arrays); the test set plays no part in
     # training
-    crc = zlib.crc32(arr["train_labels"].tobytes(), zlib.crc32(arr["train_images"].tobytes()))
+    crc = zlib.crc32(arr["train_labels"], zlib.crc32(arr["train_images"]))   # (no copies)
     for part in ("train", "test"):
         imgs, labels = arr[f"{part}_images"], arr[f"{part}_labels"]
         if imgs.ndim != 3 or imgs.shape[1:] != (28, 28):

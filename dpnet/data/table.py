@@ -137,12 +137,14 @@ def _statistics(x):
     """Each column's mean and standard deviation (float64), computed on the column
     divided by its largest magnitude: the squares of values near 1e300 would overflow
     (std inf: the column became all zeros), those near 1e-310 vanish (std 0). A
-    column constant to rounding is divided by its magnitude instead: it stays 0."""
+    constant column is divided by its magnitude instead: it stays 0 (its values are
+    then all exactly 1 or -1: a spread of 1e-13 of its size is kept, timestamps in
+    nanoseconds over milliseconds)."""
     scale = np.abs(x).max(axis=0)
     scale[~(scale > 0)] = 1.0
     unit = x / scale
     mean, std = unit.mean(axis=0), unit.std(axis=0)
-    std[std < 1e-12] = 1.0
+    std[std == 0] = 1.0
     return mean * scale, std * scale
 
 

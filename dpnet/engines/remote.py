@@ -170,7 +170,8 @@ class RemoteWorkers(WorkerGroup):
         if self.failed_handshakes - n < 3:
             self.say(f"refused a connection that failed the CURVE handshake "
                      f"({self.failed_handshakes} so far): a worker with another run's keys "
-                     f"(copy this run's --keys directory to it), or with none")
+                     f"(copy this run's --keys directory to it) or with none, or a client "
+                     f"that is no dpnet worker")
 
     def recv(self, timeout_s):
         """The next message from a member, with its rank; JOIN and FETCH are served

@@ -1,14 +1,16 @@
 """Callbacks for ``fit``: ``cb(epoch, metrics) -> bool``, True stops training.
 
 The rule, the same for ``fit`` and ``fit_text`` (``dpnet.training.loop.call_all``):
-every callback sees every record, in order, and training stops after the record if
-any of them returned True; then each callback with an ``on_stop()`` has it called
+every callback sees the records given to it (``fit``: every epoch's; ``fit_text``:
+those holding its ``monitor``, if it has one), in order, and training stops after the
+record if any of them returned True; then each callback with an ``on_stop()`` has it called
 (``EarlyStopping`` puts its best weights back there, after every callback has seen
 the last record with the weights that made it).
 """
 from __future__ import annotations
 
 import math
+import numbers
 import string
 
 
@@ -20,7 +22,7 @@ class EarlyStopping:
     def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, restore_best_weights=True):
         if not isinstance(patience, int) or patience < 0:
             raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
-        if not isinstance(min_delta, (int, float)) or isinstance(min_delta, bool) \
+        if not isinstance(min_delta, numbers.Real) or isinstance(min_delta, bool) \
                 or not 0 <= min_delta < math.inf:
             raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta!r}")
         self.monitor, self.patience, self.min_delta = monitor, patience, float(min_delta)
@@ -92,6 +94,8 @@ class EarlyStopping:
         if this callback's patience ran out -- not when another stopped training."""
         if self.stopped and self.best_params is not None and self.model is not None:
             self.model.params = self.best_params         # (copied in: host or device)
+            return True
+        return False
 
 
 class ModelCheckpoint:

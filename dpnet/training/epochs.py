@@ -72,8 +72,10 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_data=None, callbacks=()
       ``test_accuracy`` in the history): to watch, not to choose by -- choosing an epoch
       or a setting on it would make the test score optimistic.
     progress: show a tqdm bar per epoch (default: when stderr is a terminal).
-    divergence: stop (``Diverged``, a FloatingPointError) when an epoch's loss is more
-      than this many times the first epoch's; None lets a run go where it goes.
+    divergence: stop (``Diverged``, a FloatingPointError) when an epoch's loss (or its
+      validation loss) is more than this many times the first epoch's; None lets a
+      run go where it goes -- but a loss or validation loss that is not finite always
+      stops it, and the checkpoint then holds weights from before.
     on_interrupt: Ctrl-C (SIGTERM, SIGHUP, SIGQUIT) stops training after the current
       step, with whole weights, the checkpoint written and any workers stopped; then,
       with "raise" (the default), the signal goes on as if fit had not caught it:
@@ -311,8 +313,11 @@ class EpochPlan(Plan):
     def _check_val_divergence(self, step, val_loss):
         """The validation loss of the weights the epoch ended with -- which no step has
         tried yet -- not finite (always), or far above the first epoch's validation
-        loss: before they are checkpointed."""
+        loss (or training loss, if larger: a first validation loss near 0 is no
+        yardstick): before they are checkpointed."""
         first = (self.history.history.get("val_loss") or [None])[0]
+        if first is not None:
+            first = max(first, self.history.history.get("loss", [self.first_loss])[0])
         far = first is not None and self.divergence is not None and \
             val_loss > self.divergence * max(first, 1e-12)
         if not math.isfinite(val_loss) or far:

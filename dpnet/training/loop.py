@@ -18,8 +18,9 @@ core owns what must be the same for every loop:
 - checkpoints: the path is checked before any work; one is written when a worker
   fails (the weights are those of the last whole step) and when the run ends, unless
   the plan saved at that very step already;
-- callbacks: every callback sees every record, and training stops after it if any
-  returned True (``call_all``);
+- callbacks: every callback sees the records given to it (``fit``: each epoch's;
+  ``fit_text``: those holding its ``monitor``, if it has one), and training stops
+  after a record if any returned True (``call_all``; then their ``on_stop``);
 - the history's step, wall time and the engine's statistics, whatever the ending.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -40,13 +42,17 @@ from ..storage.atomic import atomic_write
 
 
 def _small_file(path):
-    """The bytes of the file at ``path`` if there is one of at most
-    ``KEEP_PREVIOUS_BYTES``, else None."""
+    """The bytes of the regular file at ``path`` if it holds at most
+    ``KEEP_PREVIOUS_BYTES``; else None ("big" for a bigger one). Never opens anything
+    else: a FIFO or /dev/stdout would block the read."""
     if path is None:
         return None
     try:
-        if os.path.getsize(path) > KEEP_PREVIOUS_BYTES:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
             return None
+        if st.st_size > KEEP_PREVIOUS_BYTES:
+            return "big"
         with open(path, "rb") as f:
             return f.read()
     except OSError:
@@ -151,11 +157,14 @@ def call_all(callbacks, *record):
 
 
 def on_stop(callbacks):
-    """Training stops after this record: the callbacks' ``on_stop`` hooks, in order."""
+    """Training stops after this record: the callbacks' ``on_stop`` hooks, in order;
+    True if one of them changed the weights (returned True)."""
+    changed = False
     for cb in callbacks:
         hook = getattr(cb, "on_stop", None)
         if callable(hook):
-            hook()
+            changed = bool(hook()) or changed
+    return changed
 
 
 class Plan:
@@ -225,10 +234,12 @@ class Loop:
         if e.step is None or self.checkpoint is None or self.saved_step != e.step:
             return
         path = os.fspath(self.checkpoint)
-        if self._previous is None:
+        if self._previous is None or self._previous[0] == "big":
+            why = "it replaced no earlier checkpoint that could be put back" \
+                if self._previous is None else \
+                "the file it replaced was too big to keep in memory and put back"
             print(f"dpnet: note: {path} holds the weights of step {e.step}, which "
-                  f"diverged (it replaced no earlier checkpoint that could be put back)",
-                  file=sys.stderr)
+                  f"diverged ({why})", file=sys.stderr)
             return
         data, step = self._previous
         atomic_write(path, lambda f: f.write(data))
@@ -291,7 +302,7 @@ class Loop:
         lost; say so, and let the failure itself be what is raised."""
         try:
             self.save(plan, self.step)
-        except WorkerError as e:
+        except (WorkerError, Diverged) as e:
             print(f"dpnet: the weights of step {self.step} could not be saved: {e}",
                   file=sys.stderr)
 

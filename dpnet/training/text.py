@@ -132,8 +132,9 @@ def fit_text(model, train, val=None, *, steps=None, epochs=None, engine=None, wo
       training after it. A callback with a ``monitor`` (``EarlyStopping``,
       ``ModelCheckpoint``) sees only the records that hold it -- the validations, for
       "val_loss" -- so its patience counts validations; the others see every record.
-    divergence: stop (``Diverged``) when the smoothed loss exceeds this many times
-      ln V, the loss of a uniform guess that training starts from; None: never.
+    divergence: stop (``Diverged``) when the smoothed loss, or a validation loss,
+      exceeds this many times ln V, the loss of a uniform guess that training starts
+      from; None: never for that reason (a loss that is not finite always stops it).
     on_interrupt: Ctrl-C or SIGTERM stops after the current step with whole weights
       (and the checkpoint written); then "raise" (the default) passes the signal on as
       ``fit``'s does (a KeyboardInterrupt with the TextHistory as ``history``), "return"
@@ -211,7 +212,7 @@ class TextPlan(Plan):
         self.crc = stream_crc(train) if checkpoint is not None else None
         self.t_log, self.chars_log = 0.0, 0
         self.divergence = 2.0
-        self.stopped_by_callback = False
+        self.restored = False             # a callback's on_stop put weights back
 
     def start(self, engine):
         self.engine = engine
@@ -248,16 +249,17 @@ class TextPlan(Plan):
             records.append(self.validate(step))
         if self.prime_ids is not None and step % self.sample_every == 0:
             self._sample(step)
-        if self.checkpoint is not None and self.save_every and step % self.save_every == 0:
-            self.loop.save(self, step)
         stop = False
-        if records and any(hasattr(cb, "set_model") for cb in self.callbacks):
+        if any(hasattr(cb, "set_model") and sees(cb, rec)
+               for cb in self.callbacks for rec in records):
             self.engine.sync_to_host()   # they read (EarlyStopping: restore) the weights
         for rec in records:
             stop = call_all([cb for cb in self.callbacks if sees(cb, rec)], step, rec) or stop
         if stop:
-            on_stop(self.callbacks)
-        self.stopped_by_callback = stop
+            self.restored = on_stop(self.callbacks)
+        # (after the callbacks: a checkpoint of this step holds the weights they left)
+        if self.checkpoint is not None and self.save_every and step % self.save_every == 0:
+            self.loop.save(self, step)
         return stop
 
     def _progress(self, step, loss):
@@ -299,9 +301,9 @@ class TextPlan(Plan):
 
     def finish(self, step, interrupted):
         h = self.hist
-        # (not after a callback's stop: an EarlyStopping may have put back weights the
-        # engine does not hold; fit does not validate after one either)
-        if not interrupted and not self.stopped_by_callback and self.val is not None and \
+        # (not after an EarlyStopping put back weights the engine does not hold; fit
+        # does not validate after one either)
+        if not interrupted and not self.restored and self.val is not None and \
                 (not h.val_steps or h.val_steps[-1] != step):
             self.validate(step)
 

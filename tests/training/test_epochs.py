@@ -424,3 +424,21 @@ def test_weights_that_are_not_finite_are_not_saved(tmp_path):
                                                    f"of {m.n_params:,}): not saved to")):
         m.save(tmp_path / "m.npz")
     assert not (tmp_path / "m.npz").exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_checkpoint_onto_a_fifo_is_written_not_read(tmp_path):
+    """The file a checkpoint replaces is kept to be put back -- a regular file only: a
+    FIFO would block the read (the run hung at its first save)."""
+    import os
+    import threading
+    fifo = tmp_path / "ck.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(len(open(fifo, "rb").read())))
+    reader.start()
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 784)).astype(np.float32), rng.integers(0, 10, 40)
+    mlp().fit(x, y, epochs=1, batch_size=40, checkpoint=fifo, verbose=0)
+    reader.join(10)
+    assert got and got[0] > 1000

@@ -252,6 +252,7 @@ def test_callbacks_stop_and_signals_interrupt(tmp_path):
                  **QUIET)
     assert h.step == 30 and h.stopped_early and not h.interrupted
     assert seen == [(10, "train"), (20, "train"), (30, "train")]
+    assert h.val_steps == [30]       # validated at the end, as a run that ran its course
 
     def sigint_at_5(step, rec):
         if step == 5:
@@ -362,7 +363,9 @@ def test_keras_callbacks_watch_the_validations(engine, tmp_path, monkeypatch):
     every = ModelCheckpoint(str(tmp_path / "m-{step}-{val_loss:.4f}.npz"),
                             save_best_only=False)
     m = sgd_model(vocab)
+    ck = tmp_path / "run.npz"        # saved at the stop's step: after the restore
     h = fit_text(m, train, val, steps=100, callbacks=[es, every], log_every=5,
+                 checkpoint=ck, save_every=10, vocab=vocab,
                  **{**QUIET, "eval_every": 10}, **kw)
     if "engine" in kw:
         kw["engine"].close()
@@ -374,6 +377,7 @@ def test_keras_callbacks_watch_the_validations(engine, tmp_path, monkeypatch):
     assert [p.rsplit("/", 1)[1] for p in every.saved] == \
         [f"m-{s}-{v:.4f}.npz" for s, v in zip(h.val_steps, h.val_loss)]
     assert np.array_equal(dpnet.load(every.saved[0]).params, m.params)
+    assert np.array_equal(load_text_checkpoint(ck).model.params, m.params)
     assert np.allclose(dpnet.load(every.saved[2]).params, ref30.params, rtol=1e-5, atol=1e-6)
     assert not np.allclose(ref30.params, ref.params, rtol=1e-5, atol=1e-6)
 
