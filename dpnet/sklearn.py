@@ -333,7 +333,8 @@ class _BaseMLP(BaseEstimator):
             # (scipy's "precision loss" near a minimum, common in float32, is no
             # failure: only a run that could not start, or ended on a loss that is not
             # finite, is warned of)
-            if not result.success and (result.nit == 0 or not np.isfinite(getattr(result, "fun", 0.0))):
+            ended_badly = result.nit == 0 or not np.isfinite(getattr(result, "fun", 0.0))
+            if not result.success and ended_badly:
                 why = str(result.message).strip().rstrip(":")
                 warnings.warn(f"{self.solver} failed to converge after {result.nit} "
                               f"iterations (scipy: {why}); scaling the data (and a "

@@ -418,6 +418,18 @@ def test_lbfgs_that_converges_does_not_warn(iris):
     assert not [x for x in w if issubclass(x.category, ConvergenceWarning)]
 
 
+def test_cg_ending_on_float32_precision_loss_does_not_warn(iris):
+    """scipy's cg often ends on "precision loss" near a minimum in float32: no failure."""
+    X, y = iris
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        c = MLPClassifier(hidden_layer_sizes=(8,), solver="cg", max_iter=500,
+                          random_state=0).fit(X, y)
+    assert c.n_iter_ < 500 and c.score(X, y) > 0.9
+    assert not [x for x in w if issubclass(x.category, ConvergenceWarning)], \
+        [str(x.message) for x in w]
+
+
 def test_lbfgs_that_cannot_go_on_warns(iris):
     """scipy ending on an abnormal line search (a target of 1e20: float32 losses past
     its range) is no convergence: warned as scikit-learn's own MLP does."""

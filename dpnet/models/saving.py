@@ -8,8 +8,19 @@ from ..backend import xp_of
 from ..storage.checkpoint import write_checkpoint
 
 
+class NotFiniteWeights(ValueError):
+    """Weights that are not finite, refused for a checkpoint: ``dpnet.load`` would
+    refuse the file (a training loop turns it into ``Diverged``)."""
+
+
 def model_arrays_and_meta(model, **extra):
-    """What a model contributes to a checkpoint: params, optimizer state, config."""
+    """What a model contributes to a checkpoint: params, optimizer state, config;
+    ``NotFiniteWeights`` if the weights are not all finite."""
+    p = model.params
+    finite = xp_of(p).isfinite(p)
+    if not bool(finite.all()):
+        raise NotFiniteWeights(f"the model's weights are not finite "
+                               f"({int((~finite).sum()):,} of {p.size:,})")
     opt = model.optimizer.state_dict()
     arrays = {"params": model.params}
     arrays.update({f"opt.{k}": v for k, v in opt["arrays"].items()})
@@ -23,13 +34,11 @@ def model_arrays_and_meta(model, **extra):
 def save_model(path, model, arrays=None, **extra):
     """Atomically write ``model`` (weights, optimizer state, config), further ``arrays``
     (names other than the model's own) and ``extra`` metadata to ``path``. Weights that
-    are not finite are refused (ValueError): ``dpnet.load`` would refuse the file."""
-    own, meta = model_arrays_and_meta(model, **extra)
-    p = own["params"]
-    finite = xp_of(p).isfinite(p)
-    if not bool(finite.all()):
-        raise ValueError(f"the model's weights are not finite ({int((~finite).sum()):,} of "
-                         f"{p.size:,}): not saved to {os.fspath(path)!r}")
+    are not finite are refused (``NotFiniteWeights``, a ValueError)."""
+    try:
+        own, meta = model_arrays_and_meta(model, **extra)
+    except NotFiniteWeights as e:
+        raise NotFiniteWeights(f"{e}: not saved to {os.fspath(path)!r}") from None
     for name in arrays or {}:
         if name in own:
             raise ValueError(f"array name {name!r} is the model's own")

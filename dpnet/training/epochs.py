@@ -19,7 +19,7 @@ from ..data.batching import batch_slices, epoch_order
 from ..data.check import check_data
 from ..nn.rng import check_seed
 from ..models.saving import save_model
-from .callbacks import EarlyStopping, ModelCheckpoint, check_callback_list
+from .callbacks import EarlyStopping, check_callback_list
 from .history import History
 from .loop import Diverged, Loop, Plan, call_all, on_stop
 

@@ -35,9 +35,9 @@ import time
 
 import numpy as np
 
-from ..backend import xp_of
 from ..engines import make_engine
 from ..engines.errors import StepAbandoned, WorkerError
+from ..models.saving import NotFiniteWeights
 from ..storage.atomic import atomic_write
 
 
@@ -217,12 +217,12 @@ class Loop:
 
     def save(self, plan, step):
         self.engine.sync_to_host()       # the weights may live with a worker
-        params = self.model.params
-        if not bool(xp_of(params).isfinite(params).all()):
-            raise Diverged(f"training diverged: the weights are not finite after step "
-                           f"{step}; lower the learning rate", step=step)
         previous = _small_file(self.checkpoint)
-        plan.save(step)
+        try:
+            plan.save(step)              # (refuses weights that are not finite)
+        except NotFiniteWeights:
+            raise Diverged(f"training diverged: the weights are not finite after step "
+                           f"{step}; lower the learning rate", step=step) from None
         self._previous = None if previous is None else (previous, self.saved_step)
         self.saved_step = self.history.saved_step = step
 
@@ -315,10 +315,11 @@ class Loop:
             loss, n, correct = engine.step(self.step, plan.batch(self.step))
             if not math.isfinite(loss):
                 if self.step == first:       # no update of this run made it so
+                    dtype = np.dtype(self.model.dtype).name
                     raise Diverged(f"the loss is {loss} at step {self.step}, before any "
                                    f"update of this run: the data or the weights it "
                                    f"starts from give a loss that is not finite (values "
-                                   f"too large for {np.dtype(self.model.dtype).name}?)", step=self.step)
+                                   f"too large for {dtype}?)", step=self.step)
                 raise Diverged(plan.diverged(self.step, loss), step=self.step)
             self.step += 1
             if plan.after_step(self.step, loss, n, correct, time.perf_counter() - t0):

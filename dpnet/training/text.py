@@ -214,6 +214,11 @@ class TextPlan(Plan):
         self.divergence = 2.0
         self.restored = False             # a callback's on_stop put weights back
 
+    def _limit(self):
+        """The loss past which training diverged: ``divergence`` x ln V (None: none)."""
+        return None if self.divergence is None else \
+            self.divergence * math.log(self.model.vocab_size)
+
     def start(self, engine):
         self.engine = engine
         step = self.loop.step
@@ -232,8 +237,7 @@ class TextPlan(Plan):
         self.ema = self.smoothing * self.ema + (1.0 - self.smoothing) * loss
         self.n_avg += 1
         self.smooth = self.ema / (1.0 - self.smoothing ** self.n_avg)
-        limit = None if self.divergence is None else \
-            self.divergence * math.log(self.model.vocab_size)
+        limit = self._limit()
         if limit is not None and self.smooth > limit:
             raise Diverged(f"training diverged: the smoothed loss {self.smooth:.4g} nats/char "
                            f"at step {step} is over {self.divergence:g}x ln V = {limit:.4g} "
@@ -275,15 +279,14 @@ class TextPlan(Plan):
     def validate(self, step):
         t0 = time.perf_counter()
         vl, vn, _ = self.engine.evaluate("val")
-        limit = None if self.divergence is None else \
-            self.divergence * math.log(self.model.vocab_size)
+        limit = self._limit()
         if not math.isfinite(vl) or (limit is not None and vl > limit):
             # (before the checkpoint of these weights; one written already is put back)
+            why = "not finite" if not math.isfinite(vl) else \
+                f"over {self.divergence:g}x ln V = {limit:.4g}"
             raise Diverged(f"training diverged: the validation loss {vl:.4g} nats/char at "
-                           f"step {step} is " + ("not finite" if not math.isfinite(vl) else
-                                                 f"over {self.divergence:g}x ln V = "
-                                                 f"{limit:.4g}") + "; lower the learning "
-                           f"rate or clip the gradient", step=step)
+                           f"step {step} is {why}; lower the learning rate or clip the "
+                           f"gradient", step=step)
         self.hist.val_steps.append(step)
         self.hist.val_loss.append(vl)
         self.say(f"step {step:>{self.width}}/{self.end}  val loss {vl:.4f} nats/char  "

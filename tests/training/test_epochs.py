@@ -100,6 +100,7 @@ def test_early_stopping_restores_the_best_weights():
         with pytest.raises(ValueError, match=re.escape(f"min_delta must be a finite number "
                                                        f">= 0, got {bad!r}")):
             EarlyStopping(min_delta=bad)
+    assert EarlyStopping(min_delta=np.float32(0.5)).min_delta == 0.5
 
 
 def test_sigint_stops_after_the_current_step_and_keeps_weights(mnist_small):
@@ -402,6 +403,18 @@ def test_a_diverged_run_never_leaves_its_checkpoint_with_the_weights_that_diverg
         assert (f"dpnet: note: {ck} held the weights of step 2, which diverged: put back "
                 f"to the checkpoint it replaced") in err if validation is None else \
             "note" not in err, err
+    # an earlier file too big to keep in memory is not put back, and said so
+    import dpnet.training.loop as loop
+    big = tmp_path / "big.npz"
+    big.write_bytes(good)
+    m = net(1e30)
+    load_weights_into(m, big, optimizer="state")
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(Diverged), \
+            np.errstate(all="ignore"):
+        mp.setattr(loop, "KEEP_PREVIOUS_BYTES", 100)
+        m.fit(x, y, epochs=6, batch_size=200, checkpoint=big, initial_step=1, verbose=0)
+    assert "(the file it replaced was too big to keep in memory and put back)" in \
+        capfd.readouterr().err
     # a fresh run: no earlier file to put back, said so
     fresh = tmp_path / "fresh.npz"
     with pytest.raises(Diverged), np.errstate(all="ignore"):
