@@ -343,6 +343,8 @@ class RemoteWorkers(WorkerGroup):
 
     def stats(self):
         gate = None if self.router is None else self.router.gate
+        if self.router is not None:            # (those since the last message too)
+            self._handshakes(self.router.failed_handshakes())
         return {"per_worker": [{"rank": r, "host": m.host, "pid": m.pid,
                                 "data_bytes_streamed": m.fetched}
                                for r, m in sorted(self.members.items())],
