@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import signal
 import sys
 import tempfile
@@ -163,6 +164,26 @@ def write_json(path, obj):
         atomic_write(path, dump, binary=False)
     except OSError as e:
         raise OSError(f"cannot write --json {path!r}: {e.strerror or e}") from None
+
+
+def platform_info():
+    """The versions a --json summary records beside its figures."""
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            "machine": platform.machine()}
+
+
+def write_failure_json(args, prog, error, progress):
+    """--json for a run that training ended with an error -- it diverged
+    (``FloatingPointError``) or a worker failed: the run's ``progress`` until then
+    (steps, losses, timings) and the error, so that a sweep finds one summary per run
+    whatever its end. The run's own error stays what it reports: a summary that cannot
+    be written is a note."""
+    summary = {"error": str(error), "diverged": isinstance(error, FloatingPointError),
+               **progress, "args": vars(args), "platform": platform_info()}
+    try:
+        write_json(args.json, summary)
+    except OSError as e:
+        print(f"{prog}: note: {e}", file=sys.stderr)
 
 
 def json_on_stdout(path):

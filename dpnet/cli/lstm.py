@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import time
 
@@ -30,9 +29,9 @@ from ..training.text_checkpoint import load_text_checkpoint
 from .common import (Parser, SaveLock, UserError, add_remote_flags, cap_workers,
                      check_model_size, no_remote_flags, remote_engine,
                      check_output_paths, device_line, flag_name, float_in, given_flags,
-                     guarded, json_on_stdout,
+                     guarded, json_on_stdout, platform_info,
                      nonneg_int, path_arg, plot_format, positive_int, pyplot,
-                     save_figure, write_json)
+                     save_figure, write_failure_json, write_json)
 
 DEFAULT_TEXT = tiny_shakespeare()
 DEFAULTS = {"hidden": 256, "layers": 1, "seq_len": 64, "batch_size": 32, "optimizer": "adam"}
@@ -418,10 +417,13 @@ def _train(args, prog, given):
                         val_fraction=args.val_fraction,
                         divergence=None if args.allow_divergence else 2.0,
                         on_interrupt="return")       # the exit code says it: 130, ...
-    except WorkerError:
-        if args.save and hist.saved_step is not None:
+    except (FloatingPointError, WorkerError) as e:      # diverged; a worker failed
+        if isinstance(e, WorkerError) and args.save and hist.saved_step is not None:
             print(f"{prog}: saved the weights of step {hist.saved_step} to {args.save}",
                   file=sys.stderr)
+        if args.json:
+            write_failure_json(args, prog, e, _progress(
+                model, hist, time.perf_counter() - t_start, workers, vocab))
         raise
     finally:
         engine.close()
@@ -511,22 +513,28 @@ def _write_json(args, model, hist, train_loss, val, rate, wall, workers, vocab):
         val["step"] = val_step             # when it was measured (maybe before the last step)
     summary = {
         "train": per_char(train_loss), "val": val,
+        **_progress(model, hist, wall, workers, vocab), "chars_per_second": rate,
+        "interrupted": hist.interrupted, "error": None, "diverged": False,
+        "args": vars(args), "platform": platform_info(),
+    }
+    write_json(args.json, summary)
+
+
+def _progress(model, hist, wall, workers, vocab):
+    """What a --json summary says of the training itself, whatever its end."""
+    return {
         "train_losses": hist.loss, "train_steps": hist.steps,
         "smoothed_train_loss": hist.smooth_loss[-1] if hist.smooth_loss else None,
-        "steps": hist.step, "chars": hist.chars, "chars_per_second": rate,
+        "steps": hist.step, "chars": hist.chars,
         "train_seconds": hist.train_time, "wall_seconds": wall,
-        "interrupted": hist.interrupted, "n_params": int(model.n_params),
+        "n_params": int(model.n_params),
         "vocab_size": len(vocab), "hidden": model.hidden_size,
         "layers": model.num_layers,
         "optimizer": model.optimizer.config(),
         "history": {"val_steps": hist.val_steps, "val_loss": hist.val_loss,
                     "rate_steps": hist.rate_steps, "chars_per_s": hist.chars_per_s},
         "engine": {"workers": workers, **(hist.engine_stats or {})},
-        "args": vars(args),
-        "platform": {"python": platform.python_version(), "numpy": np.__version__,
-                     "machine": platform.machine()},
     }
-    write_json(args.json, summary)
 
 
 def main():

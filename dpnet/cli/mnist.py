@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import time
 
@@ -36,9 +35,9 @@ from .presets import PRESETS, apply_preset, preset_help
 from .common import (Parser, SaveLock, UserError, add_remote_flags, cap_workers,
                      check_model_size, no_remote_flags, remote_engine,
                      check_output_paths, device_line, flag_name, float_in, guarded,
-                     json_on_stdout,
+                     json_on_stdout, platform_info,
                      nonneg_int, path_arg, plot_format, positive_int, pyplot,
-                     save_figure, write_json)
+                     save_figure, write_failure_json, write_json)
 
 EXAMPLE_DNN = """example:
   %(prog)s --hidden 512 128 64 --activation relu --optimizer adam --lr 1e-3 \\
@@ -723,6 +722,12 @@ def _run_dnn_locked(args, prog, default_workers):
     engine, workers = _engine(args, default_workers, prog, say)
     try:
         _train(args, model, data, engine, hist, initial_step, steps_per_epoch, prog, say)
+    except (FloatingPointError, WorkerError) as e:      # diverged; a worker failed
+        if args.json:
+            write_failure_json(args, prog, e, _progress(
+                model, hist, time.perf_counter() - t_start, workers,
+                initial_step // steps_per_epoch))
+        raise
     finally:
         engine.close()
     _finish(args, model, data, hist, workers, t_start, initial_step // steps_per_epoch, say,
@@ -1021,18 +1026,24 @@ def _summary(args, model, hist, results, per_class, wall, workers, epochs_before
     return {
         "train": results["train"], "val": results.get("val"), "test": results["test"],
         "per_class_test_accuracy": per_class,
+        **_progress(model, hist, wall, workers, epochs_before),
+        "interrupted": hist.interrupted, "stopped_early": hist.stopped_early,
+        "error": None, "diverged": False,
+        "args": vars(args), "platform": platform_info(),
+    }
+
+
+def _progress(model, hist, wall, workers, epochs_before):
+    """What a --json summary says of the training itself, whatever its end."""
+    return {
         "epochs": hist.epochs[-1] if hist.epochs else epochs_before,
-        "steps": hist.step, "interrupted": hist.interrupted,
-        "stopped_early": hist.stopped_early, "history": hist.history,
+        "steps": hist.step, "history": hist.history,
         "wall_seconds": wall, "train_seconds": hist.wall_time,
         "samples_per_second": hist.samples / hist.wall_time if hist.wall_time else 0.0,
         "n_params": int(model.n_params),
         "layers": [l.n_in for l in model.layers if isinstance(l, Dense)][:1]
         + [l.n_out for l in model.layers if isinstance(l, Dense)],
         "engine": {"workers": workers, **(getattr(hist, "engine_stats", {}) or {})},
-        "args": vars(args),
-        "platform": {"python": platform.python_version(), "numpy": np.__version__,
-                     "machine": platform.machine()},
     }
 
 

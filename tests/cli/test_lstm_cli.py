@@ -259,12 +259,16 @@ def test_load_of_a_file_that_is_not_a_checkpoint(tmp_path, text):
     assert "pickle" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_a_runaway_loss_stops_the_lstm_with_one_line(text):
+def test_a_runaway_loss_stops_the_lstm_with_one_line(tmp_path, text):
+    js = tmp_path / "run.json"
     r = subprocess.run([sys.executable, SCRIPT, "--text", str(text), *SMALL, "--steps", "50",
-                        "--lr", "1e9", "--clip", "0"], capture_output=True, text=True,
-                       timeout=60, cwd=ROOT)
+                        "--lr", "1e9", "--clip", "0", "--json", str(js)], capture_output=True,
+                       text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "diverged" in r.stderr
+    summary = json.loads(js.read_text())     # a sweep finds one summary per run
+    assert summary["diverged"] is True and summary["error"] in r.stderr
+    assert 1 <= summary["steps"] <= 50 and len(summary["train_losses"]) >= 1
 
 
 def test_a_stale_validation_loss_says_when_it_was_measured(tmp_path, text):

@@ -154,9 +154,14 @@ def test_resume_through_the_cli_is_exact_and_refuses_other_settings(tmp_path):
 def test_a_run_whose_loss_runs_away_stops_with_one_line_unless_allowed(tmp_path):
     small = ("--limit-train", "1000", "--epochs", "2", "--hidden", "16", "--optimizer", "sgd",
              "--lr", "1e6", "--lr-final", "1e6")
-    r = run(*small)
+    js = tmp_path / "run.json"
+    r = run(*small, "--json", str(js))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "diverged" in r.stderr and "over 100x the" in r.stderr
+    summary = json.loads(js.read_text())     # a sweep finds one summary per run
+    assert summary["diverged"] is True and summary["error"] in r.stderr
+    assert summary["steps"] >= 1 and summary["args"]["lr"] == 1e6
+    assert "test" not in summary              # the weights that diverged are not scored
     r = run(*small, "--allow-divergence", "--quiet")
     assert r.returncode == 0, r.stderr
     assert "test accuracy:" in r.stdout                 # --quiet keeps the result
