@@ -140,7 +140,7 @@ class RemoteWorkers(WorkerGroup):
         env = dict(os.environ, **blas_env(self.blas_threads))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
         cmd = [sys.executable, "-m", "dpnet.workers.remote_worker", "--connect",
-               f"tcp://{host}:{port}", "--wait", "10"]
+               f"tcp://{host}:{port}", "--wait", "10", "--quiet"]
         if self._local_curve is not None:
             cmd += ["--keys", "-"]
         for _ in range(self.local):

@@ -29,6 +29,7 @@ import numpy as np
 from .serve import FrameWeights
 
 CHUNK = 1 << 20       # a data frame: seconds on a slow link, well within ZMTP_TIMEOUT_S
+NOTICE_S = 10.0       # no connection after this long (or half --wait): say so, wait on
 _HELD = {}            # checksum -> array: a worker that joins again does not fetch again
 
 
@@ -113,7 +114,7 @@ def _cached(data_dir, spec):
     if a.dtype.str != spec["dtype"] or list(a.shape) != list(spec["shape"]) \
             or array_checksum(a) != spec["checksum"]:
         print(f"dpnet-worker: {path} does not match the run's array; fetching it",
-              file=sys.stderr)
+              file=sys.stderr, flush=True)
         return None
     return a
 
@@ -171,7 +172,7 @@ def _fetch(sock, rank, name, spec, timeout_s):
     return a
 
 
-def join_and_serve(args, curve, outcome, rejoining=False):
+def join_and_serve(args, curve, outcome, rejoining=False, prog="dpnet-worker"):
     """One membership: JOIN, the data, the serve loop. Returns the exit code; the
     reason it ended is in ``outcome['reason']``. ``rejoining``: this process was a
     member of a run at this address before."""
@@ -189,10 +190,24 @@ def join_and_serve(args, curve, outcome, rejoining=False):
     try:
         sock.send(P.JOIN, {"pid": os.getpid(), "host": socket.gethostname(),
                            "heartbeat_identity": beat.decode()})
-        deadline = time.monotonic() + args.wait
+        start = time.monotonic()
+        deadline = start + args.wait
+        say = (lambda line: None) if getattr(args, "quiet", False) else \
+            (lambda line: print(line, file=sys.stderr, flush=True))
+        if not rejoining:                  # (a rejoin has said "joining again")
+            say(f"{prog}: joining the run at {args.connect} (waiting up to "
+                f"{args.wait:g} s for its coordinator)")
+        notice_s = min(NOTICE_S, args.wait / 2)
+        connected = noticed = False
         admit = None
         while admit is None:
             events = sock.poll_events()
+            connected = connected or "connected" in events
+            if not (connected or noticed) and time.monotonic() - start > notice_s:
+                noticed = True             # a wrong port, a firewall: said, not silent
+                say(f"{prog}: no connection to {args.connect} after {notice_s:g} s "
+                    f"(nothing listening there, or a firewall between); still trying "
+                    f"for {deadline - time.monotonic():.0f} s")
             # a cut handshake is a refusal (a plaintext client, an unknown key) -- except
             # when joining again a coordinator that admitted this worker before: then it
             # is that coordinator closing at the end of its run, as the keys were good
@@ -228,8 +243,7 @@ def join_and_serve(args, curve, outcome, rejoining=False):
         _HELD.clear()                      # only this run's arrays stay in memory
         _HELD.update((spec["checksum"], arrays[name])
                      for name, spec in cfg.get("arrays", {}).items())
-        print(f"dpnet-worker: joined as worker {rank} of the run at {args.connect}",
-              file=sys.stderr, flush=True)
+        say(f"{prog}: joined as worker {rank} of the run at {args.connect}")
         return serve(lambda: FrameBinding(cfg, arrays, cfg.get("data", "")), args.connect,
                      rank, (ident, beat), CoordinatorWatch(dealer=sock),
                      heartbeat_s=cfg.get("heartbeat_s"), connect=connect, sock=sock,
@@ -241,6 +255,22 @@ def join_and_serve(args, curve, outcome, rejoining=False):
     except BaseException:
         sock.close()
         raise
+
+
+def _check_host(prog, endpoint, host, port):
+    """A coordinator's host name that does not resolve is an error now, not a silent
+    --wait; one that cannot be resolved at the moment (the name server) is a note."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        if e.errno == socket.EAI_AGAIN:
+            print(f"{prog}: note: cannot resolve {host!r} now ({e.strerror}); trying "
+                  f"until --wait ends", file=sys.stderr, flush=True)
+            return
+        raise ValueError(f"--connect {endpoint}: unknown host {host!r} "
+                         f"({e.strerror})") from None
+    except UnicodeError:
+        raise ValueError(f"--connect {endpoint}: {host!r} is not a host name") from None
 
 
 def parser(prog="python -m workers.remote"):
@@ -268,6 +298,9 @@ def parser(prog="python -m workers.remote"):
                    help="BLAS threads for this worker (default: the BLAS library's own "
                         "choice, usually all cores; 1 gives results bit-identical to "
                         "runDnn.py's local workers)")
+    p.add_argument("--quiet", action="store_true",
+                   help="say only why it ended, not that it joined (how runDnn.py starts "
+                        "the workers of its own machine: it says who joined)")
     p.add_argument("--once", action="store_true",
                    help="exit after one membership instead of joining again (exit code 0 if "
                         "its run ended, 1 if it lost its coordinator or its rank first)")
@@ -304,6 +337,7 @@ def main(argv=None, prog=None):
             raise ValueError(f"--blas-threads must be >= 1, got {args.blas_threads}")
         if args.data is not None:
             _check_data_dir(args.data)
+        _check_host(prog, args.connect, host, port)
     except (ValueError, KeysError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
@@ -321,7 +355,7 @@ def main(argv=None, prog=None):
     # SIGTERM (srun, a scheduler, kill) ends it like Ctrl-C
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        return run(args, curve)
+        return run(args, curve, prog)
     except KeyboardInterrupt:
         return 130
 
@@ -334,7 +368,7 @@ def run(args, curve, prog="dpnet-worker"):
         rejoining = False
         while True:
             outcome = {}
-            code = join_and_serve(args, curve, outcome, rejoining)
+            code = join_and_serve(args, curve, outcome, rejoining, prog)
             rejoining = True
             reason = outcome.get("reason", "")
             if reason.startswith("refused"):

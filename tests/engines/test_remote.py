@@ -463,11 +463,28 @@ def test_the_worker_command_refuses_bad_input_in_one_line(tmp_path):
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and want in r.stderr and "Traceback" not in r.stderr, \
             (args, r.stderr)
-    # nobody there: it says so after --wait
+    # a host name that does not resolve: said at once, not after --wait
+    keys = tmp_path / "keys"
+    assert subprocess.run([sys.executable, "-m", "dpnet", "keys", str(keys)], cwd=ROOT,
+                          capture_output=True, timeout=60).returncode == 0
     r = subprocess.run([sys.executable, "-m", "workers.remote", "--connect",
-                        "tcp://127.0.0.1:9", "--wait", "1"], cwd=ROOT,
+                        "tcp://no-such-host.invalid:5555", "--keys", str(keys)], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and "no coordinator answered" in r.stderr, r.stderr
+    assert r.returncode == 2 and "unknown host 'no-such-host.invalid'" in r.stderr, r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    # nobody there: it says it is joining, that nothing answers yet, then gives up
+    r = subprocess.run([sys.executable, "-m", "workers.remote", "--connect",
+                        "tcp://127.0.0.1:9", "--wait", "1.5"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    said = r.stderr.splitlines()
+    assert len(said) == 3 and "joining the run at tcp://127.0.0.1:9" in said[0], said
+    assert "no connection to tcp://127.0.0.1:9 after 0.75 s" in said[1], said
+    assert "no coordinator answered" in said[2], said
+    r = subprocess.run([sys.executable, "-m", "workers.remote", "--connect",
+                        "tcp://127.0.0.1:9", "--wait", "1", "--quiet"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1, r.stderr
 
 
 def test_sixteen_workers_a_thousand_steps_no_gradient_lost_or_doubled():
