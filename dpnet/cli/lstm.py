@@ -493,7 +493,9 @@ def _finish(args, prog, say, model, hist, vocab, workers, wall):
               + (f"; val loss {val_loss:.4f} nats/char ({val_loss / LN2:.4f} bits/char)"
                  + (f", measured at step {val_step}" if val_step != hist.step else "")
                  if val_loss is not None else ""))
-    show(f"{hist.step} steps, {rate:,.0f} chars/s training; {wall:.1f} s in all")
+    ready = hist.start_time           # a wait for remote workers to join, said apart
+    show(f"{hist.step} steps, {rate:,.0f} chars/s training; {wall:.1f} s in all"
+         + (f" ({ready:.1f} s until the workers were ready)" if ready >= 1.0 else ""))
     if args.json:
         _write_json(args, model, hist, train_loss, (val_loss, val_step), rate, wall,
                     workers, vocab)
@@ -527,6 +529,7 @@ def _progress(model, hist, wall, workers, vocab):
         "smoothed_train_loss": hist.smooth_loss[-1] if hist.smooth_loss else None,
         "steps": hist.step, "chars": hist.chars,
         "train_seconds": hist.train_time, "wall_seconds": wall,
+        "start_seconds": hist.start_time,
         "n_params": int(model.n_params),
         "vocab_size": len(vocab), "hidden": model.hidden_size,
         "layers": model.num_layers,

@@ -539,9 +539,12 @@ def report(model, hist, results, per_class, wall, out=print, settings=None, clas
     if settings:
         out(settings)
     sps = hist.samples / hist.wall_time if hist.wall_time > 0 else 0.0
+    ready = getattr(hist, "start_time", 0.0)
     out(f"execution time: {wall:.1f} s ("
-        + (f"{hist.wall_time:.1f} s training, {sps:,.0f} samples/s)" if hist.samples
-           else "nothing trained)"))
+        + (f"{hist.wall_time:.1f} s training, {sps:,.0f} samples/s" if hist.samples
+           else "nothing trained")
+        # a wait for remote workers to join is not training time: said beside it
+        + (f"; {ready:.1f} s until the workers were ready" if ready >= 1.0 else "") + ")")
     dense = [l for l in model.layers if isinstance(l, Dense)]
     out("nodes per layer: " + " -> ".join(str(n) for n in [dense[0].n_in] +
                                           [l.n_out for l in dense]))
@@ -596,7 +599,8 @@ def _run_minibatch_scipy(args, model, data, val, engine, hist, say):
                                    seed=args.seed, callback=record,
                                    print_fn=None if args.quiet else say,
                                    initial_step=hist.step, stop=stop)
-        hist.wall_time = time.perf_counter() - t0
+        hist.start_time = getattr(engine, "start_seconds", 0.0)   # (as fit's)
+        hist.wall_time = time.perf_counter() - t0 - hist.start_time
         hist.samples += run.samples
         if run.step != hist.step:             # stopped inside an epoch
             hist.step = run.step
@@ -643,7 +647,8 @@ def _run_full_batch(args, model, data, val, engine, hist, say):
                           validation_data=val, engine=engine, callback=record,
                           print_fn=None if args.quiet else say, iterations_done=done,
                           stop=stop)
-    hist.wall_time = time.perf_counter() - t0
+    hist.start_time = getattr(engine, "start_seconds", 0.0)       # (as fit's)
+    hist.wall_time = time.perf_counter() - t0 - hist.start_time
     hist.samples = len(data.x_train) * result.nfev
     _stopped(hist, stop, stop.requested is not None, say, f"iteration {hist.step}")
     if result.status != STOPPED:
@@ -1039,6 +1044,7 @@ def _progress(model, hist, wall, workers, epochs_before):
         "epochs": hist.epochs[-1] if hist.epochs else epochs_before,
         "steps": hist.step, "history": hist.history,
         "wall_seconds": wall, "train_seconds": hist.wall_time,
+        "start_seconds": hist.start_time,
         "samples_per_second": hist.samples / hist.wall_time if hist.wall_time else 0.0,
         "n_params": int(model.n_params),
         "layers": [l.n_in for l in model.layers if isinstance(l, Dense)][:1]

@@ -103,6 +103,8 @@ class Coordinator:
             self.close()
             self.group.drops = type(self.group.drops)()
         self.respawns = self.stale_replies = self._failures_in_a_row = 0
+        self.start_seconds = 0.0           # until every worker was ready (remote: joined)
+        t0 = time.perf_counter()
         self.worker_info = {}
         self._final_stats = None
         self.model, self.seed = model, int(seed)
@@ -128,6 +130,7 @@ class Coordinator:
             self._await_ready(list(range(self.n_workers)))
             if self.group.update_on_worker:
                 self._push()
+            self.start_seconds = time.perf_counter() - t0
         except BaseException:
             self.close()
             raise
@@ -634,7 +637,7 @@ class Coordinator:
     # -- reporting -------------------------------------------------------------------
     def _collect_stats(self):
         return {"workers": self.n_workers, "kind": self.group.kind,
-                "respawns": self.respawns, "stale_replies": self.stale_replies, "step_seconds": self.step_timing(),
+                "start_seconds": self.start_seconds, "respawns": self.respawns, "stale_replies": self.stale_replies, "step_seconds": self.step_timing(),
                 **({"worker_info": {str(r): i for r, i in self.worker_info.items() if i}}
                    if any(self.worker_info.values()) else {}),
                 **self.group.stats()}

@@ -29,7 +29,8 @@ class History:
         self.interrupted = False      # stopped by Ctrl-C / SIGTERM / SIGHUP / SIGQUIT
         self.stop_signal = None       # ... and by which: "SIGINT", ...
         self.stopped_early = False    # stopped by a callback
-        self.wall_time = 0.0
+        self.wall_time = 0.0          # seconds training (evaluations, checkpoints in)
+        self.start_time = 0.0         # seconds the engine took to start (workers to join)
         self.samples = 0
         self.step = 0                 # updates applied so far (set by fit)
         self.saved_step = None        # the step of the last checkpoint this run wrote
@@ -80,6 +81,7 @@ class TextHistory:
         self.chars = 0                 # characters trained on
         self.train_time = 0.0          # seconds in gradient + update (the chars/s basis)
         self.wall_time = 0.0
+        self.start_time = 0.0          # seconds the engine took to start (workers to join)
         self.step = 0
         self.saved_step = None         # the step of the last checkpoint this run wrote
         self.interrupted = False       # stopped by Ctrl-C / SIGTERM / SIGHUP / SIGQUIT

@@ -255,6 +255,11 @@ class Loop:
         t_start = time.perf_counter()
         try:
             self.engine.start(self.model, datasets, seed=seed)
+            # the training's time is from here: waiting for remote workers to join (or
+            # for processes to start) would make its samples/s a figure of that wait
+            started = time.perf_counter()
+            self.history.start_time += started - t_start
+            t_start = started
             plan.start(self.engine)
             with GracefulStop() as stop:
                 watch = getattr(self.engine, "stop_when", None)    # waits it may give up

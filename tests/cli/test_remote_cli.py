@@ -1,5 +1,6 @@
 """runDnn.py with remote workers and ``python -m workers.remote`` as a user runs them:
 real processes over TCP loopback, wrong input in one line, Ctrl-C on either side."""
+import json
 import os
 import re
 import signal
@@ -95,13 +96,22 @@ def local_weights(tmp_path_factory):
 
 
 def test_two_remote_workers_through_the_cli_match_local_workers(tmp_path, local_weights):
-    p, ep = coordinator("--remote-workers", "2", "--save", str(tmp_path / "remote.npz"))
-    ws = [worker(ep), worker(ep)]
+    js = tmp_path / "run.json"
+    p, ep = coordinator("--remote-workers", "2", "--save", str(tmp_path / "remote.npz"),
+                        "--json", str(js))
+    ws = [worker(ep)]
+    time.sleep(2)                        # the second one late: not training time
+    ws.append(worker(ep))
     out, err = p.communicate(timeout=150)
     assert p.returncode == 0, err
     assert [w.wait(30) for w in ws] == [0, 0]
     assert "remote worker 0 joined from" in err and "remote worker 1 joined from" in err
     assert "test accuracy:" in out
+    summary = json.loads(js.read_text())
+    assert summary["start_seconds"] >= 2 and summary["engine"]["start_seconds"] >= 2
+    assert summary["train_seconds"] <= summary["wall_seconds"] - 2, summary
+    assert re.search(r"execution time: [\d.]+ s \([\d.]+ s training, [\d,]+ samples/s; "
+                     r"[\d.]+ s until the workers were ready\)", out), out
     assert np.array_equal(np.load(tmp_path / "remote.npz")["params"], local_weights)
 
 
