@@ -35,7 +35,7 @@ import numpy as np
 import zmq
 
 from ..parallel import protocol as P
-from ..parallel.transport import Router, is_loopback, split_tcp
+from ..parallel.transport import ZMTP_TIMEOUT_S, Router, is_loopback, split_tcp
 from .errors import WorkerUserError
 from .group import _ROOT, Ranked, WorkerGroup, blas_env
 
@@ -45,6 +45,8 @@ class _Member:
         self.identity, self.heartbeat_identity = identity, heartbeat_identity
         self.host, self.pid = host, pid
         self.fetched = 0                   # bytes of data streamed to it
+        self.heard = time.monotonic()      # its last word (while joining)
+        self.introduced = False            # its HELLO came: the coordinator watches it
 
 
 class RemoteWorkers(WorkerGroup):
@@ -53,6 +55,9 @@ class RemoteWorkers(WorkerGroup):
     unless HOST is loopback. ``say``: where the one-line notices go (joins, losses)."""
     kind = "remote"
     elastic = True
+    # a member admitted but silent this long before its HELLO (no FETCH either) is gone:
+    # its rank is freed for a spare. As long as one frame may take on the wire.
+    join_silence_s = ZMTP_TIMEOUT_S
 
     def __init__(self, size, listen=None, keys=None, say=None, launcher=None, local=0,
                  blas_threads=1):
@@ -178,9 +183,14 @@ class RemoteWorkers(WorkerGroup):
         here (returning None), and a HELLO whose data does not match is refused."""
         msg = self.router.recv_valid(timeout_s, on_bad=lambda e: self.drops(str(e)))
         self._handshakes(self.router.failed_handshakes())
+        self._lost_while_joining()
         if msg is None:
             return None
         rank = self._rank_of.get(msg.identity)
+        if rank is not None:
+            m = self.members[rank]
+            m.heard = time.monotonic()
+            m.introduced = m.introduced or msg.kind == P.HELLO
         if rank is None and msg.identity in self._departed:
             return None                    # a former member's last words: not a stranger
         if msg.kind == P.JOIN and rank is None:
@@ -198,6 +208,19 @@ class RemoteWorkers(WorkerGroup):
                               f"run's {self.data_checksum}")
             return None
         return Ranked(rank, msg)
+
+    def _lost_while_joining(self):
+        """Members admitted but silent for ``join_silence_s`` before their HELLO (died
+        while fetching, or after JOIN): their ranks are freed, for a spare to take --
+        the coordinator only watches the workers that said HELLO."""
+        now = time.monotonic()
+        for rank, m in list(self.members.items()):
+            if not m.introduced and now - m.heard > self.join_silence_s:
+                self.say(f"remote worker {rank} ({m.host} pid {m.pid}) sent nothing for "
+                         f"{now - m.heard:.0f} s while joining: its rank is free again")
+                self._left[rank] = "silent while joining"
+                self._tell(m.identity, "dropped from the run (silent while joining)")
+                self._vacate(rank)
 
     MAX_SPARES = 64
 

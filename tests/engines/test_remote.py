@@ -371,6 +371,50 @@ def test_a_spare_waits_and_takes_the_first_rank_that_is_vacated(local2):
     assert codes == [-signal.SIGKILL, 0, 0], codes
 
 
+def test_a_worker_lost_while_joining_frees_its_rank_for_a_spare(local2):
+    # a peer JOINs, is admitted to rank 0, and is never heard again (died while
+    # fetching): after join_silence_s its rank goes to the spare that waits, and the
+    # run starts -- not a wait for --join-timeout
+    go = threading.Event()
+    eng, launcher = remote_engine(2, extra=[(), ()], go=go, start_timeout=30)
+    eng.group.join_silence_s = 1.5
+    said = []
+    eng.group.say = said.append
+    told = []
+
+    def silent_peer():
+        while eng.group.endpoint is None:
+            time.sleep(0.02)
+        d = Dealer(eng.group.endpoint, b"r.mute")
+        try:
+            d.send(P.JOIN, {"pid": 4242, "host": "mute", "heartbeat_identity": "rh.mute"})
+            admit = d.recv(30)
+            assert admit is not None and admit.kind == P.ADMIT and admit.header["rank"] == 0
+            go.set()                         # then the two real workers
+            stop = d.recv(30)
+            told.append(None if stop is None else stop.header["reason"])
+        finally:
+            d.close()
+            go.set()
+
+    peer = threading.Thread(target=silent_peer, daemon=True)
+    peer.start()
+    t0 = time.monotonic()
+    with eng:
+        m, _ = train(eng)
+        stats = eng.stats()
+    peer.join(30)
+    codes = [c for c, _ in launcher.finish()]
+    assert codes == [0, 0], codes
+    assert told == ["dropped from the run (silent while joining)"], told
+    assert any("remote worker 0 (mute pid 4242) sent nothing for" in s and
+               "while joining: its rank is free again" in s for s in said), said
+    assert sorted(w["pid"] for w in stats["per_worker"]) == \
+        sorted(p.pid for p in launcher.procs)
+    assert time.monotonic() - t0 < 25
+    assert np.array_equal(m.params, local2[0])
+
+
 def injected(codes):
     """(dropped, duplicated) summed over the workers' own reports."""
     import re
