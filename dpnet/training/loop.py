@@ -41,22 +41,89 @@ from ..models.saving import NotFiniteWeights
 from ..storage.atomic import atomic_write
 
 
-def _small_file(path):
-    """The bytes of the regular file at ``path`` if it holds at most
-    ``KEEP_PREVIOUS_BYTES``; else None ("big" for a bigger one). Never opens anything
-    else: a FIFO or /dev/stdout would block the read."""
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
+class _Previous:
+    """What the regular file at ``path`` holds now, kept before a checkpoint replaces
+    it, to be put back should the new weights be the ones that diverged: a hard link
+    beside it (free at any size: the checkpoint is written as a new file and renamed,
+    so the link keeps the old one), else -- a file system without hard links -- its
+    bytes, up to ``KEEP_PREVIOUS_BYTES``. ``kept()``: None (no regular file there: a
+    FIFO or /dev/stdout is never read), "big", or this."""
+
+    PREFIX = ".dpnet-previous-"
+
+    def __init__(self, real, link=None, data=None):
+        self.real, self.link, self.data = real, link, data
+
+    @classmethod
+    def kept(cls, path):
+        if path is None:
             return None
-        if st.st_size > KEEP_PREVIOUS_BYTES:
-            return "big"
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
+        try:
+            real = os.path.realpath(path)        # (atomic_write replaces a link's target)
+            st = os.stat(real)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            cls._sweep(real)
+            link = os.path.join(os.path.dirname(real),
+                                f"{cls.PREFIX}{os.getpid()}-{os.path.basename(real)}")
+            cls._remove(link)
+            try:
+                os.link(real, link)
+                return cls(real, link=link)
+            except OSError:
+                pass
+            if st.st_size > KEEP_PREVIOUS_BYTES:
+                return "big"
+            with open(real, "rb") as f:
+                return cls(real, data=f.read())
+        except OSError:
+            return None
+
+    def put_back(self):
+        if self.link is not None:
+            os.replace(self.link, self.real)     # the old file, as it was, in one step
+            self.link = None
+        else:
+            atomic_write(self.real, lambda f: f.write(self.data))
+
+    def discard(self):
+        if self.link is not None:
+            self._remove(self.link)
+            self.link = None
+        self.data = None
+
+    @classmethod
+    def _sweep(cls, real):
+        """The links a killed run left beside this checkpoint (their pid is gone): each
+        holds an old checkpoint's disk space."""
+        directory, name = os.path.split(real)
+        try:
+            entries = [e for e in os.listdir(directory)
+                       if e.startswith(cls.PREFIX) and e.endswith(f"-{name}")]
+        except OSError:
+            return
+        for e in entries:
+            pid = e[len(cls.PREFIX):-len(name) - 1]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+                continue                     # a run still going (in another process)
+            except ProcessLookupError:
+                pass
+            except OSError:                  # another user's: alive, not ours
+                continue
+            try:
+                os.unlink(os.path.join(directory, e))
+            except OSError:
+                pass
+
+    @staticmethod
+    def _remove(path):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -213,18 +280,32 @@ class Loop:
         self.engine = make_engine(workers) if engine is None else engine
         self.checkpoint = checkpoint
         self.saved_step = None       # the step of the last checkpoint this run wrote
-        self._previous = None        # (bytes, step or None) of the file that one replaced
+        self._previous = None        # (_Previous or "big", step or None): what the last
+        #                              checkpoint replaced, and of which step
 
     def save(self, plan, step):
         self.engine.sync_to_host()       # the weights may live with a worker
-        previous = _small_file(self.checkpoint)
+        self._discard_previous()
+        previous = _Previous.kept(self.checkpoint)
         try:
             plan.save(step)              # (refuses weights that are not finite)
         except NotFiniteWeights:
+            if isinstance(previous, _Previous):
+                previous.discard()       # (nothing was written)
             raise Diverged(f"training diverged: the weights are not finite after step "
                            f"{step}; lower the learning rate", step=step) from None
+        except BaseException:
+            if isinstance(previous, _Previous):
+                previous.discard()
+            raise
         self._previous = None if previous is None else (previous, self.saved_step)
         self.saved_step = self.history.saved_step = step
+
+    def _discard_previous(self):
+        """The kept file goes (a hard link beside the checkpoint, or bytes in memory)."""
+        if self._previous is not None and isinstance(self._previous[0], _Previous):
+            self._previous[0].discard()
+        self._previous = None
 
     def _put_back(self, e):
         """After ``Diverged`` ``e``: a checkpoint written from the weights that gave the
@@ -241,8 +322,9 @@ class Loop:
             print(f"dpnet: note: {path} holds the weights of step {e.step}, which "
                   f"diverged ({why})", file=sys.stderr)
             return
-        data, step = self._previous
-        atomic_write(path, lambda f: f.write(data))
+        kept, step = self._previous
+        kept.put_back()
+        self._previous = None
         self.saved_step = self.history.saved_step = step
         print(f"dpnet: note: {path} held the weights of step {e.step}, which diverged: "
               f"put back to the checkpoint it replaced"
@@ -298,6 +380,7 @@ class Loop:
             if self.own_engine:
                 self.engine.close()
             self.history.engine_stats = self.engine.stats()
+            self._discard_previous()
         if self.on_interrupt == "raise" and self.history.interrupted:
             pass_on(self.history.stop_signal, history=self.history)
         return self.step

@@ -1,4 +1,6 @@
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -373,6 +375,10 @@ def test_callbacks_are_checked_before_training_and_checkpoint_paths_take_metrics
     assert m.optimizer.t == 4                            # (the two epochs above) no more
 
 
+def no_hard_links(src, dst, **kw):
+    raise PermissionError(1, "Operation not permitted")      # (as vfat, some FUSE mounts)
+
+
 def test_a_diverged_run_never_leaves_its_checkpoint_with_the_weights_that_diverged(
         tmp_path, capfd):
     """One step per epoch, no validation: the checkpoint of an epoch's end holds the
@@ -403,17 +409,43 @@ def test_a_diverged_run_never_leaves_its_checkpoint_with_the_weights_that_diverg
         assert (f"dpnet: note: {ck} held the weights of step 2, which diverged: put back "
                 f"to the checkpoint it replaced") in err if validation is None else \
             "note" not in err, err
-    # an earlier file too big to keep in memory is not put back, and said so
+    # the earlier file is kept as a hard link beside it, at any size, and the link goes
+    # when the run ends; a link a killed run left (its pid gone) is swept
     import dpnet.training.loop as loop
     big = tmp_path / "big.npz"
     big.write_bytes(good)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".dpnet-previous-{dead}-big.npz"
+    stale.write_bytes(b"an old checkpoint's disk space")
     m = net(1e30)
     load_weights_into(m, big, optimizer="state")
     with pytest.MonkeyPatch.context() as mp, pytest.raises(Diverged), \
             np.errstate(all="ignore"):
         mp.setattr(loop, "KEEP_PREVIOUS_BYTES", 100)
         m.fit(x, y, epochs=6, batch_size=200, checkpoint=big, initial_step=1, verbose=0)
+    assert big.read_bytes() == good and "put back to the checkpoint it replaced" in \
+        capfd.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.npz", "m.npz"]
+    # on a file system without hard links its bytes are kept in memory -- up to a size:
+    # a bigger file is not put back, and said so
+    m = net(1e30)
+    load_weights_into(m, big, optimizer="state")
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(Diverged), \
+            np.errstate(all="ignore"):
+        mp.setattr(loop, "KEEP_PREVIOUS_BYTES", 100)
+        mp.setattr(loop.os, "link", no_hard_links)
+        m.fit(x, y, epochs=6, batch_size=200, checkpoint=big, initial_step=1, verbose=0)
     assert "(the file it replaced was too big to keep in memory and put back)" in \
+        capfd.readouterr().err
+    big.write_bytes(good)
+    m = net(1e30)
+    load_weights_into(m, big, optimizer="state")
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(Diverged), \
+            np.errstate(all="ignore"):
+        mp.setattr(loop.os, "link", no_hard_links)
+        m.fit(x, y, epochs=6, batch_size=200, checkpoint=big, initial_step=1, verbose=0)
+    assert big.read_bytes() == good and "put back to the checkpoint it replaced" in \
         capfd.readouterr().err
     # a fresh run: no earlier file to put back, said so
     fresh = tmp_path / "fresh.npz"
